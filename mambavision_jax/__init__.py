@@ -1,0 +1,18 @@
+"""MambaVision in JAX / Flax NNX: faithful models, exact PyTorch converters, sharded training."""
+from mambavision_jax.models import (FeatureExtractor, MambaVision, create_model, list_models,
+                                    pretrained_cfg)
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # The converters import torch/safetensors lazily; keep `import mambavision_jax` light.
+    if name in ("load_torch_checkpoint", "to_torch_state_dict", "save_torch_checkpoint",
+                "load_state_dict", "from_torch_state_dict"):
+        from mambavision_jax import convert
+        return getattr(convert, name)
+    raise AttributeError(f"module 'mambavision_jax' has no attribute {name!r}")
+
+
+__all__ = ["FeatureExtractor", "MambaVision", "create_model", "list_models", "pretrained_cfg",
+           "load_torch_checkpoint", "to_torch_state_dict", "save_torch_checkpoint"]
