@@ -30,6 +30,12 @@ def to_torch_state_dict(model) -> dict[str, np.ndarray]:
     return {path_to_torch_key(p): jax_to_torch_array(p, np.asarray(v.get_value())) for p, v in _flat_state(model)}
 
 
+def torch_key_shapes(model) -> dict[str, tuple[int, ...]]:
+    """{official key: shape} of a model, also of an abstract one from `nnx.eval_shape`."""
+    return {path_to_torch_key(p): jax_to_torch_array(p, np.empty(v.shape, np.bool_)).shape
+            for p, v in _flat_state(model)}
+
+
 def load_state_dict(model, sd: dict[str, np.ndarray], *, strict: bool = True,
                     skip: tuple[str, ...] = ()) -> list[str]:
     """Fill `model` in place from {official key: array}. Every key must be used and every
@@ -47,7 +53,7 @@ def load_state_dict(model, sd: dict[str, np.ndarray], *, strict: bool = True,
         used.add(key)
         arr = torch_to_jax_array(path, sd[key])
         if arr.shape != tuple(var.shape):
-            expected = jax_to_torch_array(path, np.zeros(var.shape, np.float32)).shape
+            expected = jax_to_torch_array(path, np.empty(var.shape, np.bool_)).shape
             mismatched.append(f"{key}: checkpoint {tuple(sd[key].shape)} vs model {expected}")
             continue
         updates.append((path, var.replace(jnp.asarray(arr, dtype=var.get_value().dtype))))
@@ -62,19 +68,20 @@ def _mismatch_message(model, sd, missing, unexpected, mismatched) -> str:
     def few(items):
         return ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
     name = getattr(model, "name", type(model).__name__)
-    lines = [f"the checkpoint does not fit {name}:"]
+    hint = ""
+    try:
+        fits = candidates_for_weights(sd)
+        if fits and name not in fits:
+            hint = f" (the weights look like {', '.join(fits)})"
+    except CheckpointError:
+        pass
+    lines = [f"the checkpoint does not fit {name}{hint}:"]
     if missing:
         lines.append(f"  missing keys ({len(missing)}): {few(missing)}")
     if unexpected:
         lines.append(f"  unexpected keys ({len(unexpected)}): {few(unexpected)}")
     if mismatched:
         lines.append(f"  shape mismatches ({len(mismatched)}): {few(mismatched)}")
-    try:
-        fits = candidates_for_weights(sd)
-        if fits and name not in fits:
-            lines.append(f"  the weights look like: {', '.join(fits)}")
-    except CheckpointError:
-        pass
     return "\n".join(lines)
 
 

@@ -139,7 +139,7 @@ def normalise_keys(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def write_torch_file(sd: dict[str, np.ndarray], path: str | Path, extra: dict[str, Any] | None = None) -> None:
     """The official layout: {'state_dict': {...}} plus `extra` entries (e.g. 'arch')."""
     torch = _torch()
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
+    tensors = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in sd.items()}
     _atomic_write(path, lambda tmp: torch.save({"state_dict": tensors, **(extra or {})}, tmp))
 
 
