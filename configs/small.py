@@ -1,0 +1,6 @@
+"""MambaVision-S on ImageNet-1K, the official recipe."""
+from mambavision_jax.train.config import imagenet_config
+
+
+def get_config(arg=None):
+    return imagenet_config("mamba_vision_S", mesa=1.0, drop_path_rate=0.2)

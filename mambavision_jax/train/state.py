@@ -1,0 +1,77 @@
+"""The train state as one pytree, built directly into its shardings (no host copy of the model)."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from mambavision_jax.models.registry import create_model
+from mambavision_jax.train import sharding as shd
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any           # nnx.State of nnx.Param
+    batch_stats: Any      # nnx.State of nnx.BatchStat
+    rngs: Any             # nnx.State of the DropPath RNG stream (empty without drop path)
+    opt_state: Any
+    ema_params: Any       # None without EMA
+    ema_batch_stats: Any
+
+
+def model_kwargs(config, num_classes: int, bn_groups: int) -> dict:
+    """create_model keyword arguments from the config (the same for init and fine-tuning)."""
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(config.model.overrides).items()}
+    if config.model.drop_path_rate >= 0:
+        kw["drop_path_rate"] = config.model.drop_path_rate
+    return dict(num_classes=num_classes, dtype=jnp.dtype(config.model.dtype),
+                scan_impl=config.model.scan_impl, remat=config.model.remat, bn_groups=bn_groups, **kw)
+
+
+def split_model(model):
+    return nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+
+
+def graphdefs(config, num_classes: int, bn_groups: int):
+    """(train graphdef, eval graphdef): the mode (BatchNorm statistics, DropPath) is static."""
+    abstract = nnx.eval_shape(lambda: create_model(config.model.name, rngs=nnx.Rngs(0),
+                                                   **model_kwargs(config, num_classes, bn_groups)))
+    abstract.train()
+    train_gd = split_model(abstract)[0]
+    abstract.eval()
+    eval_gd = split_model(abstract)[0]
+    return train_gd, eval_gd
+
+
+def create_train_state(config, num_classes: int, bn_groups: int, tx: optax.GradientTransformation,
+                       mesh) -> tuple[TrainState, Any]:
+    """The initial state, created inside jit with its output shardings. Returns (state, shardings)."""
+    def init():
+        model = create_model(config.model.name, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
+                             **model_kwargs(config, num_classes, bn_groups))
+        _, params, stats, rngs = split_model(model)
+        ema = config.ema.enabled
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats, rngs=rngs,
+                          opt_state=tx.init(params), ema_params=params if ema else None,
+                          ema_batch_stats=stats if ema else None)
+
+    abstract = jax.eval_shape(init)
+    shardings = shd.tree_shardings(abstract, mesh, config.mesh.min_size_to_shard_mb)
+    state = jax.jit(init, out_shardings=shardings)()
+    return state, shardings
+
+
+def with_weights(state: TrainState, params, batch_stats, shardings) -> TrainState:
+    """Replace the weights (fine-tuning from a checkpoint); the EMA starts from them too."""
+    params = jax.device_put(params, shardings.params)
+    batch_stats = jax.device_put(batch_stats, shardings.batch_stats)
+    ema = state.ema_params is not None
+    return state.replace(
+        params=params, batch_stats=batch_stats,
+        ema_params=jax.device_put(params, shardings.ema_params) if ema else None,
+        ema_batch_stats=jax.device_put(batch_stats, shardings.ema_batch_stats) if ema else None)
