@@ -40,7 +40,7 @@ def get_config(arg=None):
     c.schedule.min_lr = 1e-5
     c.schedule.cooldown_epochs = 0
     c.mixup.prob = 0.0                 # label smoothing only
-    c.ema.decay = 0.99
+    c.ema.decay = 0.9                  # a short run: average over the last ~10 steps
     c.mesa.weight = 0.0
 
     c.log_every_steps = 20

@@ -1,7 +1,7 @@
 """`train_and_evaluate(config, workdir)`: the training loop behind `python train.py`."""
 from __future__ import annotations
 
-import math
+import json
 from pathlib import Path
 
 import jax
@@ -104,6 +104,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         num_threads=config.data.num_threads)
     if data_state is not None:
         train_iter.set_state(data_state)
+    start, end = mvdata.shard_bounds(info.splits[config.data.train_split], jax.process_index(),
+                                     jax.process_count(), drop_remainder=True)
+    print("data shard " + json.dumps({"process": jax.process_index(), "start": start, "end": end}), flush=True)
 
     def evaluate(step: int) -> dict:
         it = mvdata.make_eval_iterator(

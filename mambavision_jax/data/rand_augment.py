@@ -1,0 +1,236 @@
+"""RandAugment with timm's semantics (`timm/data/auto_augment.py`, timm 1.0.x), on PIL images.
+
+Ported so the official recipe `rand-m9-mstd0.5-inc1` runs without torch. The ops and the
+magnitude -> argument maps are timm's, line for line (tests/test_preprocess.py checks every op
+against timm's own functions). The one change: randomness comes from an explicit
+`np.random.Generator` (seeded per example by the pipeline) instead of the global `random` /
+`np.random` state, so a data stream is reproducible and resumable; the distributions are timm's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
+
+_LEVEL_DENOM = 10.0  # the 'Mx' magnitude scale: level / 10 is the fraction of an op's range
+_FILL = (128, 128, 128)
+_BILINEAR, _BICUBIC = Image.Resampling.BILINEAR, Image.Resampling.BICUBIC
+_RANDOM_INTERPOLATION = (_BILINEAR, _BICUBIC)
+
+# timm's op sets. 'inc1' selects the increasing one: every op gets stronger as the magnitude grows.
+RAND_TRANSFORMS = (
+    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd",
+    "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel",
+    "TranslateYRel",
+)
+RAND_INCREASING_TRANSFORMS = (
+    "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
+    "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
+    "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel",
+)
+
+
+# ---- ops (timm's functions; geometric ones take the resample filter and fill colour) ----
+
+def _affine(img, matrix, resample, fill):
+    return img.transform(img.size, Image.AFFINE, matrix, resample=resample, fillcolor=fill)
+
+
+def _shear_x(img, factor, resample, fill):
+    return _affine(img, (1, factor, 0, 0, 1, 0), resample, fill)
+
+
+def _shear_y(img, factor, resample, fill):
+    return _affine(img, (1, 0, 0, factor, 1, 0), resample, fill)
+
+
+def _translate_x_rel(img, pct, resample, fill):
+    return _affine(img, (1, 0, pct * img.size[0], 0, 1, 0), resample, fill)
+
+
+def _translate_y_rel(img, pct, resample, fill):
+    return _affine(img, (1, 0, 0, 0, 1, pct * img.size[1]), resample, fill)
+
+
+def _translate_x_abs(img, pixels, resample, fill):
+    return _affine(img, (1, 0, pixels, 0, 1, 0), resample, fill)
+
+
+def _translate_y_abs(img, pixels, resample, fill):
+    return _affine(img, (1, 0, 0, 0, 1, pixels), resample, fill)
+
+
+def _rotate(img, degrees, resample, fill):
+    return img.rotate(degrees, resample=resample, fillcolor=fill)
+
+
+def _solarize_add(img, add, thresh=128):
+    lut = [min(255, i + add) if i < thresh else i for i in range(256)]
+    if img.mode in ("L", "RGB"):
+        return img.point(lut * 3 if img.mode == "RGB" else lut)
+    return img
+
+
+def _posterize(img, bits_to_keep):
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        # Keeping 0 bits: older Pillow returned a black image (mask 0), which is what timm produced in
+        # the official runs; Pillow 13 raises instead (PosterizeIncreasing at magnitude 10).
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+_GEOMETRIC = {
+    "Rotate": _rotate, "ShearX": _shear_x, "ShearY": _shear_y,
+    "TranslateX": _translate_x_abs, "TranslateY": _translate_y_abs,
+    "TranslateXRel": _translate_x_rel, "TranslateYRel": _translate_y_rel,
+}
+_PIXEL = {
+    "AutoContrast": lambda img: ImageOps.autocontrast(img),
+    "Equalize": lambda img: ImageOps.equalize(img),
+    "Invert": lambda img: ImageOps.invert(img),
+    "Posterize": _posterize, "PosterizeIncreasing": _posterize, "PosterizeOriginal": _posterize,
+    "Solarize": lambda img, t: ImageOps.solarize(img, t),
+    "SolarizeIncreasing": lambda img, t: ImageOps.solarize(img, t),
+    "SolarizeAdd": _solarize_add,
+    "Color": lambda img, f: ImageEnhance.Color(img).enhance(f),
+    "ColorIncreasing": lambda img, f: ImageEnhance.Color(img).enhance(f),
+    "Contrast": lambda img, f: ImageEnhance.Contrast(img).enhance(f),
+    "ContrastIncreasing": lambda img, f: ImageEnhance.Contrast(img).enhance(f),
+    "Brightness": lambda img, f: ImageEnhance.Brightness(img).enhance(f),
+    "BrightnessIncreasing": lambda img, f: ImageEnhance.Brightness(img).enhance(f),
+    "Sharpness": lambda img, f: ImageEnhance.Sharpness(img).enhance(f),
+    "SharpnessIncreasing": lambda img, f: ImageEnhance.Sharpness(img).enhance(f),
+}
+OP_NAMES = tuple(_GEOMETRIC) + tuple(_PIXEL)
+# Ops whose argument timm negates with probability 1/2 (`_randomly_negate`).
+SIGNED_OPS = frozenset({
+    "Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "TranslateXRel", "TranslateYRel",
+    "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing",
+})
+
+
+def op_args(name: str, magnitude: float, negate: bool = False, hparams: dict | None = None) -> tuple:
+    """timm's LEVEL_TO_ARG[name](magnitude) with the random sign made explicit."""
+    hparams = hparams or {}
+    level = magnitude / _LEVEL_DENOM
+    sign = -1.0 if negate else 1.0
+    if name in ("AutoContrast", "Equalize", "Invert"):
+        return ()
+    if name == "Rotate":
+        return (sign * level * 30.0,)
+    if name in ("ShearX", "ShearY"):
+        return (sign * level * 0.3,)
+    if name in ("TranslateX", "TranslateY"):
+        return (sign * level * float(hparams.get("translate_const", 250)),)
+    if name in ("TranslateXRel", "TranslateYRel"):
+        return (sign * level * hparams.get("translate_pct", 0.45),)
+    if name in ("Color", "Contrast", "Brightness", "Sharpness"):
+        return (level * 1.8 + 0.1,)
+    if name.endswith("Increasing") and not name.startswith(("Posterize", "Solarize")):
+        return (max(0.1, 1.0 + sign * level * 0.9),)  # 1.0 = no change; keep the factor >= 0.1
+    if name == "Posterize":
+        return (int(level * 4),)
+    if name == "PosterizeIncreasing":
+        return (4 - int(level * 4),)
+    if name == "PosterizeOriginal":
+        return (int(level * 4) + 4,)
+    if name == "Solarize":
+        return (min(256, int(level * 256)),)
+    if name == "SolarizeIncreasing":
+        return (256 - min(256, int(level * 256)),)
+    if name == "SolarizeAdd":
+        return (min(128, int(level * 110)),)
+    raise KeyError(f"unknown RandAugment op {name!r}")
+
+
+def apply_op(img: Image.Image, name: str, magnitude: float, *, negate: bool = False,
+             resample=_BICUBIC, fill=_FILL, hparams: dict | None = None) -> Image.Image:
+    """Apply one op at a fixed magnitude and sign (deterministic; for tests and reuse)."""
+    args = op_args(name, magnitude, negate, hparams)
+    if name in _GEOMETRIC:
+        return _GEOMETRIC[name](img, *args, resample=resample, fill=tuple(fill))
+    return _PIXEL[name](img, *args)
+
+
+@dataclasses.dataclass(frozen=True)
+class RandAugment:
+    """`num_layers` ops drawn uniformly with replacement, each applied with probability `prob`.
+
+    magnitude_std > 0 draws the magnitude per op from N(magnitude, std) (inf: uniform in
+    [0, magnitude]), clipped to [0, magnitude_max or 10], as timm's AugmentOp does.
+    interpolation None = bilinear or bicubic at random per geometric op (timm's default when the
+    training interpolation is 'random').
+    """
+    ops: tuple[str, ...] = RAND_TRANSFORMS
+    num_layers: int = 2
+    magnitude: float = 10.0
+    prob: float = 0.5
+    magnitude_std: float = 0.0
+    magnitude_max: float | None = None
+    fill: tuple[int, int, int] = _FILL
+    interpolation: int | None = None
+    translate_const: int = 250
+    translate_pct: float = 0.45
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
+        hparams = {"translate_const": self.translate_const, "translate_pct": self.translate_pct}
+        for k in rng.integers(0, len(self.ops), size=self.num_layers):
+            name = self.ops[int(k)]
+            if self.prob < 1.0 and rng.random() > self.prob:
+                continue
+            magnitude = self.magnitude
+            if self.magnitude_std == float("inf"):
+                magnitude = rng.uniform(0.0, magnitude)
+            elif self.magnitude_std > 0:
+                magnitude = rng.normal(magnitude, self.magnitude_std)
+            magnitude = max(0.0, min(magnitude, self.magnitude_max or _LEVEL_DENOM))
+            negate = bool(rng.random() > 0.5) if name in SIGNED_OPS else False
+            resample = self.interpolation
+            if name in _GEOMETRIC and resample is None:
+                resample = _RANDOM_INTERPOLATION[int(rng.integers(0, 2))]
+            img = apply_op(img, name, magnitude, negate=negate, resample=resample,
+                           fill=self.fill, hparams=hparams)
+        return img
+
+
+def rand_augment_transform(config_str: str, *, fill=_FILL, interpolation: int | None = None,
+                           translate_const: int = 250) -> RandAugment:
+    """Parse a timm RandAugment string, e.g. 'rand-m9-mstd0.5-inc1' (official MambaVision).
+
+    Sections (timm): m = magnitude, n = number of ops, p = per-op probability, mstd = magnitude
+    noise std (> 100 means uniform), mmax = magnitude upper bound, inc = increasing op set.
+    timm's weighted op sets ('t' section) are not ported.
+    """
+    parts = config_str.split("-")
+    if parts[0] != "rand":
+        raise ValueError(f"not a RandAugment config: {config_str!r}")
+    kw: dict = {}
+    increasing = False
+    for c in parts[1:]:
+        if c.startswith("t"):
+            raise NotImplementedError(f"weighted RandAugment op sets ({c!r}) are not ported")
+        cs = re.split(r"(\d.*)", c)
+        if len(cs) < 2:
+            continue
+        key, val = cs[:2]
+        if key == "mstd":
+            kw["magnitude_std"] = float("inf") if float(val) > 100 else float(val)
+        elif key == "mmax":
+            kw["magnitude_max"] = int(val)
+        elif key == "inc":
+            increasing = bool(int(val))
+        elif key == "m":
+            kw["magnitude"] = float(int(val))
+        elif key == "n":
+            kw["num_layers"] = int(val)
+        elif key == "p":
+            kw["prob"] = float(val)
+        else:
+            raise ValueError(f"unknown RandAugment config section {c!r} in {config_str!r}")
+    ops = RAND_INCREASING_TRANSFORMS if increasing else RAND_TRANSFORMS
+    return RandAugment(ops=ops, fill=tuple(fill), interpolation=interpolation,
+                       translate_const=translate_const, **kw)

@@ -1,0 +1,244 @@
+"""Per-example image transforms (numpy / PIL, CPU): timm's eval preprocessing and training recipe.
+
+Eval follows `timm.data.transforms_imagenet_eval` (which the official validate.py uses): torchvision's
+PIL resize and center crop, reproduced here with the same PIL calls and the same integer rounding, so
+the outputs are identical (tests/test_preprocess.py). Training follows
+`timm.data.transforms_imagenet_train` with the official MambaVision arguments (`TrainAugConfig()`).
+Outputs are float32 HWC arrays normalised with the model's mean / std.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from PIL import Image
+
+from mambavision_jax.data.image_io import to_pil_rgb
+from mambavision_jax.data.rand_augment import rand_augment_transform
+
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+
+_INTERPOLATION = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+_RANDOM_INTERPOLATION = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)
+
+
+def pil_interpolation(name: str) -> int:
+    try:
+        return _INTERPOLATION[name]
+    except KeyError:
+        raise ValueError(f"unknown interpolation {name!r}; one of {sorted(_INTERPOLATION)}") from None
+
+
+# ---- building blocks (torchvision semantics for PIL images) ----
+
+def normalize(img, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> np.ndarray:
+    """uint8 RGB (PIL or array) -> float32 HWC, (x / 255 - mean) / std in float32 as ToTensor +
+    Normalize compute it (same operations and order, so the results are bit-identical)."""
+    x = np.asarray(img, dtype=np.uint8).astype(np.float32) / np.float32(255.0)
+    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def resize_short_side(img: Image.Image, size: int, interpolation: int) -> Image.Image:
+    """torchvision Resize(int): the short side becomes `size`, the long side int(size * long / short)."""
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) == (w, h):
+        return img
+    return img.resize((new_w, new_h), interpolation)
+
+
+def center_crop(img: Image.Image, size: int | tuple[int, int]) -> Image.Image:
+    """torchvision CenterCrop: zero-pad when the crop is larger, offsets int(round(d / 2))."""
+    ch, cw = (size, size) if isinstance(size, int) else size
+    w, h = img.size
+    if cw > w or ch > h:
+        left, top = (cw - w) // 2 if cw > w else 0, (ch - h) // 2 if ch > h else 0
+        padded = Image.new(img.mode, (max(w, cw), max(h, ch)), 0)
+        padded.paste(img, (left, top))
+        img = padded
+        w, h = img.size
+        if (w, h) == (cw, ch):
+            return img
+    top = int(round((h - ch) / 2.0))  # Python's round (half to even), as torchvision
+    left = int(round((w - cw) / 2.0))
+    return img.crop((left, top, left + cw, top + ch))
+
+
+def resize_and_center_crop(img: Image.Image, image_size: int, crop_pct: float = 0.875,
+                           crop_mode: str = "center", interpolation: str = "bicubic") -> Image.Image:
+    """timm eval geometry, uint8 in and out. center: short side -> floor(size / crop_pct), then crop;
+    squash: both sides -> floor(size / crop_pct) (aspect ratio not kept), then crop."""
+    if not isinstance(image_size, int):
+        raise TypeError("image_size must be an int (square crops only)")
+    scale_size = math.floor(image_size / crop_pct)
+    interp = pil_interpolation(interpolation)
+    if crop_mode == "center":
+        img = resize_short_side(img, scale_size, interp)
+    elif crop_mode == "squash":
+        if img.size != (scale_size, scale_size):
+            img = img.resize((scale_size, scale_size), interp)
+    else:
+        raise ValueError(f"crop_mode must be 'center' or 'squash', got {crop_mode!r}")
+    return center_crop(img, image_size)
+
+
+def eval_transform(img, image_size: int = 224, crop_pct: float = 0.875, crop_mode: str = "center",
+                   mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+                   interpolation: str = "bicubic") -> np.ndarray:
+    """Eval preprocessing: an image (PIL, bytes or uint8 array) -> float32 (image_size, image_size, 3).
+
+    Equal to timm's `create_transform(input_size, crop_pct=, crop_mode=, interpolation=, mean=, std=)`
+    with is_training=False; MambaVision uses bicubic and its per-model crop_pct / crop_mode.
+    """
+    img = resize_and_center_crop(to_pil_rgb(img), image_size, crop_pct, crop_mode, interpolation)
+    return normalize(img, mean, std)
+
+
+# ---- training ----
+
+@dataclasses.dataclass(frozen=True)
+class TrainAugConfig:
+    """Training augmentation; the defaults are the official MambaVision recipe (train.py args).
+
+    Each stage can be switched off: random_resized_crop=False (then resize short side + center crop,
+    as timm's no_aug), hflip=0, auto_augment=None, re_prob=0. timm's color jitter (0.4 in the
+    official args) is not here because timm disables it whenever RandAugment is on.
+    """
+    random_resized_crop: bool = True
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    interpolation: str = "random"  # 'random' = bilinear or bicubic per example; else a PIL filter name
+    hflip: float = 0.5
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    re_prob: float = 0.25
+    re_mode: str = "pixel"  # 'const' (zeros), 'rand' (one normal colour per box), 'pixel' (per pixel)
+    re_count: int = 1
+
+    @classmethod
+    def none(cls) -> "TrainAugConfig":
+        """Every augmentation off: resize + center crop + normalise (small demos, debugging)."""
+        return cls(random_resized_crop=False, hflip=0.0, auto_augment=None, re_prob=0.0)
+
+
+def random_resized_crop_params(width: int, height: int, rng: np.random.Generator,
+                               scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0)) -> tuple[int, int, int, int]:
+    """timm RandomResizedCropAndInterpolation.get_params -> (top, left, h, w): 10 tries of a random
+    area fraction and log-uniform aspect ratio, then a center crop clamped to the ratio range."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = rng.uniform(*scale) * area
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if w <= width and h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_resized_crop(img: Image.Image, rng: np.random.Generator, size: int, scale=(0.08, 1.0),
+                        ratio=(3.0 / 4.0, 4.0 / 3.0), interpolation: str = "random") -> Image.Image:
+    top, left, h, w = random_resized_crop_params(img.size[0], img.size[1], rng, scale, ratio)
+    if interpolation == "random":
+        interp = _RANDOM_INTERPOLATION[int(rng.integers(0, 2))]
+    else:
+        interp = pil_interpolation(interpolation)
+    # crop then resize, as torchvision's resized_crop does for PIL (a `box=` resize differs at edges)
+    return img.crop((left, top, left + w, top + h)).resize((size, size), interp)
+
+
+def random_erasing(x: np.ndarray, rng: np.random.Generator, prob: float = 0.25, mode: str = "pixel",
+                   min_count: int = 1, max_count: int = 1, min_area: float = 0.02,
+                   max_area: float = 1.0 / 3.0, min_aspect: float = 0.3) -> np.ndarray:
+    """timm RandomErasing on one normalised HWC float image (modified in place and returned).
+
+    With probability `prob`, 1..max_count boxes of area fraction U(min_area, max_area) / count and
+    log-uniform aspect ratio in [min_aspect, 1 / min_aspect] are filled with N(0, 1) noise per pixel
+    ('pixel'), per box colour ('rand') or zeros ('const'); 10 tries per box, as timm.
+    """
+    if mode not in ("pixel", "rand", "const"):
+        raise ValueError(f"random erasing mode must be 'pixel', 'rand' or 'const', got {mode!r}")
+    if rng.random() > prob:
+        return x
+    img_h, img_w, chan = x.shape
+    area = img_h * img_w
+    log_aspect = (math.log(min_aspect), math.log(1.0 / min_aspect))
+    count = min_count if min_count == max_count else int(rng.integers(min_count, max_count + 1))
+    for _ in range(count):
+        for _attempt in range(10):
+            target_area = rng.uniform(min_area, max_area) * area / count
+            aspect = math.exp(rng.uniform(*log_aspect))
+            h = int(round(math.sqrt(target_area * aspect)))
+            w = int(round(math.sqrt(target_area / aspect)))
+            if w < img_w and h < img_h:
+                top = int(rng.integers(0, img_h - h + 1))
+                left = int(rng.integers(0, img_w - w + 1))
+                if mode == "pixel":
+                    fill = rng.standard_normal((h, w, chan), dtype=np.float32)
+                elif mode == "rand":
+                    fill = rng.standard_normal((1, 1, chan), dtype=np.float32)
+                else:
+                    fill = np.float32(0.0)
+                x[top:top + h, left:left + w, :] = fill
+                break
+    return x
+
+
+def train_transform(img, rng: np.random.Generator, image_size: int,
+                    config: TrainAugConfig = TrainAugConfig(),
+                    mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> np.ndarray:
+    """Training augmentation for one image -> float32 (image_size, image_size, 3).
+
+    timm order: RandomResizedCrop -> hflip -> RandAugment -> ToTensor + Normalize -> RandomErasing.
+    Every random draw comes from `rng`, so (seed, example index) fixes the output.
+    """
+    img = to_pil_rgb(img)
+    if config.random_resized_crop:
+        img = random_resized_crop(img, rng, image_size, config.scale, config.ratio, config.interpolation)
+    else:
+        interp = "bicubic" if config.interpolation == "random" else config.interpolation
+        img = resize_and_center_crop(img, image_size, 1.0, "center", interp)
+    if config.hflip > 0 and rng.random() < config.hflip:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if config.auto_augment:
+        # timm's RandAugment hparams: fill with the mean colour; translate_const from the image size;
+        # geometric ops pick their filter at random unless a fixed training interpolation is set.
+        fixed = None if config.interpolation == "random" else pil_interpolation(config.interpolation)
+        ra = _rand_augment(config.auto_augment, tuple(mean), image_size, fixed)
+        img = ra(img, rng)
+    x = normalize(img, mean, std)
+    if config.re_prob > 0:
+        x = random_erasing(x, rng, config.re_prob, config.re_mode, max_count=config.re_count)
+    return x
+
+
+_RA_CACHE: dict = {}
+
+
+def _rand_augment(config_str, mean, image_size, interpolation):
+    key = (config_str, mean, image_size, interpolation)
+    if key not in _RA_CACHE:
+        fill = tuple(min(255, round(255 * m)) for m in mean)
+        _RA_CACHE[key] = rand_augment_transform(config_str, fill=fill, interpolation=interpolation,
+                                                translate_const=int(image_size * 0.45))
+    return _RA_CACHE[key]

@@ -1,0 +1,196 @@
+"""Training: sharding equivalence, multi-process, kill/resume, configs and bad input."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ml_collections import config_dict
+
+from mambavision_jax.train import sharding as shd
+from mambavision_jax.train.loop import NonFiniteLossError, _flush
+from mambavision_jax.train.metrics import Throughput
+from mambavision_jax.train.optim import make_optimizer
+from mambavision_jax.train.schedule import make_schedule
+from mambavision_jax.train.state import create_train_state, graphdefs
+from mambavision_jax.train.steps import make_train_step
+from small_train_config import get_config as small_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
+CONFIG_PATHS = {n: ROOT / "configs" / f"{n}.py" for n in CONFIGS}
+
+
+def _load_config(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config()
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_files_are_valid(name):
+    from mambavision_jax.train.config import validate
+    c = _load_config(name)
+    validate(c)
+    with pytest.raises(AttributeError):
+        c.not_a_field  # noqa: B018
+
+
+def test_official_recipe_values():
+    t, b, l = _load_config("tiny"), _load_config("base"), _load_config("large")
+    assert (t.batch_size, t.optimizer.name, t.optimizer.lr, t.optimizer.weight_decay) == (4096, "lamb", 5e-3, 0.05)
+    assert (t.schedule.warmup_epochs, t.schedule.min_lr, t.schedule.cooldown_epochs, t.ema.decay) == (20, 5e-6, 10, 0.9998)
+    assert (t.mesa.weight, b.mesa.weight, b.mesa.start_ratio, l.mesa.weight) == (0.5, 1.0, 0.3, 6.0)
+    assert (b.schedule.warmup_epochs, b.optimizer.weight_decay, l.optimizer.weight_decay) == (35, 0.075, 0.12)
+    assert t.data.auto_augment == "rand-m9-mstd0.5-inc1" and t.data.re_prob == 0.25
+
+
+def _run_steps(config, mesh, batches, n_classes=10):
+    steps_per_epoch = 4
+    schedule = make_schedule(config, steps_per_epoch)
+    tx = make_optimizer(config, steps_per_epoch, schedule=schedule)
+    train_gd, eval_gd = graphdefs(config, n_classes, 1)
+    state, shardings = create_train_state(config, n_classes, 1, tx, mesh)
+    step = jax.jit(make_train_step(config, train_gd, eval_gd, tx, schedule, n_classes, steps_per_epoch, 1),
+                   in_shardings=(shardings, shd.batch_sharding(mesh)), out_shardings=(shardings, shd.replicated(mesh)))
+    losses = []
+    for b in batches:
+        state, m = step(state, shd.global_batch(b, mesh))
+        losses.append(float(m["loss"]))
+    return state, losses, shardings
+
+
+def test_eight_devices_data_fsdp_equal_one_device():
+    assert jax.device_count() >= 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
+    c = small_config()
+    c.mesh.min_size_to_shard_mb = 0.0  # shard every parameter that divides, to test FSDP for real
+    rs = np.random.RandomState(0)
+    batches = [{"image": rs.randn(16, 32, 32, 3).astype(np.float32), "label": rs.randint(0, 10, 16).astype(np.int32)}
+               for _ in range(3)]
+    one, l1, _ = _run_steps(c, shd.make_mesh(1, 1, jax.devices()[:1]), batches)
+    eight, l8, shardings = _run_steps(c, shd.make_mesh(4, 2), batches)
+    specs = [s.spec for s in jax.tree.leaves(shardings.params)]
+    assert any("fsdp" in str(s) for s in specs), "no parameter was FSDP-sharded"
+    np.testing.assert_allclose(l8, l1, rtol=2e-5)
+    for a, b in zip(jax.tree.leaves(eight.params), jax.tree.leaves(one.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(eight.ema_batch_stats), jax.tree.leaves(one.ema_batch_stats)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_nan_loss_stops_and_names_the_step(tmp_path):
+    class FakeCkpt:
+        def latest_step(self):
+            return 40
+    rows = [{"loss": jnp.float32(1.0), "lr": jnp.float32(1e-3), "grad_norm": jnp.float32(1.0)},
+            {"loss": jnp.float32(np.nan), "lr": jnp.float32(1e-3), "grad_norm": jnp.float32(1.0)}]
+    with pytest.raises(NonFiniteLossError, match=r"nan at step 50.*checkpoint \(step 40\) is kept"):
+        _flush(rows, 50, 10, Throughput(0, 100, 8), _NullWriter(), FakeCkpt())
+
+
+class _NullWriter:
+    total_steps = 100
+
+    def write(self, *a):
+        pass
+
+    def log(self, *a):
+        pass
+
+
+# ------------------------------------------------------------------ end-to-end runs (subprocesses)
+def _env(devices: int):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def _train_cmd(workdir, *overrides):
+    return [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "tests" / "small_train_config.py"),
+            "--workdir", str(workdir), *overrides]
+
+
+def _losses(workdir):
+    rows = [json.loads(l) for l in open(Path(workdir) / "metrics.jsonl")]
+    return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from mambavision_jax.data import build_digits
+    d = str(tmp_path_factory.mktemp("tfds"))
+    build_digits(d)
+    return d
+
+
+def test_kill_and_resume_gives_the_same_losses(tmp_path, data_dir):
+    common = [f"--config.data.dir={data_dir}", "--config.total_steps=10", "--config.checkpoint_every_steps=3",
+              "--config.log_every_steps=1", "--config.eval_every_steps=100"]
+    ref = tmp_path / "ref"
+    subprocess.run(_train_cmd(ref, *common), check=True, env=_env(2), capture_output=True, timeout=600)
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_train_cmd(run, *common), env=_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not glob.glob(str(run / "checkpoints" / "6")) and time.time() < deadline:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = max(_losses(run))
+    assert killed_at < 10, "the run finished before it was killed"
+    out = subprocess.run(_train_cmd(run, *common), check=True, env=_env(2), capture_output=True, text=True, timeout=600)
+    assert "resumed from" in out.stdout
+    ref_losses, losses = _losses(ref), _losses(run)
+    resumed = [s for s in losses if s > 6]
+    assert resumed == [7, 8, 9, 10]
+    for s in resumed:
+        assert losses[s] == pytest.approx(ref_losses[s], rel=1e-6), s
+
+
+def test_two_processes_train_evaluate_and_checkpoint(tmp_path, data_dir):
+    import portpicker
+    port = portpicker.pick_unused_port()
+    workdir = tmp_path / "mp"
+    procs = [subprocess.Popen(
+        _train_cmd(workdir, f"--config.data.dir={data_dir}", "--config.total_steps=4",
+                   "--config.checkpoint_every_steps=2", "--config.eval_every_steps=4",
+                   "--config.log_every_steps=2", f"--coordinator=127.0.0.1:{port}",
+                   "--num_processes=2", f"--process_id={i}"),
+        env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    shards = [json.loads(next(l for l in o.splitlines() if l.startswith("data shard "))[len("data shard "):])
+              for o in outs]
+    assert shards[0]["process"] == 0 and shards[1]["process"] == 1
+    assert shards[0]["end"] <= shards[1]["start"]  # disjoint example ranges
+    assert "4 devices" in outs[0]
+    rows = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
+    assert {r["kind"] for r in rows} == {"train", "eval"}  # process 0 alone writes
+    assert len([r for r in rows if r["kind"] == "eval"]) == 1
+    assert (workdir / "checkpoints" / "4").is_dir() and (workdir / "best" / "4").is_dir()
+    assert (workdir / "checkpoints" / "data_state" / "4.1.json").is_file()
+
+
+def test_unknown_config_field_is_an_error(tmp_path):
+    out = subprocess.run(_train_cmd(tmp_path, "--config.no_such_field=1"), env=_env(1),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "no_such_field" in out.stderr
+
+
+def test_batch_not_divisible_by_devices(tmp_path, data_dir):
+    from mambavision_jax.train import train_and_evaluate
+    c = small_config()
+    c.data.dir = data_dir
+    c.batch_size = 12
+    with pytest.raises(ValueError, match=r"batch_size=12 is not divisible by the 8 devices"):
+        train_and_evaluate(c, str(tmp_path))
