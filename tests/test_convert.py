@@ -182,3 +182,17 @@ def _pth(official_model, tmp_path):
     path = tmp_path / "x.pth.tar"
     save_official_pth(official_model, path, "mamba_vision_T")
     return path
+
+
+def test_cli_round_trip(small_official, tmp_path):
+    from mambavision_jax.convert.__main__ import main
+    src = _pth(small_official, tmp_path)
+    assert main(["to-jax", str(src), str(tmp_path / "orbax"), "--model", "mamba_vision_T"]) == 2  # depths differ
+    full = build_official("mamba_vision_T", seed=4)
+    torch.save({"state_dict": full.state_dict()}, tmp_path / "full.pth.tar")
+    assert main(["to-jax", str(tmp_path / "full.pth.tar"), str(tmp_path / "orbax")]) == 0
+    assert main(["to-torch", str(tmp_path / "orbax"), str(tmp_path / "back.pth.tar")]) == 0
+    back = torch.load(tmp_path / "back.pth.tar", weights_only=True)["state_dict"]
+    for k, v in full.state_dict().items():
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(back[k], v), k

@@ -55,9 +55,11 @@ def tree_shardings(abstract_tree, mesh: Mesh, min_size_mb: float = 1.0):
     fsdp_size = mesh.shape["fsdp"]
 
     def one(x):
+        dtype = getattr(x, "dtype", np.float32)
+        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            return NamedSharding(mesh, P())  # RNG keys: tiny, replicated
         shape = tuple(getattr(x, "shape", ()))
-        itemsize = np.dtype(getattr(x, "dtype", np.float32)).itemsize
-        return NamedSharding(mesh, fsdp_spec(shape, itemsize, fsdp_size, min_size_mb))
+        return NamedSharding(mesh, fsdp_spec(shape, np.dtype(dtype).itemsize, fsdp_size, min_size_mb))
 
     return jax.tree.map(one, abstract_tree)
 
