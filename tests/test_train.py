@@ -69,7 +69,7 @@ def _run_steps(config, mesh, batches, n_classes=10):
     return state, losses, shardings
 
 
-def test_eight_devices_data_fsdp_equal_one_device():
+def test_eight_devices_data_fsdp_equal_one_device(tmp_path):
     assert jax.device_count() >= 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
     c = small_config()
     c.mesh.min_size_to_shard_mb = 0.0  # shard every parameter that divides, to test FSDP for real
@@ -89,6 +89,20 @@ def test_eight_devices_data_fsdp_equal_one_device():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
     for a, b in zip(jax.tree.leaves(eight.ema_batch_stats), jax.tree.leaves(one.ema_batch_stats)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+    # A checkpoint written from the 8-device FSDP layout restores onto 1 device.
+    from mambavision_jax.train.checkpoint import Checkpointer
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save(3, eight)
+    ckpt.wait()
+    one_sharding = jax.tree.map(lambda _: shd.replicated(shd.make_mesh(1, 1, jax.devices()[:1])), one)
+    restored, data_state = ckpt.restore(3, one, one_sharding)
+    ckpt.close()
+    assert data_state is None and int(restored.step) == 3
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(eight)):
+        assert a.sharding.num_devices == 1
+        np.testing.assert_array_equal(np.asarray(jax.random.key_data(a) if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else a),
+                                      np.asarray(jax.random.key_data(b) if jax.dtypes.issubdtype(b.dtype, jax.dtypes.prng_key) else b))
 
 
 def test_nan_loss_stops_and_names_the_step(tmp_path):
