@@ -219,3 +219,25 @@ def test_batch_not_divisible_by_devices(tmp_path, data_dir):
     c.batch_size = 12
     with pytest.raises(ValueError, match=r"batch_size=12 is not divisible by the 8 devices"):
         train_and_evaluate(c, str(tmp_path))
+
+
+def test_init_from_checkpoint_with_a_new_head(tmp_path):
+    import mambavision_jax as mvj
+    from mambavision_jax.convert import save_checkpoint
+    from mambavision_jax.train.loop import _init_from
+    c = small_config()
+    from flax import nnx
+    from mambavision_jax.train.state import model_kwargs
+    kw = model_kwargs(c, 1000, 1)
+    src = mvj.create_model("mamba_vision_T", rngs=nnx.Rngs(7), **kw)
+    save_checkpoint(src, tmp_path / "src")
+    c.init_from = str(tmp_path / "src")
+    mesh = shd.make_mesh(1, 1, jax.devices()[:1])
+    tx = make_optimizer(c, 4)
+    state, shardings = create_train_state(c, 10, 1, tx, mesh)
+    new = _init_from(c, state, shardings, 10, 1, _NullWriter())
+    assert new.params["head"]["kernel"].shape == (128, 10)
+    np.testing.assert_array_equal(np.asarray(new.params["levels"][2]["blocks"][0]["mixer"]["A_log"][...]),
+                                  np.asarray(src.levels[2].blocks[0].mixer.A_log[...]))
+    np.testing.assert_array_equal(np.asarray(new.ema_params["patch_embed"]["conv_down"][0]["kernel"][...]),
+                                  np.asarray(src.patch_embed.conv_down[0].kernel[...]))

@@ -173,14 +173,17 @@ def save_checkpoint(model, directory: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, name: str | None = None, *, num_classes: int | None = None,
-                    dtype=jnp.float32, **kwargs):
+                    use_ema: bool = False, dtype=jnp.float32, **kwargs):
     """Any supported checkpoint: an orbax folder written by `save_checkpoint`, or what
     `load_torch_checkpoint` reads (.pth.tar, .safetensors, Hugging Face folder)."""
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
     if not (path / ORBAX_META).is_file():
-        return load_torch_checkpoint(path, name, num_classes=num_classes, dtype=dtype, **kwargs)
+        return load_torch_checkpoint(path, name, num_classes=num_classes, use_ema=use_ema, dtype=dtype, **kwargs)
+    if use_ema:
+        raise CheckpointError(f"{path}: an orbax model checkpoint holds one set of weights; use_ema "
+                              f"applies to official .pth.tar files")
     meta = json.loads((path / ORBAX_META).read_text())
     if name is not None and meta["name"] is not None and name != meta["name"]:
         raise CheckpointError(f"{path} holds {meta['name']}, not {name}")
@@ -190,6 +193,9 @@ def load_checkpoint(path: str | Path, name: str | None = None, *, num_classes: i
         restored = ckptr.restore(path / "state", abstract)
     nnx.update(model, restored)
     if num_classes is not None and num_classes != model.num_classes:
-        raise CheckpointError("changing num_classes is supported for PyTorch checkpoints only")
+        # fine-tuning with another head: everything but the head carries over
+        new = create_model(model.name, num_classes=num_classes, dtype=dtype, **kwargs)
+        load_state_dict(new, to_torch_state_dict(model), skip=_HEAD_KEYS)
+        model = new
     model.eval()
     return model

@@ -193,8 +193,7 @@ def _init_from(config, state, shardings, num_classes, bn_groups, writer):
     kw = model_kwargs(config, num_classes, bn_groups)
     kw.pop("num_classes")
     model = load_checkpoint(config.init_from, config.model.name, num_classes=num_classes,
-                            use_ema=config.init_from_ema, **kw) if config.init_from_ema else \
-        load_checkpoint(config.init_from, config.model.name, num_classes=num_classes, **kw)
+                            use_ema=config.init_from_ema, **kw)
     _, params, stats, _ = split_model(model)
     writer.log(f"initialised from {config.init_from}")
     return with_weights(state, params, stats, shardings)
