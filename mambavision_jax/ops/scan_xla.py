@@ -8,6 +8,7 @@ float64 so that finite-difference gradient checks are meaningful); the result ha
 
 from __future__ import annotations
 
+import numpy as np
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -53,8 +54,8 @@ def check_shapes(u, delta, A, B, C, D=None, delta_bias=None):
     if x.shape != (b, l, n):
       raise ValueError(f"{name} must be (batch, L, n) = {(b, l, n)}, got {x.shape}")
   for name, x in (("D", D), ("delta_bias", delta_bias)):
-    if x is not None and jnp.shape(x) != (d,):
-      raise ValueError(f"{name} must be (d={d},), got {jnp.shape(x)}")
+    if x is not None and np.shape(x) != (d,):
+      raise ValueError(f"{name} must be (d={d},), got {np.shape(x)}")
 
 
 def selective_scan_sequential(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
