@@ -40,303 +40,376 @@ f32 = jnp.float32
 
 @dataclasses.dataclass(frozen=True)
 class KernelConfig:
-  """How a backend runs the shared kernels (hashable: used as a custom_vjp static argument)."""
+    """How a backend runs the shared kernels (hashable: used as a custom_vjp static argument)."""
 
-  name: str
-  block_d: int  # channels per program (power of 2 on Triton, multiple of 128 on Mosaic)
-  chunk: int  # steps between saved states (backward recompute granularity)
-  n_multiple: int  # pad the state to a multiple of this (power-of-2 rounding if 0)
-  scratch_as_output: bool  # Triton has no scratch buffers: use an extra (discarded) output
-  compiler_params: Callable[[str], Any] | None = None  # kind ("fwd" / "bwd") -> CompilerParams
-  barrier: Callable[[], None] | None = None  # Triton: order scratch writes before reads
-  interpret: Any = False  # False, True, or backend interpret params
-  lane_reduce_dot: bool = False  # sum over channels as a ones-row matmul (Mosaic) or jnp.sum
+    name: str
+    block_d: int  # channels per program (power of 2 on Triton, multiple of 128 on Mosaic)
+    chunk: int  # steps between saved states (backward recompute granularity)
+    n_multiple: int  # pad the state to a multiple of this (power-of-2 rounding if 0)
+    scratch_as_output: bool  # Triton has no scratch buffers: use an extra (discarded) output
+    compiler_params: Callable[[str], Any] | None = None  # kind ("fwd" / "bwd") -> CompilerParams
+    barrier: Callable[[], None] | None = None  # Triton: order scratch writes before reads
+    interpret: Any = False  # False, True, or backend interpret params
+    lane_reduce_dot: bool = False  # sum over channels as a ones-row matmul (Mosaic) or jnp.sum
 
 
 def _softplus(x):
-  # max(x, 0) + log1p(exp(-|x|)): stable, and needs only exp / log1p (lowered by Triton and Mosaic).
-  return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+    # max(x, 0) + log1p(exp(-|x|)): stable, and needs only exp / log1p (lowered by Triton and Mosaic).
+    return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
 
 
 def _sigmoid(x):
-  return 1.0 / (1.0 + jnp.exp(-x))
+    return 1.0 / (1.0 + jnp.exp(-x))
 
 
 def _dt_row(dl_ref, bias, t, softplus):
-  x = dl_ref[t].astype(f32) + bias
-  return _softplus(x) if softplus else x
+    x = dl_ref[t].astype(f32) + bias
+    return _softplus(x) if softplus else x
 
 
 # --------------------------------------------------------------------------------------- forward
 
 
-def _fwd_kernel(u_ref, dl_ref, a_ref, b_ref, c_ref, d_ref, bias_ref, y_ref, *rest, seq_len, chunk,
-                softplus, save_states):
-  hb_ref = rest[0] if save_states else None
-  A = a_ref[...].astype(f32)  # (n, bd)
-  dvec = d_ref[0].astype(f32)  # (bd,)
-  bias = bias_ref[0].astype(f32)  # (bd,)
+def _fwd_kernel(
+    u_ref,
+    dl_ref,
+    a_ref,
+    b_ref,
+    c_ref,
+    d_ref,
+    bias_ref,
+    y_ref,
+    *rest,
+    seq_len,
+    chunk,
+    softplus,
+    save_states,
+):
+    hb_ref = rest[0] if save_states else None
+    A = a_ref[...].astype(f32)  # (n, bd)
+    dvec = d_ref[0].astype(f32)  # (bd,)
+    bias = bias_ref[0].astype(f32)  # (bd,)
 
-  def step(t, h):
-    u = u_ref[t].astype(f32)  # (bd,)
-    dt = _dt_row(dl_ref, bias, t, softplus)  # (bd,)
-    bt = b_ref[t].astype(f32)  # (n,)
-    ct = c_ref[t].astype(f32)  # (n,)
-    h = jnp.exp(dt[None, :] * A) * h + (dt * u)[None, :] * bt[:, None]
-    y = jnp.sum(h * ct[:, None], axis=0) + dvec * u
-    y_ref[t] = y.astype(y_ref.dtype)
-    return h
+    def step(t, h):
+        u = u_ref[t].astype(f32)  # (bd,)
+        dt = _dt_row(dl_ref, bias, t, softplus)  # (bd,)
+        bt = b_ref[t].astype(f32)  # (n,)
+        ct = c_ref[t].astype(f32)  # (n,)
+        h = jnp.exp(dt[None, :] * A) * h + (dt * u)[None, :] * bt[:, None]
+        y = jnp.sum(h * ct[:, None], axis=0) + dvec * u
+        y_ref[t] = y.astype(y_ref.dtype)
+        return h
 
-  h0 = jnp.zeros(A.shape, f32)
-  if not save_states:
-    lax.fori_loop(0, seq_len, step, h0)
-    return
+    h0 = jnp.zeros(A.shape, f32)
+    if not save_states:
+        lax.fori_loop(0, seq_len, step, h0)
+        return
 
-  num_chunks = hb_ref.shape[0]
+    num_chunks = hb_ref.shape[0]
 
-  def chunk_body(c, h):
-    hb_ref[c] = h  # the state before the chunk's first step
-    start = c * chunk
-    stop = jnp.minimum(start + chunk, seq_len)
-    return lax.fori_loop(start, stop, step, h)
+    def chunk_body(c, h):
+        hb_ref[c] = h  # the state before the chunk's first step
+        start = c * chunk
+        stop = jnp.minimum(start + chunk, seq_len)
+        return lax.fori_loop(start, stop, step, h)
 
-  lax.fori_loop(0, num_chunks, chunk_body, h0)
+    lax.fori_loop(0, num_chunks, chunk_body, h0)
 
 
 # -------------------------------------------------------------------------------------- backward
 
 
-def _bwd_kernel(u_ref, dl_ref, a_ref, b_ref, c_ref, d_ref, bias_ref, hb_ref, dy_ref,
-                du_ref, ddl_ref, da_ref, dd_ref, dbias_ref, db_ref, dc_ref, scratch_ref, *,
-                seq_len, chunk, softplus, barrier, lane_reduce_dot):
-  A = a_ref[...].astype(f32)  # (n, bd)
-  dvec = d_ref[0].astype(f32)
-  bias = bias_ref[0].astype(f32)
-  num_chunks = hb_ref.shape[0]
+def _bwd_kernel(
+    u_ref,
+    dl_ref,
+    a_ref,
+    b_ref,
+    c_ref,
+    d_ref,
+    bias_ref,
+    hb_ref,
+    dy_ref,
+    du_ref,
+    ddl_ref,
+    da_ref,
+    dd_ref,
+    dbias_ref,
+    db_ref,
+    dc_ref,
+    scratch_ref,
+    *,
+    seq_len,
+    chunk,
+    softplus,
+    barrier,
+    lane_reduce_dot,
+):
+    A = a_ref[...].astype(f32)  # (n, bd)
+    dvec = d_ref[0].astype(f32)
+    bias = bias_ref[0].astype(f32)
+    num_chunks = hb_ref.shape[0]
 
-  def fence():
-    if barrier is not None:
-      barrier()
+    def fence():
+        if barrier is not None:
+            barrier()
 
-  def recompute(t, h, start):
-    u = u_ref[t].astype(f32)
-    dt = _dt_row(dl_ref, bias, t, softplus)
-    bt = b_ref[t].astype(f32)
-    h = jnp.exp(dt[None, :] * A) * h + (dt * u)[None, :] * bt[:, None]
-    scratch_ref[t - start + 1] = h  # scratch[k + 1] = h_{start + k}; scratch[0] = h_{start - 1}
-    return h
+    def recompute(t, h, start):
+        u = u_ref[t].astype(f32)
+        dt = _dt_row(dl_ref, bias, t, softplus)
+        bt = b_ref[t].astype(f32)
+        h = jnp.exp(dt[None, :] * A) * h + (dt * u)[None, :] * bt[:, None]
+        scratch_ref[t - start + 1] = h  # scratch[k + 1] = h_{start + k}; scratch[0] = h_{start - 1}
+        return h
 
-  def store_channel_sum(ref, t, x):
-    """ref[t, :] = x.sum(axis=1) for x: (n, bd), i.e. a sum over this program's channels."""
-    if lane_reduce_dot:
-      # Mosaic: a lane reduction yields a column; a (1, bd) x (n, bd)^T matmul yields the row.
-      ones = jnp.ones((1, x.shape[1]), f32)
-      r = lax.dot_general(ones, x, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST,
-                          preferred_element_type=f32)
-      ref[pl.ds(t, 1), :] = r.astype(ref.dtype)
-    else:
-      ref[t] = jnp.sum(x, axis=1).astype(ref.dtype)
+    def store_channel_sum(ref, t, x):
+        """ref[t, :] = x.sum(axis=1) for x: (n, bd), i.e. a sum over this program's channels."""
+        if lane_reduce_dot:
+            # Mosaic: a lane reduction yields a column; a (1, bd) x (n, bd)^T matmul yields the row.
+            ones = jnp.ones((1, x.shape[1]), f32)
+            r = lax.dot_general(
+                ones,
+                x,
+                (((1,), (1,)), ((), ())),
+                precision=lax.Precision.HIGHEST,
+                preferred_element_type=f32,
+            )
+            ref[pl.ds(t, 1), :] = r.astype(ref.dtype)
+        else:
+            ref[t] = jnp.sum(x, axis=1).astype(ref.dtype)
 
-  def chunk_body(i, carry):
-    c = num_chunks - 1 - i
-    start = c * chunk
-    count = jnp.minimum(chunk, seq_len - start)
-    h_start = hb_ref[c].astype(f32)
-    fence()  # the previous chunk's reads of the scratch are done
-    scratch_ref[0] = h_start
-    lax.fori_loop(start, start + count, functools.partial(recompute, start=start), h_start)
-    fence()  # the scratch is written
+    def chunk_body(i, carry):
+        c = num_chunks - 1 - i
+        start = c * chunk
+        count = jnp.minimum(chunk, seq_len - start)
+        h_start = hb_ref[c].astype(f32)
+        fence()  # the previous chunk's reads of the scratch are done
+        scratch_ref[0] = h_start
+        lax.fori_loop(start, start + count, functools.partial(recompute, start=start), h_start)
+        fence()  # the scratch is written
 
-    def rev_step(j, carry):
-      dh, da, dd, dbias = carry
-      k = count - 1 - j
-      t = start + k
-      h_t = scratch_ref[k + 1]
-      h_prev = scratch_ref[k]
-      u = u_ref[t].astype(f32)
-      x = dl_ref[t].astype(f32) + bias
-      dt = _softplus(x) if softplus else x
-      bt = b_ref[t].astype(f32)
-      ct = c_ref[t].astype(f32)
-      dy = dy_ref[t].astype(f32)
-      a_bar = jnp.exp(dt[None, :] * A)  # (n, bd)
-      dh = dh + ct[:, None] * dy[None, :]  # total gradient wrt h_t
-      store_channel_sum(dc_ref, t, h_t * dy[None, :])
-      g_abar = dh * h_prev * a_bar  # d/d(dt A) of exp(dt A)
-      da = da + g_abar * dt[None, :]
-      dh_bt = dh * bt[:, None]
-      ddt = jnp.sum(g_abar * A, axis=0) + jnp.sum(dh_bt, axis=0) * u
-      store_channel_sum(db_ref, t, dh * (dt * u)[None, :])
-      du_ref[t] = (jnp.sum(dh_bt, axis=0) * dt + dvec * dy).astype(du_ref.dtype)
-      dd = dd + dy * u
-      if softplus:
-        ddt = ddt * _sigmoid(x)
-      ddl_ref[t] = ddt.astype(ddl_ref.dtype)
-      dbias = dbias + ddt
-      return dh * a_bar, da, dd, dbias
+        def rev_step(j, carry):
+            dh, da, dd, dbias = carry
+            k = count - 1 - j
+            t = start + k
+            h_t = scratch_ref[k + 1]
+            h_prev = scratch_ref[k]
+            u = u_ref[t].astype(f32)
+            x = dl_ref[t].astype(f32) + bias
+            dt = _softplus(x) if softplus else x
+            bt = b_ref[t].astype(f32)
+            ct = c_ref[t].astype(f32)
+            dy = dy_ref[t].astype(f32)
+            a_bar = jnp.exp(dt[None, :] * A)  # (n, bd)
+            dh = dh + ct[:, None] * dy[None, :]  # total gradient wrt h_t
+            store_channel_sum(dc_ref, t, h_t * dy[None, :])
+            g_abar = dh * h_prev * a_bar  # d/d(dt A) of exp(dt A)
+            da = da + g_abar * dt[None, :]
+            dh_bt = dh * bt[:, None]
+            ddt = jnp.sum(g_abar * A, axis=0) + jnp.sum(dh_bt, axis=0) * u
+            store_channel_sum(db_ref, t, dh * (dt * u)[None, :])
+            du_ref[t] = (jnp.sum(dh_bt, axis=0) * dt + dvec * dy).astype(du_ref.dtype)
+            dd = dd + dy * u
+            if softplus:
+                ddt = ddt * _sigmoid(x)
+            ddl_ref[t] = ddt.astype(ddl_ref.dtype)
+            dbias = dbias + ddt
+            return dh * a_bar, da, dd, dbias
 
-    return lax.fori_loop(0, count, rev_step, carry)
+        return lax.fori_loop(0, count, rev_step, carry)
 
-  n, bd = A.shape
-  init = (jnp.zeros((n, bd), f32), jnp.zeros((n, bd), f32), jnp.zeros((bd,), f32),
-          jnp.zeros((bd,), f32))
-  _, da, dd, dbias = lax.fori_loop(0, num_chunks, chunk_body, init)
-  da_ref[...] = da
-  dd_ref[0] = dd
-  dbias_ref[0] = dbias
+    n, bd = A.shape
+    init = (
+        jnp.zeros((n, bd), f32),
+        jnp.zeros((n, bd), f32),
+        jnp.zeros((bd,), f32),
+        jnp.zeros((bd,), f32),
+    )
+    _, da, dd, dbias = lax.fori_loop(0, num_chunks, chunk_body, init)
+    da_ref[...] = da
+    dd_ref[0] = dd
+    dbias_ref[0] = dbias
 
 
 # ------------------------------------------------------------------------------------ pallas_call
 
 
 def _specs(cfg: KernelConfig, bsz, seq_len, d, n):
-  bd = cfg.block_d
-  row = pl.BlockSpec((None, seq_len, bd), lambda b, j: (b, 0, j))  # u, delta, y, du, ...
-  a = pl.BlockSpec((n, bd), lambda b, j: (0, j))
-  bc = pl.BlockSpec((None, seq_len, n), lambda b, j: (b, 0, 0))
-  vec = pl.BlockSpec((1, bd), lambda b, j: (0, j))  # D, delta_bias as (1, d)
-  return row, a, bc, vec
+    bd = cfg.block_d
+    row = pl.BlockSpec((None, seq_len, bd), lambda b, j: (b, 0, j))  # u, delta, y, du, ...
+    a = pl.BlockSpec((n, bd), lambda b, j: (0, j))
+    bc = pl.BlockSpec((None, seq_len, n), lambda b, j: (b, 0, 0))
+    vec = pl.BlockSpec((1, bd), lambda b, j: (0, j))  # D, delta_bias as (1, d)
+    return row, a, bc, vec
 
 
 def _params(cfg, kind):
-  return None if cfg.compiler_params is None else cfg.compiler_params(kind)
+    return None if cfg.compiler_params is None else cfg.compiler_params(kind)
 
 
 def _forward_call(cfg, softplus, save_states, u, dl, a, b, c, dvec, bias):
-  bsz, seq_len, d = u.shape
-  n = a.shape[0]
-  bd = cfg.block_d
-  grid = (bsz, d // bd)
-  row, a_spec, bc, vec = _specs(cfg, bsz, seq_len, d, n)
-  num_chunks = pl.cdiv(seq_len, cfg.chunk)
-  out_shape = [jax.ShapeDtypeStruct(u.shape, u.dtype)]
-  out_specs = [row]
-  if save_states:
-    out_shape.append(jax.ShapeDtypeStruct((bsz, num_chunks, n, d), f32))
-    out_specs.append(pl.BlockSpec((None, num_chunks, n, bd), lambda b, j: (b, 0, 0, j)))
-  kernel = functools.partial(_fwd_kernel, seq_len=seq_len, chunk=cfg.chunk, softplus=softplus,
-                             save_states=save_states)
-  outs = pl.pallas_call(
-      kernel, out_shape=out_shape, grid=grid,
-      in_specs=[row, row, a_spec, bc, bc, vec, vec], out_specs=out_specs,
-      compiler_params=_params(cfg, "fwd"), interpret=cfg.interpret,
-      name=f"selective_scan_fwd_{cfg.name}",
-  )(u, dl, a, b, c, dvec, bias)
-  return outs if save_states else (outs[0], None)
+    bsz, seq_len, d = u.shape
+    n = a.shape[0]
+    bd = cfg.block_d
+    grid = (bsz, d // bd)
+    row, a_spec, bc, vec = _specs(cfg, bsz, seq_len, d, n)
+    num_chunks = pl.cdiv(seq_len, cfg.chunk)
+    out_shape = [jax.ShapeDtypeStruct(u.shape, u.dtype)]
+    out_specs = [row]
+    if save_states:
+        out_shape.append(jax.ShapeDtypeStruct((bsz, num_chunks, n, d), f32))
+        out_specs.append(pl.BlockSpec((None, num_chunks, n, bd), lambda b, j: (b, 0, 0, j)))
+    kernel = functools.partial(
+        _fwd_kernel, seq_len=seq_len, chunk=cfg.chunk, softplus=softplus, save_states=save_states
+    )
+    outs = pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=grid,
+        in_specs=[row, row, a_spec, bc, bc, vec, vec],
+        out_specs=out_specs,
+        compiler_params=_params(cfg, "fwd"),
+        interpret=cfg.interpret,
+        name=f"selective_scan_fwd_{cfg.name}",
+    )(u, dl, a, b, c, dvec, bias)
+    return outs if save_states else (outs[0], None)
 
 
 def _backward_call(cfg, softplus, u, dl, a, b, c, dvec, bias, hb, dy):
-  bsz, seq_len, d = u.shape
-  n = a.shape[0]
-  bd = cfg.block_d
-  nblk = d // bd
-  grid = (bsz, nblk)
-  row, a_spec, bc, vec = _specs(cfg, bsz, seq_len, d, n)
-  num_chunks = hb.shape[1]
-  hb_spec = pl.BlockSpec((None, num_chunks, n, bd), lambda b, j: (b, 0, 0, j))
-  per_seq_a = pl.BlockSpec((None, n, bd), lambda b, j: (b, 0, j))  # (bsz, n, d)
-  per_seq_vec = pl.BlockSpec((None, 1, bd), lambda b, j: (b, 0, j))  # (bsz, 1, d)
-  per_blk_bc = pl.BlockSpec((None, None, seq_len, n), lambda b, j: (j, b, 0, 0))  # (nblk, bsz, L, n)
-  out_shape = [
-      jax.ShapeDtypeStruct(u.shape, u.dtype),  # du
-      jax.ShapeDtypeStruct(dl.shape, dl.dtype),  # d delta
-      jax.ShapeDtypeStruct((bsz, n, d), f32),  # dA per sequence
-      jax.ShapeDtypeStruct((bsz, 1, d), f32),  # dD per sequence
-      jax.ShapeDtypeStruct((bsz, 1, d), f32),  # d delta_bias per sequence
-      jax.ShapeDtypeStruct((nblk, bsz, seq_len, n), f32),  # dB per channel block
-      jax.ShapeDtypeStruct((nblk, bsz, seq_len, n), f32),  # dC per channel block
-  ]
-  out_specs = [row, row, per_seq_a, per_seq_vec, per_seq_vec, per_blk_bc, per_blk_bc]
-  scratch_shapes = ()
-  if cfg.scratch_as_output:
-    out_shape.append(jax.ShapeDtypeStruct((bsz, nblk, cfg.chunk + 1, n, bd), f32))
-    out_specs.append(
-        pl.BlockSpec((None, None, cfg.chunk + 1, n, bd), lambda b, j: (b, j, 0, 0, 0)))
-  else:
-    from jax.experimental.pallas import tpu as pltpu  # noqa: PLC0415
+    bsz, seq_len, d = u.shape
+    n = a.shape[0]
+    bd = cfg.block_d
+    nblk = d // bd
+    grid = (bsz, nblk)
+    row, a_spec, bc, vec = _specs(cfg, bsz, seq_len, d, n)
+    num_chunks = hb.shape[1]
+    hb_spec = pl.BlockSpec((None, num_chunks, n, bd), lambda b, j: (b, 0, 0, j))
+    per_seq_a = pl.BlockSpec((None, n, bd), lambda b, j: (b, 0, j))  # (bsz, n, d)
+    per_seq_vec = pl.BlockSpec((None, 1, bd), lambda b, j: (b, 0, j))  # (bsz, 1, d)
+    per_blk_bc = pl.BlockSpec(
+        (None, None, seq_len, n), lambda b, j: (j, b, 0, 0)
+    )  # (nblk, bsz, L, n)
+    out_shape = [
+        jax.ShapeDtypeStruct(u.shape, u.dtype),  # du
+        jax.ShapeDtypeStruct(dl.shape, dl.dtype),  # d delta
+        jax.ShapeDtypeStruct((bsz, n, d), f32),  # dA per sequence
+        jax.ShapeDtypeStruct((bsz, 1, d), f32),  # dD per sequence
+        jax.ShapeDtypeStruct((bsz, 1, d), f32),  # d delta_bias per sequence
+        jax.ShapeDtypeStruct((nblk, bsz, seq_len, n), f32),  # dB per channel block
+        jax.ShapeDtypeStruct((nblk, bsz, seq_len, n), f32),  # dC per channel block
+    ]
+    out_specs = [row, row, per_seq_a, per_seq_vec, per_seq_vec, per_blk_bc, per_blk_bc]
+    scratch_shapes = ()
+    if cfg.scratch_as_output:
+        out_shape.append(jax.ShapeDtypeStruct((bsz, nblk, cfg.chunk + 1, n, bd), f32))
+        out_specs.append(
+            pl.BlockSpec((None, None, cfg.chunk + 1, n, bd), lambda b, j: (b, j, 0, 0, 0))
+        )
+    else:
+        from jax.experimental.pallas import tpu as pltpu  # noqa: PLC0415
 
-    scratch_shapes = (pltpu.VMEM((cfg.chunk + 1, n, bd), f32),)
-  kernel = functools.partial(_bwd_kernel, seq_len=seq_len, chunk=cfg.chunk, softplus=softplus,
-                             barrier=cfg.barrier, lane_reduce_dot=cfg.lane_reduce_dot)
-  outs = pl.pallas_call(
-      kernel, out_shape=out_shape, grid=grid,
-      in_specs=[row, row, a_spec, bc, bc, vec, vec, hb_spec, row], out_specs=out_specs,
-      scratch_shapes=scratch_shapes, compiler_params=_params(cfg, "bwd"), interpret=cfg.interpret,
-      name=f"selective_scan_bwd_{cfg.name}",
-  )(u, dl, a, b, c, dvec, bias, hb, dy)
-  du, ddl, da, dd, dbias, db, dc = outs[:7]
-  return du, ddl, da.sum(0), dd.sum(0), dbias.sum(0), db.sum(0), dc.sum(0)
+        scratch_shapes = (pltpu.VMEM((cfg.chunk + 1, n, bd), f32),)
+    kernel = functools.partial(
+        _bwd_kernel,
+        seq_len=seq_len,
+        chunk=cfg.chunk,
+        softplus=softplus,
+        barrier=cfg.barrier,
+        lane_reduce_dot=cfg.lane_reduce_dot,
+    )
+    outs = pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=grid,
+        in_specs=[row, row, a_spec, bc, bc, vec, vec, hb_spec, row],
+        out_specs=out_specs,
+        scratch_shapes=scratch_shapes,
+        compiler_params=_params(cfg, "bwd"),
+        interpret=cfg.interpret,
+        name=f"selective_scan_bwd_{cfg.name}",
+    )(u, dl, a, b, c, dvec, bias, hb, dy)
+    du, ddl, da, dd, dbias, db, dc = outs[:7]
+    return du, ddl, da.sum(0), dd.sum(0), dbias.sum(0), db.sum(0), dc.sum(0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _scan_core(cfg, softplus, u, dl, a, b, c, dvec, bias):
-  """Padded core: u, dl (bsz, L, d); a (n, d); b, c (bsz, L, n); dvec, bias (1, d)."""
-  return _forward_call(cfg, softplus, False, u, dl, a, b, c, dvec, bias)[0]
+    """Padded core: u, dl (bsz, L, d); a (n, d); b, c (bsz, L, n); dvec, bias (1, d)."""
+    return _forward_call(cfg, softplus, False, u, dl, a, b, c, dvec, bias)[0]
 
 
 def _scan_core_fwd(cfg, softplus, u, dl, a, b, c, dvec, bias):
-  y, hb = _forward_call(cfg, softplus, True, u, dl, a, b, c, dvec, bias)
-  return y, (u, dl, a, b, c, dvec, bias, hb)
+    y, hb = _forward_call(cfg, softplus, True, u, dl, a, b, c, dvec, bias)
+    return y, (u, dl, a, b, c, dvec, bias, hb)
 
 
 def _scan_core_bwd(cfg, softplus, res, dy):
-  u, dl, a, b, c, dvec, bias, hb = res
-  du, ddl, da, dd, dbias, db, dc = _backward_call(cfg, softplus, u, dl, a, b, c, dvec, bias, hb, dy)
-  return (du, ddl, da.astype(a.dtype), db.astype(b.dtype), dc.astype(c.dtype),
-          dd.astype(dvec.dtype), dbias.astype(bias.dtype))
+    u, dl, a, b, c, dvec, bias, hb = res
+    du, ddl, da, dd, dbias, db, dc = _backward_call(
+        cfg, softplus, u, dl, a, b, c, dvec, bias, hb, dy
+    )
+    return (
+        du,
+        ddl,
+        da.astype(a.dtype),
+        db.astype(b.dtype),
+        dc.astype(c.dtype),
+        dd.astype(dvec.dtype),
+        dbias.astype(bias.dtype),
+    )
 
 
 _scan_core.defvjp(_scan_core_fwd, _scan_core_bwd)
 
 
 def _round_up(x, m):
-  return -(-x // m) * m
+    return -(-x // m) * m
 
 
 def _pad_axis(x, axis, size):
-  if x.shape[axis] == size:
-    return x
-  pads = [(0, 0)] * x.ndim
-  pads[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, pads)
+    if x.shape[axis] == size:
+        return x
+    pads = [(0, 0)] * x.ndim
+    pads[axis] = (0, size - x.shape[axis])
+    return jnp.pad(x, pads)
 
 
-def selective_scan(cfg: KernelConfig, u, delta, A, B, C, D=None, delta_bias=None,
-                   delta_softplus=False):
-  """Channels-last selective scan on the shared Pallas kernels (see ``ops.selective_scan``).
+def selective_scan(
+    cfg: KernelConfig, u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False
+):
+    """Channels-last selective scan on the shared Pallas kernels (see ``ops.selective_scan``).
 
-  u, delta: (bsz, L, d) (float32 / bfloat16 / float16); A: (d, n); B, C: (bsz, L, n);
-  D, delta_bias: (d,) or None. Returns (bsz, L, d) in u.dtype; float32 accumulation.
-  """
-  u = jnp.asarray(u)
-  out_dtype = u.dtype
-  bsz, seq_len, d = u.shape
-  n = A.shape[1]
-  # Activations are read in their own dtype (bf16 / f16 / f32; anything else, e.g. float64 with
-  # x64, as f32) and upcast in the kernel.
-  io = lambda x: x if x.dtype in (jnp.bfloat16, jnp.float16, f32) else x.astype(f32)
-  u, delta, B, C = (io(jnp.asarray(x)) for x in (u, delta, B, C))
-  A = jnp.asarray(A).astype(f32)
-  D = jnp.zeros((d,), f32) if D is None else jnp.asarray(D).astype(f32)
-  delta_bias = jnp.zeros((d,), f32) if delta_bias is None else jnp.asarray(delta_bias).astype(f32)
+    u, delta: (bsz, L, d) (float32 / bfloat16 / float16); A: (d, n); B, C: (bsz, L, n);
+    D, delta_bias: (d,) or None. Returns (bsz, L, d) in u.dtype; float32 accumulation.
+    """
+    u = jnp.asarray(u)
+    out_dtype = u.dtype
+    bsz, seq_len, d = u.shape
+    n = A.shape[1]
+    # Activations are read in their own dtype (bf16 / f16 / f32; anything else, e.g. float64 with
+    # x64, as f32) and upcast in the kernel.
+    io = lambda x: x if x.dtype in (jnp.bfloat16, jnp.float16, f32) else x.astype(f32)
+    u, delta, B, C = (io(jnp.asarray(x)) for x in (u, delta, B, C))
+    A = jnp.asarray(A).astype(f32)
+    D = jnp.zeros((d,), f32) if D is None else jnp.asarray(D).astype(f32)
+    delta_bias = jnp.zeros((d,), f32) if delta_bias is None else jnp.asarray(delta_bias).astype(f32)
 
-  dp = _round_up(d, cfg.block_d)
-  np_ = _round_up(n, cfg.n_multiple) if cfg.n_multiple else max(1, 1 << (n - 1).bit_length())
-  u, delta = _pad_axis(u, 2, dp), _pad_axis(delta, 2, dp)
-  B, C = _pad_axis(B, 2, np_), _pad_axis(C, 2, np_)
-  a = _pad_axis(_pad_axis(A, 0, dp), 1, np_).T  # (n, d)
-  dvec = _pad_axis(D, 0, dp)[None, :]
-  bias = _pad_axis(delta_bias, 0, dp)[None, :]
-  y = _scan_core(cfg, bool(delta_softplus), u, delta, a, B, C, dvec, bias)
-  return y[:, :, :d].astype(out_dtype)
+    dp = _round_up(d, cfg.block_d)
+    np_ = _round_up(n, cfg.n_multiple) if cfg.n_multiple else max(1, 1 << (n - 1).bit_length())
+    u, delta = _pad_axis(u, 2, dp), _pad_axis(delta, 2, dp)
+    B, C = _pad_axis(B, 2, np_), _pad_axis(C, 2, np_)
+    a = _pad_axis(_pad_axis(A, 0, dp), 1, np_).T  # (n, d)
+    dvec = _pad_axis(D, 0, dp)[None, :]
+    bias = _pad_axis(delta_bias, 0, dp)[None, :]
+    y = _scan_core(cfg, bool(delta_softplus), u, delta, a, B, C, dvec, bias)
+    return y[:, :, :d].astype(out_dtype)
 
 
 def pick_block_d(d: int, candidates=(64, 32, 16)) -> int:
-  """The largest power-of-2 block in ``candidates`` dividing ``d`` (no padding), else 32."""
-  for bd in candidates:
-    if d % bd == 0:
-      return bd
-  return 32 if d > 16 else max(1, 1 << (d - 1).bit_length())
+    """The largest power-of-2 block in ``candidates`` dividing ``d`` (no padding), else 32."""
+    for bd in candidates:
+        if d % bd == 0:
+            return bd
+    return 32 if d > 16 else max(1, 1 << (d - 1).bit_length())
 
 
 __all__ = ["KernelConfig", "selective_scan", "pick_block_d"]

@@ -20,22 +20,29 @@ CHUNK = 16
 
 
 def _compiler_params(block_d, n_pad, kind):
-  # One warp per 256 state elements, at most 4: the state lives in registers.
-  warps = max(1, min(4, (block_d * n_pad) // 256))
-  return plgpu.CompilerParams(num_warps=warps, num_stages=2 if kind == "fwd" else 1)
+    # One warp per 256 state elements, at most 4: the state lives in registers.
+    warps = max(1, min(4, (block_d * n_pad) // 256))
+    return plgpu.CompilerParams(num_warps=warps, num_stages=2 if kind == "fwd" else 1)
 
 
 @functools.cache
 def config(d: int, n: int, interpret: bool = False) -> pallas_common.KernelConfig:
-  block_d = pallas_common.pick_block_d(d)
-  n_pad = max(1, 1 << (n - 1).bit_length())
-  return pallas_common.KernelConfig(
-      name="triton", block_d=block_d, chunk=CHUNK, n_multiple=0, scratch_as_output=True,
-      compiler_params=functools.partial(_compiler_params, block_d, n_pad),
-      barrier=None if interpret else plgpu.debug_barrier, interpret=bool(interpret))
+    block_d = pallas_common.pick_block_d(d)
+    n_pad = max(1, 1 << (n - 1).bit_length())
+    return pallas_common.KernelConfig(
+        name="triton",
+        block_d=block_d,
+        chunk=CHUNK,
+        n_multiple=0,
+        scratch_as_output=True,
+        compiler_params=functools.partial(_compiler_params, block_d, n_pad),
+        barrier=None if interpret else plgpu.debug_barrier,
+        interpret=bool(interpret),
+    )
 
 
-def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, *,
-                   interpret=False):
-  cfg = config(u.shape[-1], A.shape[-1], bool(interpret))
-  return pallas_common.selective_scan(cfg, u, delta, A, B, C, D, delta_bias, delta_softplus)
+def selective_scan(
+    u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, *, interpret=False
+):
+    cfg = config(u.shape[-1], A.shape[-1], bool(interpret))
+    return pallas_common.selective_scan(cfg, u, delta, A, B, C, D, delta_bias, delta_softplus)

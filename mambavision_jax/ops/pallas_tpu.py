@@ -22,22 +22,30 @@ BLOCK_D = 128
 
 
 def _compiler_params(kind):
-  del kind
-  return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel"))
+    del kind
+    return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel"))
 
 
 @functools.cache
 def config(interpret=False) -> pallas_common.KernelConfig:
-  """interpret: False (compile for TPU); True (Pallas's generic interpreter, runs anywhere);
-  or a ``pltpu.InterpretParams()`` (the TPU interpreter: simulates TPU memory spaces and DMAs,
-  catches more TPU-specific errors, but is ~1000x slower than the generic one on a CPU)."""
-  return pallas_common.KernelConfig(
-      name="mosaic", block_d=BLOCK_D, chunk=CHUNK, n_multiple=8, scratch_as_output=False,
-      compiler_params=_compiler_params, barrier=None, lane_reduce_dot=True,
-      interpret=interpret if isinstance(interpret, pltpu.InterpretParams) else bool(interpret))
+    """interpret: False (compile for TPU); True (Pallas's generic interpreter, runs anywhere);
+    or a ``pltpu.InterpretParams()`` (the TPU interpreter: simulates TPU memory spaces and DMAs,
+    catches more TPU-specific errors, but is ~1000x slower than the generic one on a CPU)."""
+    return pallas_common.KernelConfig(
+        name="mosaic",
+        block_d=BLOCK_D,
+        chunk=CHUNK,
+        n_multiple=8,
+        scratch_as_output=False,
+        compiler_params=_compiler_params,
+        barrier=None,
+        lane_reduce_dot=True,
+        interpret=interpret if isinstance(interpret, pltpu.InterpretParams) else bool(interpret),
+    )
 
 
-def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, *,
-                   interpret=False):
-  cfg = config(interpret)
-  return pallas_common.selective_scan(cfg, u, delta, A, B, C, D, delta_bias, delta_softplus)
+def selective_scan(
+    u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, *, interpret=False
+):
+    cfg = config(interpret)
+    return pallas_common.selective_scan(cfg, u, delta, A, B, C, D, delta_bias, delta_softplus)
