@@ -71,7 +71,9 @@ def with_weights(state: TrainState, params, batch_stats, shardings) -> TrainStat
     params = jax.device_put(params, shardings.params)
     batch_stats = jax.device_put(batch_stats, shardings.batch_stats)
     ema = state.ema_params is not None
+    # may_alias=False: on one device device_put would hand back the same buffers, and the train
+    # step donates the state, which must not hold an array twice.
     return state.replace(
         params=params, batch_stats=batch_stats,
-        ema_params=jax.device_put(params, shardings.ema_params) if ema else None,
-        ema_batch_stats=jax.device_put(batch_stats, shardings.ema_batch_stats) if ema else None)
+        ema_params=jax.device_put(params, shardings.ema_params, may_alias=False) if ema else None,
+        ema_batch_stats=jax.device_put(batch_stats, shardings.ema_batch_stats, may_alias=False) if ema else None)
