@@ -129,6 +129,13 @@ class MomentsState(NamedTuple):
 LambState = MomentsState
 
 
+def _init_moments(params) -> MomentsState:
+    """Zero first and second moments and a zero step count (LAMB and AdamW alike)."""
+    zeros = lambda p: jnp.zeros_like(p)
+    return MomentsState(count=jnp.zeros([], jnp.int32), mu=jax.tree_util.tree_map(zeros, params),
+                        nu=jax.tree_util.tree_map(zeros, params))
+
+
 def _resolve_mask(mask, params):
     if mask is None:
         return jax.tree_util.tree_map(lambda _: True, params)
@@ -162,12 +169,6 @@ def lamb(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, ep
         timm's decay group; None decays every leaf (a single timm group).
     """
     beta3 = 1.0 - b1 if grad_averaging else 1.0
-
-    def init_fn(params):
-        zeros = lambda p: jnp.zeros_like(p)
-        return MomentsState(count=jnp.zeros([], jnp.int32),
-                            mu=jax.tree_util.tree_map(zeros, params),
-                            nu=jax.tree_util.tree_map(zeros, params))
 
     def update_fn(updates, state, params=None):
         if params is None:
@@ -219,7 +220,7 @@ def lamb(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, ep
         new_updates = jax.tree_util.tree_map(leaf_update, mu, nu, params, mask_tree)
         return new_updates, MomentsState(count=optax.safe_int32_increment(count), mu=mu, nu=nu)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformation(_init_moments, update_fn)
 
 
 def _bias_correction(beta: float, step):
@@ -258,12 +259,6 @@ def adamw(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, e
     """
     beta3 = 1.0 - b1
 
-    def init_fn(params):
-        zeros = lambda p: jnp.zeros_like(p)
-        return MomentsState(count=jnp.zeros([], jnp.int32),
-                            mu=jax.tree_util.tree_map(zeros, params),
-                            nu=jax.tree_util.tree_map(zeros, params))
-
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError("adamw needs the params (weight decay uses them)")
@@ -293,7 +288,7 @@ def adamw(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, e
         new_updates = jax.tree_util.tree_map(leaf, mu, nu, params, mask_tree)
         return new_updates, MomentsState(count=optax.safe_int32_increment(count), mu=mu, nu=nu)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformation(_init_moments, update_fn)
 
 
 # ----------------------------------------------------------------------------------------------
