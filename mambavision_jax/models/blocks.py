@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mambavision_jax.models.layers import (BatchNorm, Conv2d, DropPath, LayerNorm, Mlp, ReLU)
+from mambavision_jax.models.layers import (BatchNorm, Conv2d, DropPath, LayerNorm, Mlp, ReLU, on_cpu)
 from mambavision_jax.models.mixer import Attention, MambaVisionMixer
 
 
@@ -83,9 +83,42 @@ class Block(nnx.Module):
         return y * getattr(self, name)[...].astype(y.dtype) if hasattr(self, name) else y
 
     def __call__(self, x):
+        x = _residual_barrier(x)
         x = x + self.drop_path(self._scale("gamma_1", self.mixer(self.norm1(x)).astype(self.dtype)))
+        x = _residual_barrier(x)
         x = x + self.drop_path(self._scale("gamma_2", self.mlp(self.norm2(x)).astype(self.dtype)))
         return x
+
+
+@jax.custom_vjp
+def _materialize_grad(x):
+    return x
+
+
+def _materialize_grad_fwd(x):
+    return x, None
+
+
+def _materialize_grad_bwd(_, g):
+    # A conditional's result is a buffer that no consumer can fuse into, so XLA must compute the
+    # gradient once here. Both branches are the identity; the predicate only has to be unknown to
+    # the compiler (it is True unless g holds a NaN, and then the result is the same).
+    flat = g.reshape(-1)
+    return (jax.lax.cond(flat[0] == flat[0], lambda t: t, lambda t: t + 0.0, g),)
+
+
+_materialize_grad.defvjp(_materialize_grad_fwd, _materialize_grad_bwd)
+
+
+def _residual_barrier(x):
+    """On the CPU, materialise the gradient of the residual stream at this point.
+
+    Without it XLA-CPU fused the backward residual sum of a whole stage (the LayerNorm input
+    gradients of every later block) into each block's weight-gradient operand, recomputing it once
+    per block: quadratic work that took ~20% of a MambaVision-T train step. (XLA-CPU drops
+    `lax.optimization_barrier`, so it cannot serve here.) The identity in the forward pass.
+    """
+    return _materialize_grad(x) if on_cpu() else x
 
 
 def attention_block_indices(depth: int) -> range:

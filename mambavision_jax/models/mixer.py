@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mambavision_jax.models.layers import Linear, torch_default_kernel_init
+from mambavision_jax.models.layers import Linear, on_cpu, torch_default_kernel_init
 from mambavision_jax.ops import selective_scan
 
 
@@ -83,6 +83,22 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:  # (B, N, C)
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, heads, hd)
-        out = jax.nn.dot_product_attention(q, k, v)
+        if on_cpu():
+            out = _attention_bhnd(qkv)
+        else:  # cuDNN / Pallas flash attention where the backend has one
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, heads, hd)
+            out = jax.nn.dot_product_attention(q, k, v)
         return self.proj(out.reshape(b, n, c))
+
+
+def _attention_bhnd(qkv: jax.Array) -> jax.Array:
+    """softmax(q k^T / sqrt(hd)) v as (batch, heads, tokens, hd) matmuls, for the CPU.
+
+    qkv: (B, N, 3, heads, hd) -> (B, N, heads, hd). XLA-CPU ran `jax.nn.dot_product_attention`'s
+    einsums over (B, N, heads, hd) operands ~1.3x slower (forward and backward) than this layout.
+    """
+    hd = qkv.shape[-1]
+    q, k, v = jnp.moveaxis(qkv, (2, 3), (0, 2))  # each (B, heads, N, hd)
+    s = jnp.matmul(q, jnp.swapaxes(k, -1, -2)) * jnp.asarray(1.0 / math.sqrt(hd), q.dtype)
+    p = jax.nn.softmax(s.astype(jnp.float32), axis=-1).astype(v.dtype)
+    return jnp.swapaxes(jnp.matmul(p, v), 1, 2)
