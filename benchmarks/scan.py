@@ -3,10 +3,13 @@
   python benchmarks/scan.py                       # MambaVision-T stage 3: B 8, L 196, d 160, n 8
   python benchmarks/scan.py --dtype bfloat16 --batch 128
   python benchmarks/scan.py --interpret --repeats 3   # also the Pallas kernels in interpret mode
+  python benchmarks/scan.py --batch 128 --length 196 784 --dtype bfloat16   # GPU target shape
 
 Times are medians of --repeats jitted calls after warm-up (block_until_ready); "temp" is XLA's
-compiled temporary buffer size (memory_analysis().temp_size_in_bytes); "x assoc" is the time
-relative to the associative scan (< 1 is faster). The call is MambaVision's:
+compiled temporary buffer size (memory_analysis().temp_size_in_bytes, the scratch beyond inputs
+and outputs); "speedup" is the associative scan's time over this row's (> 1 is faster). Several
+--length values show how time and memory grow with L (linear for the kernels: they never hold a
+(batch, L, d, n) tensor). The call is MambaVision's:
 selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus=True).
 """
 
@@ -26,8 +29,8 @@ from mambavision_jax.ops import default_impl, selective_scan
 def available_impls(interpret: bool) -> list[str]:
     platform = jax.default_backend()
     impls = ["sequential", "associative"]
-    if platform == "gpu" and default_impl() == "pallas_gpu":
-        impls.append("pallas_gpu")
+    if platform == "gpu":
+        impls.append("pallas_gpu")  # listed even where auto would not pick it: shows why
     elif platform == "tpu":
         impls.append("pallas_tpu")
     elif interpret:
@@ -87,7 +90,7 @@ def temp_mib(fn, args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--length", type=int, default=196)
+    p.add_argument("--length", type=int, nargs="+", default=[196])
     p.add_argument("--channels", type=int, default=160)
     p.add_argument("--state", type=int, default=8)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -101,45 +104,53 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     dtype = jnp.dtype(a.dtype)
-    args = make_args(a.batch, a.length, a.channels, a.state, dtype)
     impls = a.impls or available_impls(a.interpret)
     dev = jax.devices()[0]
     print(
         f"device: {dev.platform} ({getattr(dev, 'device_kind', '')}), jax {jax.__version__}; "
-        f"batch {a.batch}, L {a.length}, d {a.channels}, n {a.state}, {a.dtype}, "
-        f"median of {a.repeats}"
+        f"batch {a.batch}, d {a.channels}, n {a.state}, {a.dtype}, median of {a.repeats}; "
+        f"auto = {default_impl()}"
     )
     rows = []
-    for impl in impls:
-        interpret = impl.startswith("pallas") and jax.default_backend() == "cpu"
-        fwd, fwd_bwd = build(impl, interpret)
-        try:
-            row = dict(
-                impl=impl + (" (interpret)" if interpret else ""),
-                fwd=median_ms(fwd, args, a.repeats),
-                bwd=median_ms(fwd_bwd, args, a.repeats),
-                fwd_mem=temp_mib(fwd, args),
-                bwd_mem=temp_mib(fwd_bwd, args),
-            )
-        except Exception as e:  # noqa: BLE001 - report and keep going
-            print(f"{impl}: failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-            continue
-        rows.append(row)
+    for length in a.length:
+        args = make_args(a.batch, length, a.channels, a.state, dtype)
+        for impl in impls:
+            interpret = impl.startswith("pallas") and jax.default_backend() == "cpu"
+            fwd, fwd_bwd = build(impl, interpret)
+            try:
+                row = dict(
+                    impl=impl + (" (interpret)" if interpret else ""),
+                    L=length,
+                    fwd=median_ms(fwd, args, a.repeats),
+                    bwd=median_ms(fwd_bwd, args, a.repeats),
+                    fwd_mem=temp_mib(fwd, args),
+                    bwd_mem=temp_mib(fwd_bwd, args),
+                )
+            except Exception as e:  # noqa: BLE001 - report and keep going
+                print(f"{impl} (L {length}): failed: {type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:300] if str(e) else ''}")
+                continue
+            rows.append(row)
+    print_table(rows)
 
-    ref = next((r for r in rows if r["impl"] == "associative"), None)
-    header = (
-        f"| {'impl':<24} | {'fwd ms':>8} | {'fwd+bwd ms':>10} | {'fwd temp MiB':>12} | "
-        f"{'fwd+bwd temp MiB':>16} | {'fwd x assoc':>11} | {'fwd+bwd x assoc':>15} |"
-    )
-    print(header)
-    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+
+def print_table(rows):
+    cols = ["impl", "L", "fwd ms", "fwd+bwd ms", "fwd temp MiB", "fwd+bwd temp MiB",
+            "fwd speedup", "fwd+bwd speedup"]
+    table = []
     for r in rows:
-        rf = r["fwd"] / ref["fwd"] if ref else float("nan")
-        rb = r["bwd"] / ref["bwd"] if ref else float("nan")
-        print(
-            f"| {r['impl']:<24} | {r['fwd']:8.2f} | {r['bwd']:10.2f} | {r['fwd_mem']:12.2f} | "
-            f"{r['bwd_mem']:16.2f} | {rf:11.2f} | {rb:15.2f} |"
-        )
+        ref = next((x for x in rows if x["impl"] == "associative" and x["L"] == r["L"]), None)
+        sf = f"{ref['fwd'] / r['fwd']:.2f}x" if ref else "-"
+        sb = f"{ref['bwd'] / r['bwd']:.2f}x" if ref else "-"
+        table.append([r["impl"], str(r["L"]), f"{r['fwd']:.3f}", f"{r['bwd']:.3f}",
+                      f"{r['fwd_mem']:.2f}", f"{r['bwd_mem']:.2f}", sf, sb])
+    widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c)
+              for i, c in enumerate(cols)]
+    line = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    print(line(cols))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for t in table:
+        print(line(t))
 
 
 if __name__ == "__main__":

@@ -77,14 +77,20 @@ def run_jax(a) -> list[dict]:
     device = cpu_name() if dev.platform == "cpu" else getattr(dev, "device_kind", dev.platform)
     dtype = jnp.dtype(a.dtype)
     overrides = {} if a.scan_impl == "auto" else {"scan_impl": a.scan_impl}
+    if a.attn_impl != "auto":
+        overrides["attn_impl"] = a.attn_impl
     model = mvj.create_model(a.model, dtype=dtype, rngs=nnx.Rngs(0), **overrides)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((a.batch, a.resolution, a.resolution, 3)), dtype)
     y = jnp.asarray(rng.integers(0, model.num_classes, (a.batch,)), jnp.int32)
     from mambavision_jax.ops import default_impl
     scan = a.scan_impl if a.scan_impl != "auto" else default_impl()
+    from mambavision_jax.models.mixer import resolve_attn_impl
+    from mambavision_jax.models.registry import model_args
+    head_dim = model.stage_dims[2] // model_args(a.model)["num_heads"][2]
+    attn = resolve_attn_impl(a.attn_impl, dtype, head_dim)
     common = dict(device=device, framework=f"jax {jax.__version__}", model=a.model, batch=a.batch,
-                  resolution=a.resolution, dtype=a.dtype, note=f"scan={scan}")
+                  resolution=a.resolution, dtype=a.dtype, note=f"scan={scan}, attention={attn}")
     rows = []
 
     def timed(step, carry_fn):
@@ -148,6 +154,8 @@ def run_torch(a, which: str) -> list[dict]:
 
     torch.set_num_threads(num_cores())
     cuda = torch.cuda.is_available()
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # the baselines' best convolution algorithms
     dev = torch.device("cuda" if cuda else "cpu")
     device = torch.cuda.get_device_name(0) if cuda else cpu_name()
     note = ""
@@ -173,7 +181,8 @@ def run_torch(a, which: str) -> list[dict]:
                                types.ModuleType("torchvision._meta_registrations"))
         import timm
         name = TIMM_MODELS[which]
-        model = timm.create_model(name, pretrained=False)
+        size = {"img_size": a.resolution} if which == "swin_t" else {}  # Swin fixes its input size
+        model = timm.create_model(name, pretrained=False, **size)
     model = model.to(dev).to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(a.batch, 3, a.resolution, a.resolution, generator=g)
@@ -274,6 +283,10 @@ def parse(argv=None):
     p.add_argument("--no-jax", action="store_true", help="skip this project's JAX model")
     p.add_argument("--scan-impl", default="auto",
                    help="selective_scan impl for the JAX model (auto, sequential, associative, ...)")
+    p.add_argument("--attn-impl", default="auto",
+                   help="window attention for the JAX model (auto, xla, cudnn, bhnd)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds each framework's worker may run before it is stopped")
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # jax | official | swin_t | convnext_t
     a = p.parse_args(argv)
@@ -284,9 +297,14 @@ def parse(argv=None):
     return a
 
 
-def spawn(worker: str, argv: list[str]) -> list[dict]:
+def spawn(worker: str, argv: list[str], timeout: float | None = None) -> list[dict]:
     cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker", worker]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"[{worker}] stopped after {timeout:.0f} s (--timeout)", file=sys.stderr)
+        return []
     if proc.returncode:
         sys.stderr.write(proc.stderr[-4000:])
         print(f"[{worker}] failed with exit code {proc.returncode}", file=sys.stderr)
@@ -301,14 +319,15 @@ def spawn(worker: str, argv: list[str]) -> list[dict]:
 def print_table(rows: list[dict]) -> None:
     base = {r["mode"]: r for r in rows if r["framework"].startswith("torch")
             and r["model"].startswith("mamba_vision")}
+    swin = {r["mode"]: r for r in rows if r["model"] == TIMM_MODELS["swin_t"]}
     cols = ["device", "framework", "variant", "batch", "res", "dtype", "mode", "img/s", "ms/step",
-            "vs official", "note"]
+            "vs official", "vs Swin-T", "note"]
     table = []
+    ratio = lambda r, b: f"{r['img_s'] / b['img_s']:.2f}x" if b else "-"  # noqa: E731
     for r in rows:
-        b = base.get(r["mode"])
-        ratio = f"{r['img_s'] / b['img_s']:.2f}x" if b else "-"
         table.append([r["device"], r["framework"], r["model"], str(r["batch"]), str(r["resolution"]),
-                      r["dtype"], r["mode"], f"{r['img_s']:.1f}", f"{r['ms']:.1f}", ratio, r["note"]])
+                      r["dtype"], r["mode"], f"{r['img_s']:.1f}", f"{r['ms']:.1f}",
+                      ratio(r, base.get(r["mode"])), ratio(r, swin.get(r["mode"])), r["note"]])
     widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     print(line(cols))
@@ -325,14 +344,18 @@ def main(argv=None):
         print("ROWS " + json.dumps(rows))
         return
     passthrough = [s for s in argv if s not in ("--torch", "--timm", "--no-jax")]
+    if a.timeout is not None:  # only this process enforces it
+        i = passthrough.index("--timeout")
+        del passthrough[i:i + 2]
     workers = ([] if a.no_jax else ["jax"]) + (["official"] if a.torch else []) + \
         (list(TIMM_MODELS) if a.timm else [])
     rows = []
     for w in workers:
         print(f"running {w} ...", file=sys.stderr, flush=True)
-        rows += spawn(w, passthrough)
+        rows += spawn(w, passthrough, a.timeout)
     print(f"{a.repeats} timed steps after {a.warmup} warm-up steps, median; {num_cores()} cores "
-          f"visible; 'vs official' = img/s / official PyTorch MambaVision img/s in the same mode")
+          f"visible; 'vs official' / 'vs Swin-T' = img/s over the official PyTorch MambaVision's / timm "
+          f"Swin-T's img/s in the same mode")
     print_table(rows)
     if a.json:
         with open(a.json, "w") as f:

@@ -32,6 +32,8 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mambavision_jax.ops import under_kernel_mesh
+
 __all__ = ["Preprocessing", "resolve_preprocessing", "weights_config", "load_model", "Runner",
            "evaluate", "folder_examples", "folder_batches", "main"]
 
@@ -162,9 +164,10 @@ def _make_programs(graphdef, k: int, mesh: Mesh):
         probs = jax.nn.softmax(logits_fn(state, images), axis=-1)
         return jax.lax.top_k(probs, k)
 
-    return (jax.jit(logits_fn, in_shardings=(rep, bat), out_shardings=bat),
-            jax.jit(metrics_fn, in_shardings=(rep, bat, bat, bat), out_shardings=rep),
-            jax.jit(probs_fn, in_shardings=(rep, bat), out_shardings=bat))
+    per_device = lambda fn: under_kernel_mesh(fn, mesh, (BATCH_AXIS,))  # noqa: E731 - Pallas scans
+    return (jax.jit(per_device(logits_fn), in_shardings=(rep, bat), out_shardings=bat),
+            jax.jit(per_device(metrics_fn), in_shardings=(rep, bat, bat, bat), out_shardings=rep),
+            jax.jit(per_device(probs_fn), in_shardings=(rep, bat), out_shardings=bat))
 
 
 class Runner:

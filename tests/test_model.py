@@ -185,3 +185,25 @@ def test_remat_gives_the_same_gradients():
     scale = max(float(np.abs(np.asarray(g)).max()) for g in without)
     for a, b in zip(with_remat, without):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_attention_implementations_agree(monkeypatch):
+    from mambavision_jax.models import mixer
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 29, 64)), jnp.float32)
+    outs = {}
+    for impl in ("xla", "bhnd", "auto"):
+        attn = mixer.Attention(64, 2, attn_impl=impl, rngs=nnx.Rngs(0))
+        outs[impl] = np.asarray(attn(x))
+    np.testing.assert_allclose(outs["xla"], outs["bhnd"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(outs["auto"], outs["bhnd"])  # auto on a CPU
+    with pytest.raises(ValueError, match="unknown attn_impl 'flash'"):
+        mixer.Attention(64, 2, attn_impl="flash", rngs=nnx.Rngs(0))
+    # What auto picks on a GPU: cuDNN for half-precision heads it supports, XLA otherwise.
+    monkeypatch.setattr(mixer, "on_cpu", lambda: False)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert mixer.resolve_attn_impl("auto", jnp.bfloat16, 32) == "cudnn"
+    assert mixer.resolve_attn_impl("auto", jnp.bfloat16, 49) == "xla"  # MambaVision-L's heads
+    assert mixer.resolve_attn_impl("auto", jnp.float32, 32) == "xla"
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    assert mixer.resolve_attn_impl("auto", jnp.bfloat16, 32) == "xla"

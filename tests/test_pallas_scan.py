@@ -196,6 +196,76 @@ def test_tpu_lowering(dtype):
     assert _lower(grad, args, "tpu").count("@tpu_custom_call") == 2
 
 
+def _batch_mesh():
+    from mambavision_jax.train.sharding import make_mesh
+
+    n = len(jax.devices())
+    if n < 4:
+        pytest.skip("needs >= 4 devices (scripts/test.sh simulates 8 on the CPU)")
+    return make_mesh(n // 2, 2)
+
+
+def _sharded_args(mesh, args):
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    seq, rep = NamedSharding(mesh, P(("data", "fsdp"))), NamedSharding(mesh, P())
+    shardings = (seq, seq, rep, seq, seq, rep, rep)
+    return [jax.device_put(a, s) for a, s in zip(args, shardings)]
+
+
+def test_kernel_mesh_runs_per_device_with_the_same_values_and_grads():
+    """Under kernel_mesh the kernel runs under shard_map on each device's sequences; the
+    replicated parameters' gradients are summed over the devices."""
+    mesh = _batch_mesh()
+    args = _sharded_args(mesh, make_inputs(5, 2 * mesh.size, 20, 40, 8))
+
+    def loss_and_y(impl):
+        def f(*a):
+            y = selective_scan(*a, True, impl=impl, interpret=True)
+            return jnp.sum(jnp.cos(y)), y
+
+        return jax.value_and_grad(f, argnums=tuple(range(7)), has_aux=True)
+
+    (_, y_ref), g_ref = jax.jit(loss_and_y("sequential"))(*args)
+    fn = dispatch.under_kernel_mesh(loss_and_y("pallas_gpu"), mesh)
+    assert "shard_map" in str(jax.make_jaxpr(fn)(*args))
+    (_, y), g = jax.jit(fn)(*args)
+    _assert_close(y, y_ref, 1e-5, "y")
+    for name, a, r in zip(ARG_NAMES, g, g_ref):
+        _assert_close(a, r, 2e-5, name)
+
+
+def test_kernel_mesh_gives_each_device_its_share_of_the_batch():
+    # The Triton call in the CUDA lowering: the whole batch without the context (XLA would
+    # gather it on every device), batch / devices with it.
+    import re
+
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    mesh = _batch_mesh()
+    b, l, d, n = 2 * mesh.size, 20, 64, 8
+    seq, rep = NamedSharding(mesh, P(("data", "fsdp"))), NamedSharding(mesh, P())
+    sd = jax.ShapeDtypeStruct
+    args = [sd((b, l, d), jnp.float32, sharding=seq), sd((b, l, d), jnp.float32, sharding=seq),
+            sd((d, n), jnp.float32, sharding=rep), sd((b, l, n), jnp.float32, sharding=seq),
+            sd((b, l, n), jnp.float32, sharding=seq), sd((d,), jnp.float32, sharding=rep),
+            sd((d,), jnp.float32, sharding=rep)]
+
+    def triton_batch(fn):
+        (call,) = [x for x in _lower(fn, args, "cuda").splitlines() if "xla.gpu.triton" in x]
+        return {int(m) for m in re.findall(rf"tensor<(\d+)x{l}x{d}xf32>", call)}
+
+    scan = lambda *a: selective_scan(*a, True, impl="pallas_gpu")  # noqa: E731
+    assert triton_batch(scan) == {b}
+    assert triton_batch(dispatch.under_kernel_mesh(scan, mesh)) == {2}
+    # A batch that does not divide over the devices keeps the plain (whole-batch) call.
+    with dispatch.kernel_mesh(mesh):
+        u = jnp.ones((3, l, d))
+        jaxpr = jax.make_jaxpr(lambda *a: selective_scan(*a, True, impl="pallas_gpu", interpret=True))(
+            u, u, jnp.ones((d, n)) * -1, jnp.ones((3, l, n)), jnp.ones((3, l, n)), None, None)
+    assert "shard_map" not in str(jaxpr)
+
+
 class _FakeDevice:
     def __init__(self, platform, compute_capability=None):
         self.platform = platform
@@ -203,13 +273,102 @@ class _FakeDevice:
             self.compute_capability = compute_capability
 
 
-def test_auto_selection():
-    assert default_impl() == "sequential"  # this CPU
+@pytest.fixture
+def probe(monkeypatch):
+    """Stand-in for the GPU compile probe (no GPU here): record calls, optionally fail."""
+    calls, fail = [], []
+
+    def fake_probe():
+        calls.append(1)
+        if fail:
+            raise RuntimeError("Triton: PTX too new for this driver")
+
+    monkeypatch.setattr(dispatch, "_compile_pallas_gpu_probe", fake_probe)
+    dispatch._pallas_gpu_compiles.cache_clear()
+    yield calls, fail
+    dispatch._pallas_gpu_compiles.cache_clear()
+
+
+def test_auto_selection(probe):
+    calls, _ = probe
+    if jax.default_backend() == "cpu":
+        assert default_impl() == "sequential"
     assert default_impl(device=_FakeDevice("cpu")) == "sequential"
     assert default_impl(device=_FakeDevice("gpu", "9.0")) == "pallas_gpu"  # H100
     assert default_impl(device=_FakeDevice("gpu", "8.0")) == "pallas_gpu"  # A100
+    assert len(calls) == 1  # the compile probe runs once per device kind and process
     assert default_impl(device=_FakeDevice("gpu", "7.5")) == "associative"  # T4
     assert default_impl(device=_FakeDevice("gpu")) == "associative"
     assert default_impl(device=_FakeDevice("rocm")) == "associative"
     assert default_impl(device=_FakeDevice("tpu")) == "pallas_tpu"
     assert dispatch._pallas_available("pallas_gpu") and dispatch._pallas_available("pallas_tpu")
+
+
+def test_auto_falls_back_when_the_kernel_does_not_compile(probe):
+    _, fail = probe
+    fail.append(True)
+    with pytest.warns(RuntimeWarning, match="does not compile.*PTX too new.*associative"):
+        assert default_impl(device=_FakeDevice("gpu", "9.0")) == "associative"
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="the probe succeeds on a GPU")
+def test_compile_probe_fails_cleanly_without_a_gpu():
+    # The real probe on this CPU: the Triton kernel cannot compile for the host, so auto must not
+    # pick it (this is the path a GPU with a broken Triton toolchain takes).
+    dispatch._pallas_gpu_compiles.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="falls back"):
+            assert dispatch._pallas_gpu_compiles("cpu-test") is False
+    finally:
+        dispatch._pallas_gpu_compiles.cache_clear()
+
+
+# ------------------------------------------------------------------- compiled, on a CUDA GPU only
+# The device check (benchmarks/device_check.sh) runs these on a lent GPU; the CPU covers the same
+# kernels through interpret mode and the CUDA lowering above.
+on_gpu = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a CUDA GPU")
+
+GPU_CASES = [
+    ((2, 37, 5, 3), jnp.float32, True),
+    ((3, 196, 160, 8), jnp.float32, True),  # MambaVision-T stage 3
+    ((3, 196, 160, 8), jnp.bfloat16, True),
+    ((2, 49, 320, 8), jnp.bfloat16, True),  # stage 4
+    ((2, 64, 196, 8), jnp.float32, True),  # L's odd channel count (padded to 224)
+    ((2, 50, 392, 16), jnp.bfloat16, True),
+    ((1, 18, 160, 8), jnp.float32, False),
+]
+
+
+@on_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape,dtype,full", GPU_CASES, ids=lambda v: str(v))
+def test_compiled_kernel_values_and_grads(shape, dtype, full):
+    args = make_inputs(sum(shape), *shape, dtype=dtype)
+    if not full:
+        args = (args[0], jnp.abs(args[1]), *args[2:])
+    kw = dict(softplus=full, with_d=full)
+    argnums = tuple(range(7)) if full else tuple(range(5))
+
+    def compiled(impl):
+        def f(u, delta, A, B, C, D, bias):
+            return selective_scan(u, delta, A, B, C, D if full else None, bias if full else None,
+                                  full, impl=impl)
+        return f
+
+    y, g = jax.jit(_vjp_fn(compiled("pallas_gpu"), argnums))(*args)
+    y_ref, g_ref = jax.jit(_vjp_fn(compiled("sequential"), argnums))(*args)
+    y_inf = jax.jit(compiled("pallas_gpu"))(*args)
+    f32 = dtype == jnp.float32
+    _assert_close(y, y_ref, 1e-5 if f32 else 1e-2, "y")
+    _assert_close(y_inf, y_ref, 1e-5 if f32 else 1e-2, "y (inference kernel)")
+    for i, a, r in zip(argnums, g, g_ref):
+        assert a.shape == args[i].shape and a.dtype == args[i].dtype, ARG_NAMES[i]
+        _assert_close(a, r, 5e-5 if f32 else 2e-2, ARG_NAMES[i])
+
+
+@on_gpu
+@pytest.mark.gpu
+def test_auto_picks_the_kernel_on_this_gpu():
+    dev = jax.devices()[0]
+    cc = float(getattr(dev, "compute_capability", 0) or 0)
+    assert default_impl() == ("pallas_gpu" if cc >= 8.0 else "associative")

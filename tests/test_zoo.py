@@ -11,9 +11,12 @@ def test_zoo_row_for_tiny_matches_the_official_counts():
     (row,) = zoo.zoo_rows(["mamba_vision_T"], compile=False)
     assert row["params"] == 31_794_248 == zoo.OFFICIAL_PARAMS["mamba_vision_T"]
     assert row["input_size"] == 224
-    # Paper: 4.4 G MACs. XLA counts 2 flops per MAC plus the elementwise work.
+    # Paper: 4.4 G MACs. XLA counts 2 flops per MAC; its count of the elementwise work (and of
+    # convolutions behind a custom gradient) moves with the formulation, so it is held to the
+    # exact conv + matmul count within 3%, not above it.
     assert row["xla_gflops"] == pytest.approx(2 * row["xla_gmacs"])
-    assert 4.3 < row["gmacs_conv_matmul"] < row["xla_gmacs"] < 4.8
+    assert 4.3 < row["gmacs_conv_matmul"] < 4.8
+    assert row["xla_gmacs"] == pytest.approx(row["gmacs_conv_matmul"], rel=0.03)
     assert (row["paper_top1"], row["paper_params_m"], row["paper_gflops"]) == (82.3, 31.8, 4.4)
     table = zoo.markdown_table([row])
     assert table.splitlines()[0].startswith("| model |") and "31,794,248" in table and "| 82.3 |" in table

@@ -64,10 +64,10 @@ class Block(nnx.Module):
 
     def __init__(self, dim: int, num_heads: int, *, attention: bool, mlp_ratio: float,
                  drop_path: float, layer_scale: float | None, scan_impl: str, rng_stream,
-                 dtype, rngs: nnx.Rngs):
+                 dtype, rngs: nnx.Rngs, attn_impl: str = "auto"):
         self.norm1 = LayerNorm(dim, rngs=rngs)
         if attention:
-            self.mixer = Attention(dim, num_heads, dtype=dtype, rngs=rngs)
+            self.mixer = Attention(dim, num_heads, attn_impl=attn_impl, dtype=dtype, rngs=rngs)
         else:
             self.mixer = MambaVisionMixer(dim, d_state=8, d_conv=3, expand=1, scan_impl=scan_impl,
                                           dtype=dtype, rngs=rngs)
@@ -145,7 +145,8 @@ class MambaVisionLayer(nnx.Module):
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, *, conv: bool,
                  downsample: bool, mlp_ratio: float, drop_path: list[float],
                  layer_scale: float | None, layer_scale_conv: float | None, scan_impl: str,
-                 bn_groups: int, remat: bool, rng_stream, dtype, rngs: nnx.Rngs):
+                 bn_groups: int, remat: bool, rng_stream, dtype, rngs: nnx.Rngs,
+                 attn_impl: str = "auto"):
         self.conv, self.window_size, self.remat = conv, window_size, remat
         if conv:
             blocks = [ConvBlock(dim, drop_path=drop_path[i], layer_scale=layer_scale_conv,
@@ -155,7 +156,7 @@ class MambaVisionLayer(nnx.Module):
             attn = set(attention_block_indices(depth))
             blocks = [Block(dim, num_heads, attention=i in attn, mlp_ratio=mlp_ratio,
                             drop_path=drop_path[i], layer_scale=layer_scale, scan_impl=scan_impl,
-                            rng_stream=rng_stream, dtype=dtype, rngs=rngs)
+                            attn_impl=attn_impl, rng_stream=rng_stream, dtype=dtype, rngs=rngs)
                       for i in range(depth)]
         self.blocks = nnx.List(blocks)
         self.downsample = Downsample(dim, dtype=dtype, rngs=rngs) if downsample else None

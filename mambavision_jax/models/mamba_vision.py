@@ -26,7 +26,7 @@ class MambaVision(nnx.Module):
                  window_size: Sequence[int], mlp_ratio: float = 4.0, drop_path_rate: float = 0.2,
                  in_chans: int = 3, num_classes: int = 1000, layer_scale: float | None = None,
                  layer_scale_conv: float | None = None, scan_impl: str = "auto",
-                 bn_groups: int = 1, remat: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
+                 attn_impl: str = "auto", bn_groups: int = 1, remat: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
         self.num_classes, self.in_chans, self.dtype = num_classes, in_chans, dtype
         self.num_features = int(dim * 2 ** (len(depths) - 1))
         self.stage_dims = tuple(int(dim * 2 ** i) for i in range(len(depths)))
@@ -39,7 +39,8 @@ class MambaVision(nnx.Module):
                 self.stage_dims[i], depths[i], num_heads[i], window_size[i], conv=i < 2,
                 downsample=i < 3, mlp_ratio=mlp_ratio,
                 drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])], layer_scale=layer_scale,
-                layer_scale_conv=layer_scale_conv, scan_impl=scan_impl, bn_groups=bn_groups,
+                layer_scale_conv=layer_scale_conv, scan_impl=scan_impl, attn_impl=attn_impl,
+                bn_groups=bn_groups,
                 remat=remat, rng_stream=rng_stream, dtype=dtype, rngs=rngs)
             for i in range(len(depths))])
         self.norm = BatchNorm(self.num_features, eps=1e-5, num_groups=bn_groups, dtype=dtype)

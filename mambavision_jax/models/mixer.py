@@ -73,22 +73,48 @@ class MambaVisionMixer(nnx.Module):
 class Attention(nnx.Module):
     """Multi-head self-attention inside a window: qkv (with bias) -> softmax(q k^T / sqrt(hd)) v -> proj."""
 
-    def __init__(self, dim: int, num_heads: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, dim: int, num_heads: int, *, attn_impl: str = "auto", dtype=jnp.float32,
+                 rngs: nnx.Rngs):
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"unknown attn_impl {attn_impl!r}; valid: {ATTN_IMPLS}")
+        self.num_heads, self.head_dim, self.attn_impl = num_heads, dim // num_heads, attn_impl
         self.qkv = Linear(dim, 3 * dim, dtype=dtype, rngs=rngs)
         self.proj = Linear(dim, dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:  # (B, N, C)
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)
-        if on_cpu():
+        impl = resolve_attn_impl(self.attn_impl, qkv.dtype, self.head_dim)
+        if impl == "bhnd":
             out = _attention_bhnd(qkv)
-        else:  # cuDNN / Pallas flash attention where the backend has one
+        else:
             q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, heads, hd)
-            out = jax.nn.dot_product_attention(q, k, v)
+            try:
+                out = jax.nn.dot_product_attention(q, k, v, implementation=impl)
+            except (RuntimeError, ValueError, NotImplementedError):
+                if self.attn_impl != "auto":
+                    raise
+                # cuDNN's trace-time checks (library version, shape support) said no: use XLA.
+                out = jax.nn.dot_product_attention(q, k, v, implementation="xla")
         return self.proj(out.reshape(b, n, c))
+
+
+ATTN_IMPLS = ("auto", "xla", "cudnn", "bhnd")
+
+
+def resolve_attn_impl(attn_impl: str, dtype, head_dim: int) -> str:
+    """"auto": the explicit (B, heads, N, hd) matmuls on the CPU; cuDNN's fused attention on a GPU
+    where it applies (bf16 / f16, head dim a multiple of 8 up to 128: MambaVision-T/S/B's 32, not
+    L's 49); `jax.nn.dot_product_attention`'s XLA formulation elsewhere (TPU, float32)."""
+    if attn_impl != "auto":
+        return attn_impl
+    if on_cpu():
+        return "bhnd"
+    cudnn_ok = (jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+                and head_dim % 8 == 0 and head_dim <= 128)
+    return "cudnn" if cudnn_ok else "xla"
 
 
 def _attention_bhnd(qkv: jax.Array) -> jax.Array:

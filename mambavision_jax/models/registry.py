@@ -82,7 +82,7 @@ def create_model(name: str, *, num_classes: int = 1000, dtype=jnp.float32, rngs:
     """Build an official variant with the official init (no weights are downloaded here: use
     `load_torch_checkpoint` for converted weights).
 
-    `overrides` replace architecture arguments (drop_path_rate, scan_impl, bn_groups, remat,
+    `overrides` replace architecture arguments (drop_path_rate, scan_impl, attn_impl, bn_groups, remat,
     in_chans, ...). With `features_only=True` the model returns the stage maps named by
     `out_indices` (see `mambavision_jax.models.features`).
     """
@@ -101,4 +101,5 @@ def create_model(name: str, *, num_classes: int = 1000, dtype=jnp.float32, rngs:
 
 
 _OVERRIDABLE = {"dim", "in_dim", "depths", "num_heads", "window_size", "mlp_ratio", "drop_path_rate",
-                "in_chans", "layer_scale", "layer_scale_conv", "scan_impl", "bn_groups", "remat"}
+                "in_chans", "layer_scale", "layer_scale_conv", "scan_impl", "attn_impl",
+                "bn_groups", "remat"}

@@ -2,14 +2,71 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import math
+import warnings
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from mambavision_jax.ops import scan_xla
 
-__all__ = ["selective_scan", "SCAN_IMPLS", "default_impl"]
+__all__ = ["selective_scan", "SCAN_IMPLS", "default_impl", "kernel_mesh", "under_kernel_mesh"]
+
+# (mesh, batch axes) set by `kernel_mesh`; read when a Pallas impl is traced.
+_KERNEL_MESH: contextvars.ContextVar = contextvars.ContextVar("selective_scan_mesh", default=None)
+
+
+@contextlib.contextmanager
+def kernel_mesh(mesh, batch_axes=("data", "fsdp")):
+    """Within this context, traced Pallas scans run per device under `jax.shard_map`, with the
+    leading (sequence) axis split over `batch_axes` of `mesh`.
+
+    A ``pallas_call`` is opaque to XLA's SPMD partitioner: under a jit whose inputs are sharded
+    over the batch it would gather every sequence onto every device and run the whole batch's scan
+    on each (right, but n_devices times the work and an all-gather per layer). The training loop
+    and the evaluator enter this context around their jitted steps. The XLA impls need nothing:
+    the partitioner splits them by itself. A batch that does not divide over the axes (or a
+    one-device mesh) keeps the plain call. The context must be active when the calling function
+    is traced (see `under_kernel_mesh`).
+    """
+    token = _KERNEL_MESH.set((mesh, tuple(batch_axes)))
+    try:
+        yield
+    finally:
+        _KERNEL_MESH.reset(token)
+
+
+def under_kernel_mesh(fn, mesh, batch_axes=("data", "fsdp")):
+    """`fn` with `kernel_mesh(mesh, batch_axes)` active while it runs: wrap a step function before
+    `jax.jit`, so that the context is there whenever the step is traced (a jit's cache does not
+    see context variables: a step traced outside the context keeps the plain kernel call)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with kernel_mesh(mesh, batch_axes):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def _per_device(fn, mesh, axes, u, delta, A, B, C, D, delta_bias, delta_softplus):
+    """fn (a Pallas impl) under shard_map: sequences split over `axes`, parameters replicated."""
+    d = u.shape[-1]
+    D = jnp.zeros((d,), jnp.float32) if D is None else jnp.asarray(D)
+    delta_bias = jnp.zeros((d,), jnp.float32) if delta_bias is None else jnp.asarray(delta_bias)
+    seq, rep = P(axes), P()
+
+    def body(u, delta, A, B, C, D, delta_bias):
+        return fn(u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+    # check_vma=False: pallas_call's outputs carry no varying-manual-axes annotation. The
+    # transpose still sums the replicated parameters' per-device gradients over the axes.
+    return jax.shard_map(body, mesh=mesh, in_specs=(seq, seq, rep, seq, seq, rep, rep),
+                         out_specs=seq, check_vma=False)(u, delta, A, B, C, D, delta_bias)
 
 
 def _pallas_gpu(*args, interpret=False):
@@ -55,6 +112,46 @@ def _pallas_available(name: str) -> bool:
     return True
 
 
+def _compile_pallas_gpu_probe() -> None:
+    """Compile (not run) the Triton kernels' forward and backward for a tiny problem."""
+    from mambavision_jax.ops import pallas_gpu
+
+    sd = jax.ShapeDtypeStruct
+    b, l, d, n = 1, 20, 40, 8  # two chunks, a padded channel block, bf16 activations
+    args = (sd((b, l, d), jnp.bfloat16), sd((b, l, d), jnp.bfloat16), sd((d, n), jnp.float32),
+            sd((b, l, n), jnp.bfloat16), sd((b, l, n), jnp.bfloat16), sd((d,), jnp.float32),
+            sd((d,), jnp.float32))
+
+    def loss(*a):
+        return jnp.sum(pallas_gpu.selective_scan(*a, True).astype(jnp.float32))
+
+    jax.jit(jax.grad(loss, argnums=tuple(range(7)))).lower(*args).compile()
+
+
+@functools.cache
+def _pallas_gpu_compiles(device_kind: str) -> bool:
+    """Whether the Triton kernels compile on this process's GPU (checked once per device kind).
+
+    ``impl="auto"`` is resolved while a model is being traced, where a failing Triton compile would
+    only surface later, inside the caller's jit. A jaxlib whose Pallas-Triton backend is missing
+    or broken, or a driver / PTX toolchain that cannot build for the chip, falls back to XLA's
+    associative scan with a warning instead. AOT lowering + compile needs no concrete arrays, so it
+    also works while an outer function is being traced.
+    """
+    try:
+        _compile_pallas_gpu_probe()
+    except Exception as e:  # noqa: BLE001 - any failure means: do not use the kernel here
+        warnings.warn(
+            f"selective_scan: the Pallas Triton kernel does not compile on this GPU ({device_kind}): "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}; "
+            "impl='auto' falls back to the XLA associative scan",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    return True
+
+
 def default_impl(platform: str | None = None, device=None) -> str:
     """What ``impl="auto"`` resolves to on ``platform`` (default: the default backend)."""
     if device is None and platform is None:
@@ -67,7 +164,8 @@ def default_impl(platform: str | None = None, device=None) -> str:
         return "pallas_tpu" if _pallas_available("pallas_tpu") else "associative"
     if platform in ("gpu", "cuda"):
         cc = _gpu_compute_capability(device) if device is not None else None
-        if cc is not None and cc >= 8.0 and _pallas_available("pallas_gpu"):
+        if (cc is not None and cc >= 8.0 and _pallas_available("pallas_gpu")
+                and _pallas_gpu_compiles(str(getattr(device, "device_kind", "gpu")))):
             return "pallas_gpu"
         return "associative"
     return "associative"  # rocm and anything else: plain XLA
@@ -93,8 +191,8 @@ def selective_scan(
     dt = softplus(delta + delta_bias) if delta_softplus; h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t;
     y_t = C_t . h_t + D u_t.
 
-    impl: "auto" (sequential on CPU; pallas_gpu on CUDA GPUs with compute capability >= 8.0;
-    pallas_tpu on TPU; associative elsewhere), or one of ``SCAN_IMPLS``.
+    impl: "auto" (sequential on CPU; pallas_gpu on CUDA GPUs with compute capability >= 8.0 where
+    the Triton kernel compiles, checked once per process; pallas_tpu on TPU; associative elsewhere), or one of ``SCAN_IMPLS``.
     interpret: run a Pallas kernel in Pallas's interpreter (works on a CPU; slow). For pallas_tpu it
     may also be a ``jax.experimental.pallas.tpu.InterpretParams()`` (the TPU-semantics interpreter,
     much slower). Ignored by the XLA impls.
@@ -107,4 +205,12 @@ def selective_scan(
     scan_xla.check_shapes(
         u, jnp.asarray(delta), jnp.asarray(A), jnp.asarray(B), jnp.asarray(C), D, delta_bias
     )
-    return SCAN_IMPLS[impl](u, delta, A, B, C, D, delta_bias, delta_softplus, interpret=interpret)
+    fn = functools.partial(SCAN_IMPLS[impl], interpret=interpret)
+    ctx = _KERNEL_MESH.get()
+    if impl.startswith("pallas") and ctx is not None:
+        mesh, axes = ctx
+        axes = tuple(a for a in axes if a in mesh.shape)
+        shards = math.prod(mesh.shape[a] for a in axes)
+        if shards > 1 and u.shape[0] % shards == 0:
+            return _per_device(fn, mesh, axes, u, delta, A, B, C, D, delta_bias, delta_softplus)
+    return fn(u, delta, A, B, C, D, delta_bias, delta_softplus)

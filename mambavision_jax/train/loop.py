@@ -10,6 +10,7 @@ import numpy as np
 
 from mambavision_jax import data as mvdata
 from mambavision_jax.models.registry import pretrained_cfg
+from mambavision_jax.ops import under_kernel_mesh
 from mambavision_jax.train import sharding as shd
 from mambavision_jax.train.checkpoint import Checkpointer
 from mambavision_jax.train.config import validate
@@ -89,11 +90,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # ------------------------------------------------------------------ steps
     batch_sharding = shd.batch_sharding(mesh)
     repl = shd.replicated(mesh)
+    # The Pallas scans run per device on their share of the batch (see ops.kernel_mesh).
     train_step = jax.jit(
-        make_train_step(config, train_gd, eval_gd, tx, schedule, num_classes, steps_per_epoch,
-                        mix_groups=n_dev if config.bn_stats == "per_device" else 1),
+        under_kernel_mesh(make_train_step(config, train_gd, eval_gd, tx, schedule, num_classes,
+                                          steps_per_epoch,
+                                          mix_groups=n_dev if config.bn_stats == "per_device" else 1),
+                          mesh, shd.BATCH_AXES),
         in_shardings=(shardings, batch_sharding), out_shardings=(shardings, repl), donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(eval_gd), out_shardings=repl)
+    eval_step = jax.jit(under_kernel_mesh(make_eval_step(eval_gd), mesh, shd.BATCH_AXES),
+                        out_shardings=repl)
 
     # ------------------------------------------------------------------ data
     mean, std = cfg.mean, cfg.std
