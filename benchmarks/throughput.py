@@ -2,7 +2,9 @@
 
   python benchmarks/throughput.py                              # mamba_vision_T, batch 8, 224, f32
   python benchmarks/throughput.py --torch                      # + the official PyTorch model
+  python benchmarks/throughput.py --torch --torch-scan ref,loop    # ... with both stand-in scans
   python benchmarks/throughput.py --torch --timm --modes eval,train --repeats 20
+  python benchmarks/throughput.py --batch 256 --dtype bfloat16 --timm --timeout 150   # a GPU
   python benchmarks/throughput.py --model mamba_vision_B --batch 128 --dtype bfloat16 --torch
 
 Every framework (and every model) runs in its own subprocess, so thread pools and allocators do
@@ -17,8 +19,11 @@ on a model in train mode (BatchNorm batch statistics, DropPath on), with the par
 optimizer state and the BatchNorm/RNG state donated.
 PyTorch: eval under `torch.inference_mode()`; train is zero_grad + cross-entropy + backward +
 SGD(momentum 0.9) step; channels_last; bf16 through `torch.autocast` (CPU or CUDA). The official
-model needs `mamba_ssm` for its scan: where it is missing (always on a CPU) the pure-PyTorch
-reference scan of tests/official.py stands in, and the table says so.
+model needs `mamba_ssm` for its scan: where it is missing (always on a CPU) a pure-PyTorch scan
+stands in, and the table's note says which (--torch-scan): `ref`, mamba_ssm's own
+`selective_scan_ref` (what the official package computes without its CUDA kernel), or `loop`, a
+faster loop written here (the stronger baseline). The JAX worker imports mambavision_jax before
+JAX starts, so XLA-CPU gets its Eigen convolutions (mambavision_jax/xla_cpu.py).
 """
 from __future__ import annotations
 
@@ -169,7 +174,7 @@ def run_torch(a, which: str) -> list[dict]:
         from official import build_official, official_module
         model = build_official(a.model, seed=0, randomize=False)
         if note is None:
-            if a.torch_scan == "loop":
+            if a.torch_scans[0] == "loop":
                 official_module().selective_scan_fn = selective_scan_loop
                 note = "scan=pure-torch loop (--torch-scan loop)"
             else:
@@ -276,10 +281,12 @@ def parse(argv=None):
     p.add_argument("--torch", action="store_true", help="also the official PyTorch model")
     p.add_argument("--timm", action="store_true",
                    help="also timm's Swin-T and ConvNeXt-T (PyTorch, pretrained=False)")
-    p.add_argument("--torch-scan", default="loop", choices=["loop", "ref"],
-                   help="where mamba_ssm's CUDA kernel is missing (any CPU), the official model's scan:\n"
-                        "loop = a fast pure-PyTorch loop (default, the stronger baseline);\n"
-                        "ref = mamba_ssm's selective_scan_ref as in tests/official.py (much slower)")
+    p.add_argument("--torch-scan", default="loop",
+                   help="where mamba_ssm's CUDA kernel is missing (any CPU), the official model's scan;\n"
+                        "comma-separated to time several (one official row each, the first is the\n"
+                        "'vs official' baseline):\n"
+                        "loop = a fast pure-PyTorch loop written here (default, the stronger baseline);\n"
+                        "ref = mamba_ssm's own selective_scan_ref, as tests/official.py installs it")
     p.add_argument("--no-jax", action="store_true", help="skip this project's JAX model")
     p.add_argument("--scan-impl", default="auto",
                    help="selective_scan impl for the JAX model (auto, sequential, associative, ...)")
@@ -291,6 +298,9 @@ def parse(argv=None):
     p.add_argument("--worker", help=argparse.SUPPRESS)  # jax | official | swin_t | convnext_t
     a = p.parse_args(argv)
     a.modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    a.torch_scans = [t.strip() for t in a.torch_scan.split(",") if t.strip()]
+    if not a.torch_scans or set(a.torch_scans) - {"loop", "ref"}:
+        p.error(f"--torch-scan: expected loop and/or ref, got {a.torch_scan!r}")
     bad = set(a.modes) - {"eval", "train"}
     if bad:
         p.error(f"unknown mode(s) {sorted(bad)}")
@@ -317,8 +327,10 @@ def spawn(worker: str, argv: list[str], timeout: float | None = None) -> list[di
 
 
 def print_table(rows: list[dict]) -> None:
-    base = {r["mode"]: r for r in rows if r["framework"].startswith("torch")
-            and r["model"].startswith("mamba_vision")}
+    base = {}
+    for r in rows:  # the first official row of each mode (the first --torch-scan)
+        if r["framework"].startswith("torch") and r["model"].startswith("mamba_vision"):
+            base.setdefault(r["mode"], r)
     swin = {r["mode"]: r for r in rows if r["model"] == TIMM_MODELS["swin_t"]}
     cols = ["device", "framework", "variant", "batch", "res", "dtype", "mode", "img/s", "ms/step",
             "vs official", "vs Swin-T", "note"]
@@ -344,15 +356,17 @@ def main(argv=None):
         print("ROWS " + json.dumps(rows))
         return
     passthrough = [s for s in argv if s not in ("--torch", "--timm", "--no-jax")]
-    if a.timeout is not None:  # only this process enforces it
-        i = passthrough.index("--timeout")
-        del passthrough[i:i + 2]
-    workers = ([] if a.no_jax else ["jax"]) + (["official"] if a.torch else []) + \
-        (list(TIMM_MODELS) if a.timm else [])
+    for opt in ("--timeout", "--torch-scan"):  # set per worker below / enforced here
+        if opt in passthrough:
+            i = passthrough.index(opt)
+            del passthrough[i:i + 2]
+    workers = ([] if a.no_jax else [("jax", [])])
+    workers += [("official", ["--torch-scan", t]) for t in (a.torch_scans if a.torch else [])]
+    workers += [(w, []) for w in (TIMM_MODELS if a.timm else [])]
     rows = []
-    for w in workers:
-        print(f"running {w} ...", file=sys.stderr, flush=True)
-        rows += spawn(w, passthrough, a.timeout)
+    for w, extra in workers:
+        print(f"running {w} {' '.join(extra)}...", file=sys.stderr, flush=True)
+        rows += spawn(w, passthrough + extra, a.timeout)
     print(f"{a.repeats} timed steps after {a.warmup} warm-up steps, median; {num_cores()} cores "
           f"visible; 'vs official' / 'vs Swin-T' = img/s over the official PyTorch MambaVision's / timm "
           f"Swin-T's img/s in the same mode")

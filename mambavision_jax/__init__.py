@@ -1,4 +1,8 @@
 """MambaVision in JAX / Flax NNX: faithful models, exact PyTorch converters, sharded training."""
+from mambavision_jax import xla_cpu
+
+xla_cpu.apply()  # before JAX creates its CPU backend (see xla_cpu.py)
+
 from mambavision_jax.models import (FeatureExtractor, MambaVision, create_model, list_models,
                                     pretrained_cfg)
 

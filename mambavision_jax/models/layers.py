@@ -14,6 +14,8 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from mambavision_jax import xla_cpu
+
 # timm's trunc_normal_(std=.02) cuts at +-2 in absolute terms (100 std): in effect a plain normal.
 linear_kernel_init = nnx.initializers.normal(stddev=0.02)
 
@@ -41,7 +43,9 @@ def on_cpu() -> bool:
 # whole feature map and whose output is the small (kh, kw, Cin, Cout) kernel: it ran 2-4x slower
 # than the forward convolution (and needed layout transposes of the activations). One matmul per
 # kernel tap, contracting over (batch, height, width), is the same arithmetic at matmul speed.
-# The forward pass and the input gradient stay XLA's own convolutions.
+# The forward pass and the input gradient stay XLA's own convolutions. This is YNNPACK's weakness
+# (jaxlib 0.10): with XLA's Eigen convolutions (mambavision_jax.xla_cpu, on by default) XLA's own
+# kernel gradient was ~4% faster per MambaVision-T train step than these taps, so it is used then.
 
 _NHWC_HWIO = ("NHWC", "HWIO", "NHWC")
 
@@ -84,7 +88,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     """`lax.conv_general_dilated` (the `nnx.Conv` hook): on the CPU, plain NHWC convolutions get
     the matmul kernel gradient above; everything else is passed through unchanged."""
     plain = (
-        on_cpu() and lhs.ndim == 4 and feature_group_count == 1 and not kwargs.get("out_sharding")
+        on_cpu() and not xla_cpu.eigen_convolutions()
+        and lhs.ndim == 4 and feature_group_count == 1 and not kwargs.get("out_sharding")
         and kwargs.get("preferred_element_type") is None and kwargs.get("batch_group_count", 1) == 1
         and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1)))
         and not isinstance(padding, str) and all(lo >= 0 and hi >= 0 for lo, hi in padding)

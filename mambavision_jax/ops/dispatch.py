@@ -192,7 +192,8 @@ def selective_scan(
     y_t = C_t . h_t + D u_t.
 
     impl: "auto" (sequential on CPU; pallas_gpu on CUDA GPUs with compute capability >= 8.0 where
-    the Triton kernel compiles, checked once per process; pallas_tpu on TPU; associative elsewhere), or one of ``SCAN_IMPLS``.
+    the Triton kernel compiles, checked once per process; pallas_tpu on TPU; associative
+    elsewhere), or one of ``SCAN_IMPLS``. Under `kernel_mesh` the Pallas impls run per device.
     interpret: run a Pallas kernel in Pallas's interpreter (works on a CPU; slow). For pallas_tpu it
     may also be a ``jax.experimental.pallas.tpu.InterpretParams()`` (the TPU-semantics interpreter,
     much slower). Ignored by the XLA impls.
