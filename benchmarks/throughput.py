@@ -60,6 +60,20 @@ def num_cores() -> int:
         return os.cpu_count() or 1
 
 
+def time_steps(run, a, sync=lambda: None) -> list[float]:
+    """Seconds per call of `run()` for --repeats calls after --warmup untimed ones; `sync` waits
+    for the device (CUDA) on both sides of each call. JAX's `run` blocks on its own results."""
+    times = []
+    for i in range(a.warmup + a.repeats):
+        sync()
+        t0 = time.perf_counter()
+        run()
+        sync()
+        if i >= a.warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
 def summarize(times_s, batch):
     med = statistics.median(times_s)
     return dict(ms=med * 1e3, img_s=batch / med, img_s_min=batch / max(times_s),
@@ -98,16 +112,6 @@ def run_jax(a) -> list[dict]:
                   resolution=a.resolution, dtype=a.dtype, note=f"scan={scan}, attention={attn}")
     rows = []
 
-    def timed(step, carry_fn):
-        times = []
-        for i in range(a.warmup + a.repeats):
-            t0 = time.perf_counter()
-            carry_fn(step)
-            dt = time.perf_counter() - t0
-            if i >= a.warmup:
-                times.append(dt)
-        return times
-
     if "eval" in a.modes:
         model.eval()
         graphdef, state = nnx.split(model)
@@ -116,10 +120,10 @@ def run_jax(a) -> list[dict]:
         def eval_step(state, x):
             return nnx.merge(graphdef, state)(x)
 
-        def go(step):
-            jax.block_until_ready(step(state, x))
+        def run():
+            jax.block_until_ready(eval_step(state, x))
 
-        rows.append(dict(common, mode="eval", **summarize(timed(eval_step, go), a.batch)))
+        rows.append(dict(common, mode="eval", **summarize(time_steps(run, a), a.batch)))
 
     if "train" in a.modes:
         model.train()
@@ -142,12 +146,12 @@ def run_jax(a) -> list[dict]:
         train_step = jax.jit(train_step, donate_argnums=(0, 1, 2))
         carry = [params, rest, opt_state]
 
-        def go(step):
-            p, r, o, loss = step(*carry, x, y)
+        def run():
+            p, r, o, loss = train_step(*carry, x, y)
             jax.block_until_ready((p, r, o, loss))
             carry[:] = [p, r, o]
 
-        rows.append(dict(common, mode="train", **summarize(timed(train_step, go), a.batch)))
+        rows.append(dict(common, mode="train", **summarize(time_steps(run, a), a.batch)))
     return rows
 
 
@@ -201,18 +205,6 @@ def run_torch(a, which: str) -> list[dict]:
                   note=("autocast bf16; " if bf16 else "") + note)
     rows = []
 
-    def timed(fn):
-        times = []
-        for i in range(a.warmup + a.repeats):
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            dt = time.perf_counter() - t0
-            if i >= a.warmup:
-                times.append(dt)
-        return times
-
     if "eval" in a.modes:
         model.eval()
 
@@ -220,7 +212,7 @@ def run_torch(a, which: str) -> list[dict]:
             with torch.inference_mode(), autocast():
                 model(x)
 
-        rows.append(dict(common, mode="eval", **summarize(timed(eval_step), a.batch)))
+        rows.append(dict(common, mode="eval", **summarize(time_steps(eval_step, a, sync), a.batch)))
 
     if "train" in a.modes:
         model.train()
@@ -233,7 +225,7 @@ def run_torch(a, which: str) -> list[dict]:
             loss.backward()
             opt.step()
 
-        rows.append(dict(common, mode="train", **summarize(timed(train_step), a.batch)))
+        rows.append(dict(common, mode="train", **summarize(time_steps(train_step, a, sync), a.batch)))
     return rows
 
 

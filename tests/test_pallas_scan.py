@@ -42,7 +42,7 @@ def make_inputs(seed, b, l, d, n, dtype=jnp.float32):
     )
 
 
-def _scan_fn(impl, softplus=True, with_d=True):
+def _scan_fn(impl, softplus=True, with_d=True, interpret=True):
     def f(u, delta, A, B, C, D, bias):
         return selective_scan(
             u,
@@ -54,7 +54,7 @@ def _scan_fn(impl, softplus=True, with_d=True):
             bias if with_d else None,
             softplus,
             impl=impl,
-            interpret=True,
+            interpret=interpret,
         )
 
     return f
@@ -205,12 +205,16 @@ def _batch_mesh():
     return make_mesh(n // 2, 2)
 
 
-def _sharded_args(mesh, args):
+def _scan_shardings(mesh):
+    """(u, delta, A, B, C, D, delta_bias): sequences over the batch axes, parameters replicated."""
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     seq, rep = NamedSharding(mesh, P(("data", "fsdp"))), NamedSharding(mesh, P())
-    shardings = (seq, seq, rep, seq, seq, rep, rep)
-    return [jax.device_put(a, s) for a, s in zip(args, shardings)]
+    return (seq, seq, rep, seq, seq, rep, rep)
+
+
+def _sharded_args(mesh, args):
+    return [jax.device_put(a, s) for a, s in zip(args, _scan_shardings(mesh))]
 
 
 def test_kernel_mesh_runs_per_device_with_the_same_values_and_grads():
@@ -240,16 +244,11 @@ def test_kernel_mesh_gives_each_device_its_share_of_the_batch():
     # gather it on every device), batch / devices with it.
     import re
 
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
     mesh = _batch_mesh()
     b, l, d, n = 2 * mesh.size, 20, 64, 8
-    seq, rep = NamedSharding(mesh, P(("data", "fsdp"))), NamedSharding(mesh, P())
-    sd = jax.ShapeDtypeStruct
-    args = [sd((b, l, d), jnp.float32, sharding=seq), sd((b, l, d), jnp.float32, sharding=seq),
-            sd((d, n), jnp.float32, sharding=rep), sd((b, l, n), jnp.float32, sharding=seq),
-            sd((b, l, n), jnp.float32, sharding=seq), sd((d,), jnp.float32, sharding=rep),
-            sd((d,), jnp.float32, sharding=rep)]
+    shapes = ((b, l, d), (b, l, d), (d, n), (b, l, n), (b, l, n), (d,), (d,))
+    args = [jax.ShapeDtypeStruct(shape, jnp.float32, sharding=s)
+            for shape, s in zip(shapes, _scan_shardings(mesh))]
 
     def triton_batch(fn):
         (call,) = [x for x in _lower(fn, args, "cuda").splitlines() if "xla.gpu.triton" in x]
@@ -346,14 +345,8 @@ def test_compiled_kernel_values_and_grads(shape, dtype, full):
     args = make_inputs(sum(shape), *shape, dtype=dtype)
     if not full:
         args = (args[0], jnp.abs(args[1]), *args[2:])
-    kw = dict(softplus=full, with_d=full)
     argnums = tuple(range(7)) if full else tuple(range(5))
-
-    def compiled(impl):
-        def f(u, delta, A, B, C, D, bias):
-            return selective_scan(u, delta, A, B, C, D if full else None, bias if full else None,
-                                  full, impl=impl)
-        return f
+    compiled = lambda impl: _scan_fn(impl, softplus=full, with_d=full, interpret=False)  # noqa: E731
 
     y, g = jax.jit(_vjp_fn(compiled("pallas_gpu"), argnums))(*args)
     y_ref, g_ref = jax.jit(_vjp_fn(compiled("sequential"), argnums))(*args)
