@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import mambavision_jax as mvj
-from helpers import images, jax_logits, official_logits, rel_err, save_official_hf, save_official_pth
+from helpers import images, jax_logits, official_logits, rel_err, save_official_pth
 from mambavision_jax.convert import (CheckpointError, infer_variant, load_checkpoint, save_checkpoint,
                                      torch_key_shapes)
 from official import build_official

@@ -7,7 +7,7 @@ import torch
 from flax import nnx
 
 import mambavision_jax as mvj
-from helpers import images, official_logits
+from helpers import images
 from official import build_official, official_module
 
 # DESIGN.md section 3 / the official code (counted again from the official modules below).

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ml_collections import config_dict
 
 from mambavision_jax.train import sharding as shd
 from mambavision_jax.train.loop import NonFiniteLossError, _flush

@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 
