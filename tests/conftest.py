@@ -1,18 +1,64 @@
+"""Test-wide setup: 8 simulated host devices, full matmul precision, shared fixtures.
+
+A bare `pytest` behaves as `bash scripts/test.sh` does (which sets the same XLA flag).
+"""
 import os
 import sys
+from pathlib import Path
 
-import numpy as np
-import pytest
+# JAX reads XLA_FLAGS once, when it creates its CPU backend: ask for 8 host devices before anything
+# imports jax (the sharding tests need 8). An explicit device count in XLA_FLAGS is kept.
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = " ".join(
+        f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8") if f)
 
-sys.path.insert(0, os.path.dirname(__file__))
+# ---- process-wide JAX / package setup that must precede the test modules goes here ----
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/helpers.py, official.py, small_train_config.py
+
+# The reference packages are part of the test environment (scripts/test.sh installs them): a missing
+# one is an error, never a silently skipped parity check.
+REFERENCE_PACKAGES = ("torch", "timm", "mambavision", "jax2onnx", "onnxruntime")
 
 
 def pytest_configure(config):
-    # Parity is checked in float32 at full matmul precision (DESIGN.md section 8).
+    missing = [name for name in REFERENCE_PACKAGES if _missing(name)]
+    if missing:
+        raise pytest.UsageError(f"missing test dependencies {', '.join(missing)}: "
+                                "install them with `bash scripts/test.sh` (it installs them, then runs pytest)")
     import jax
+    # Parity with the official PyTorch model is checked in float32: full-precision matmuls (the
+    # default lowers float32 matmuls to bf16 passes on TPU/GPU and to TF32 on Ampere+).
     jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def _missing(name: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(name) is None
 
 
 @pytest.fixture
 def rng():
     return np.random.RandomState(0)
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory):
+    """A TFDS data_dir holding the embedded digits data set (`mv_digits`), built once per session."""
+    from mambavision_jax.data import build_digits
+    d = str(tmp_path_factory.mktemp("tfds"))
+    build_digits(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def compile_cache_env():
+    """Environment variables that make a subprocess (train.py, a notebook kernel) use one persistent
+    XLA compilation cache shared by every run: the runs compile the same steps."""
+    cache = Path(os.environ.get("TMPDIR", "/tmp")) / f"mambavision_jax_test_cache_{os.getuid()}"
+    return {"JAX_COMPILATION_CACHE_DIR": str(cache),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}

@@ -11,20 +11,13 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from mambavision_jax.data import (DatasetNotPreparedError, TrainAugConfig, build_digits,
+from mambavision_jax.data import (DatasetNotPreparedError, TrainAugConfig,
                                   dataset_info, eval_num_batches, eval_transform,
                                   make_eval_iterator, make_train_iterator, shard_bounds)
 from mambavision_jax.data.digits import digits_split
 from mambavision_jax.data.make_folder_dataset import main as make_folder_main
 
 NONE = TrainAugConfig.none()
-
-
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("tfds"))
-    build_digits(d)
-    return d
 
 
 def _take(it, n):

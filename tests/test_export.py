@@ -5,14 +5,12 @@ import json
 
 import jax
 import numpy as np
+import onnxruntime as ort
 import pytest
 from flax import nnx
 
 import mambavision_jax as mvj
 from mambavision_jax import export as ex
-
-pytest.importorskip("jax2onnx")
-ort = pytest.importorskip("onnxruntime")
 
 SIZE = 64
 RTOL = 1e-4  # max |onnx - jax| / max |jax|, float32

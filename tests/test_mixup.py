@@ -69,7 +69,7 @@ def test_smooth_labels_and_targets_sum_to_one():
 
 
 def test_targets_match_timm_mixup_target():
-    torch = pytest.importorskip("torch")
+    import torch
     from timm.data.mixup import mixup_target
     y = np.array([1, 4, 4, 7, 0, 9])
     for lam in (1.0, 0.73, 0.21):
@@ -102,7 +102,7 @@ def test_cutmix_lam_is_pixel_fraction_from_flipped():
 
 
 def test_mixup_fixed_lam_formula_and_timm():
-    torch = pytest.importorskip("torch")
+    import torch
     from timm.data.mixup import Mixup
     x = jax.random.normal(jax.random.PRNGKey(1), (6, 5, 4, 3))
     y = jnp.array([0, 1, 2, 3, 4, 5])
@@ -123,7 +123,7 @@ def test_mixup_fixed_lam_formula_and_timm():
 def test_cutmix_box_matches_timm(monkeypatch):
     """Same lam and centre -> same box and corrected lam as timm rand_bbox / cutmix_bbox_and_lam,
     and the same mixed batch and targets as timm Mixup."""
-    torch = pytest.importorskip("torch")
+    import torch
     from timm.data import mixup as tm
     b, h, w = 4, 9, 7
     x = jax.random.normal(jax.random.PRNGKey(2), (b, h, w, 3))
@@ -152,7 +152,6 @@ def test_cutmix_box_matches_timm(monkeypatch):
 
 def test_uint8_mixup_matches_fast_collate():
     """Integer images: FastCollateMixup's float32 mix + rint (what the official prefetcher path does)."""
-    pytest.importorskip("torch")
     from timm.data.mixup import FastCollateMixup
     rng = np.random.RandomState(0)
     imgs = rng.randint(0, 256, size=(4, 3, 6, 5)).astype(np.uint8)  # CHW per sample, as timm
@@ -221,7 +220,7 @@ def test_jit_and_groups():
 # ------------------------------------------------------------------------------------------------
 
 def test_ema_matches_timm_model_ema_v2():
-    torch = pytest.importorskip("torch")
+    import torch
     from timm.utils import ModelEmaV2
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
     mema = ModelEmaV2(net, decay=0.9998)

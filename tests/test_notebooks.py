@@ -17,19 +17,16 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 COLAB = ROOT / "colab"
 CELL_TIMEOUT_S = 600
-# Shared with the other subprocess tests: XLA compilations are cached across runs.
-CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / f"mambavision_jax_test_cache_{os.getuid()}"
 
 
-def _run(name: str, cwd: Path, monkeypatch) -> nbformat.NotebookNode:
+def _run(name: str, cwd: Path, monkeypatch, compile_cache_env) -> nbformat.NotebookNode:
     monkeypatch.setenv("MV_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     # One CPU device unless the notebook asks for more (tpu_training sets 8 itself).
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
     monkeypatch.setenv("XLA_FLAGS", flags.strip())
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(CACHE))
-    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    for k, v in compile_cache_env.items():  # XLA compilations shared with the other subprocess tests
+        monkeypatch.setenv(k, v)
     monkeypatch.setenv("TQDM_DISABLE", "1")
     nb = nbformat.read(COLAB / name, as_version=4)
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
@@ -55,10 +52,10 @@ def test_notebook_is_clean(name):
     assert 'SMALL = os.environ.get("MV_NOTEBOOK_SMALL", "0") == "1"' in code[0].source
 
 
-def test_inference_notebook(tmp_path, monkeypatch):
+def test_inference_notebook(tmp_path, monkeypatch, compile_cache_env):
     from mambavision_jax.predict import imagenet_class_names
 
-    nb = _run("inference.ipynb", tmp_path, monkeypatch)
+    nb = _run("inference.ipynb", tmp_path, monkeypatch, compile_cache_env)
     out = _stdout(nb)
     assert "round trip exact" in out
     names = set(imagenet_class_names())
@@ -72,8 +69,8 @@ def test_inference_notebook(tmp_path, monkeypatch):
         assert probs == sorted(probs, reverse=True)
 
 
-def test_finetune_notebook(tmp_path, monkeypatch):
-    nb = _run("finetune.ipynb", tmp_path, monkeypatch)
+def test_finetune_notebook(tmp_path, monkeypatch, compile_cache_env):
+    nb = _run("finetune.ipynb", tmp_path, monkeypatch, compile_cache_env)
     out = _stdout(nb)
     workdir = tmp_path / "mv_finetune" / "runs" / "finetune"
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
@@ -91,8 +88,8 @@ def test_finetune_notebook(tmp_path, monkeypatch):
     assert "evaluate() top-1" in out and "predicted" in out
 
 
-def test_tpu_training_notebook(tmp_path, monkeypatch):
-    nb = _run("tpu_training.ipynb", tmp_path, monkeypatch)
+def test_tpu_training_notebook(tmp_path, monkeypatch, compile_cache_env):
+    nb = _run("tpu_training.ipynb", tmp_path, monkeypatch, compile_cache_env)
     out = _stdout(nb)
     assert "8 devices" in out and "mesh {'data': 4, 'fsdp': 2}" in out
     # The sharding table of MambaVision-T: the large matrices split over fsdp.

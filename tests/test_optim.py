@@ -21,8 +21,8 @@ import optax
 import pytest
 
 sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
-torch = pytest.importorskip("torch")
-timm_optim = pytest.importorskip("timm.optim")
+import timm.optim as timm_optim  # noqa: E402
+import torch  # noqa: E402
 
 from mambavision_jax.train import optim, schedule  # noqa: E402
 
@@ -121,7 +121,8 @@ def official_scheduler_module():
     `mambavision` package itself (its __init__ imports the CUDA-only model)."""
     spec = importlib.util.find_spec("mambavision")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("official mambavision package not installed")
+        raise ModuleNotFoundError("the official mambavision package is missing: install it with "
+                                  "`bash scripts/test.sh`")
     root = pathlib.Path(list(spec.submodule_search_locations)[0]) / "scheduler"
     name = "_official_mambavision_scheduler"
     if name in sys.modules:

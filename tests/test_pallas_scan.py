@@ -200,8 +200,7 @@ def _batch_mesh():
     from mambavision_jax.train.sharding import make_mesh
 
     n = len(jax.devices())
-    if n < 4:
-        pytest.skip("needs >= 4 devices (scripts/test.sh simulates 8 on the CPU)")
+    assert n >= 4, "needs >= 4 devices (tests/conftest.py simulates 8 on the CPU)"
     return make_mesh(n // 2, 2)
 
 

@@ -17,11 +17,11 @@ from mambavision_jax.data.transforms import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEF
 
 
 def _timm():
-    pytest.importorskip("torch")
     # The PyPI torchvision is a CUDA build whose fake-op registrations fail beside the CPU torch.
     sys.modules.setdefault("torchvision._meta_registrations",
                            types.ModuleType("torchvision._meta_registrations"))
-    return pytest.importorskip("timm.data")
+    import timm.data
+    return timm.data
 
 
 def _photo(w: int, h: int, seed: int = 0) -> np.ndarray:

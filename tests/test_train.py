@@ -1,11 +1,10 @@
 """Training: sharding equivalence, multi-process, kill/resume, configs and bad input."""
-import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -21,18 +20,10 @@ from mambavision_jax.train.schedule import make_schedule
 from mambavision_jax.train.state import create_train_state, graphdefs
 from mambavision_jax.train.steps import make_train_step
 from small_train_config import get_config as small_config
+from small_train_config import load_repo_config as _load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
-CONFIG_PATHS = {n: ROOT / "configs" / f"{n}.py" for n in CONFIGS}
-
-
-def _load_config(name):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -125,17 +116,12 @@ class _NullWriter:
 
 
 # ------------------------------------------------------------------ end-to-end runs (subprocesses)
-CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / f"mambavision_jax_test_cache_{os.getuid()}"
-
-
-def _env(devices: int):
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    env["PYTHONPATH"] = str(ROOT)
-    # The runs of one test compile the same steps: share XLA's persistent compilation cache.
-    env["JAX_COMPILATION_CACHE_DIR"] = str(CACHE)
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+@pytest.fixture
+def train_env(compile_cache_env):
+    """The environment of a train.py subprocess with `devices` host devices."""
+    def env(devices: int):
+        return {**os.environ, **compile_cache_env, "PYTHONPATH": str(ROOT),
+                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     return env
 
 
@@ -149,48 +135,54 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from mambavision_jax.data import build_digits
-    d = str(tmp_path_factory.mktemp("tfds"))
-    build_digits(d)
-    return d
-
-
-def test_kill_and_resume_gives_the_same_losses(tmp_path, data_dir):
-    common = [f"--config.data.dir={data_dir}", "--config.total_steps=10", "--config.checkpoint_every_steps=3",
+def test_kill_and_resume_gives_the_same_losses(tmp_path, digits_dir, train_env):
+    common = [f"--config.data.dir={digits_dir}", "--config.total_steps=10", "--config.checkpoint_every_steps=3",
               "--config.log_every_steps=1", "--config.eval_every_steps=100"]
     ref = tmp_path / "ref"
-    subprocess.run(_train_cmd(ref, *common), check=True, env=_env(2), capture_output=True, timeout=600)
+    subprocess.run(_train_cmd(ref, *common), check=True, env=train_env(2), capture_output=True, timeout=600)
 
+    # SIGKILL as soon as the run reports step 7 (checkpoint 6 was requested; three steps remain), read
+    # from its own stdout: no polling interval for the run to outpace.
     run = tmp_path / "run"
-    proc = subprocess.Popen(_train_cmd(run, *common), env=_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while not glob.glob(str(run / "checkpoints" / "6")) and time.time() < deadline:
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = max(_losses(run))
-    assert killed_at < 10, "the run finished before it was killed"
-    out = subprocess.run(_train_cmd(run, *common), check=True, env=_env(2), capture_output=True, text=True, timeout=600)
-    assert "resumed from" in out.stdout
+    proc = subprocess.Popen(_train_cmd(run, *common), env={**train_env(2), "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("step 7/10 "):
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        else:
+            pytest.fail("the run ended without reporting step 7:\n" + "".join(lines[-30:]))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert max(_losses(run)) < 10, "the run finished before it was killed"
+
+    out = subprocess.run(_train_cmd(run, *common), check=True, env=train_env(2), capture_output=True, text=True,
+                         timeout=600)
+    # The resumed run starts from the newest checkpoint that was complete at the kill: 6, or 3 when
+    # the kill interrupted the asynchronous write of 6.
+    resumed_from = int(re.search(r"resumed from \S+ at step (\d+)", out.stdout).group(1))
+    assert resumed_from in (3, 6), out.stdout
     ref_losses, losses = _losses(ref), _losses(run)
-    resumed = [s for s in losses if s > 6]
-    assert resumed == [7, 8, 9, 10]
+    resumed = [s for s in losses if s > resumed_from]
+    assert resumed == list(range(resumed_from + 1, 11))
     for s in resumed:
         assert losses[s] == pytest.approx(ref_losses[s], rel=1e-6), s
 
 
-def test_two_processes_train_evaluate_and_checkpoint(tmp_path, data_dir):
+def test_two_processes_train_evaluate_and_checkpoint(tmp_path, digits_dir, train_env):
     import portpicker
     port = portpicker.pick_unused_port()
     workdir = tmp_path / "mp"
     procs = [subprocess.Popen(
-        _train_cmd(workdir, f"--config.data.dir={data_dir}", "--config.total_steps=4",
+        _train_cmd(workdir, f"--config.data.dir={digits_dir}", "--config.total_steps=4",
                    "--config.checkpoint_every_steps=2", "--config.eval_every_steps=4",
                    "--config.log_every_steps=2", f"--coordinator=127.0.0.1:{port}",
                    "--num_processes=2", f"--process_id={i}"),
-        env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+        env=train_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     shards = [json.loads(next(l for l in o.splitlines() if l.startswith("data shard "))[len("data shard "):])
@@ -205,16 +197,16 @@ def test_two_processes_train_evaluate_and_checkpoint(tmp_path, data_dir):
     assert (workdir / "checkpoints" / "data_state" / "4.1.json").is_file()
 
 
-def test_unknown_config_field_is_an_error(tmp_path):
-    out = subprocess.run(_train_cmd(tmp_path, "--config.no_such_field=1"), env=_env(1),
+def test_unknown_config_field_is_an_error(tmp_path, train_env):
+    out = subprocess.run(_train_cmd(tmp_path, "--config.no_such_field=1"), env=train_env(1),
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "no_such_field" in out.stderr
 
 
-def test_batch_not_divisible_by_devices(tmp_path, data_dir):
+def test_batch_not_divisible_by_devices(tmp_path, digits_dir):
     from mambavision_jax.train import train_and_evaluate
     c = small_config()
-    c.data.dir = data_dir
+    c.data.dir = digits_dir
     c.batch_size = 12
     with pytest.raises(ValueError, match=r"batch_size=12 is not divisible by the 8 devices"):
         train_and_evaluate(c, str(tmp_path))
