@@ -72,7 +72,13 @@ def test_ema_weights_on_request(small_official, tmp_path):
 def test_prefixed_keys(small_sd, prefix, tmp_path):
     path = tmp_path / "p.pth"
     torch.save({"model": {prefix + k: v for k, v in small_sd.items()}}, path)
-    mvj.load_torch_checkpoint(path, "mamba_vision_T", **SMALL)
+    model = mvj.load_torch_checkpoint(path, "mamba_vision_T", **SMALL)
+    # Every weight and statistic arrives under its unprefixed key (the seed-3 values, not an init).
+    loaded = mvj.to_torch_state_dict(model)
+    expected = {k: v.numpy() for k, v in small_sd.items() if not k.endswith("num_batches_tracked")}
+    assert loaded.keys() == expected.keys()
+    for k in expected:
+        np.testing.assert_array_equal(loaded[k], expected[k], err_msg=k)
 
 
 def test_variant_inferred_from_weights():
