@@ -116,18 +116,21 @@ def test_bf16_inputs(impl):
 @pytest.mark.parametrize("impl", XLA_IMPLS)
 def test_mixed_dtypes(impl):
     # The model feeds bf16 activations with float32 parameters (A, D, delta_bias).
-    u, delta, A, B, C, D, bias = make_inputs(2, 2, 16, 6, 4)
+    u, delta, A, B, C, D, bias = make_inputs(2, 2, 64, 24, 8)
+    u, delta, B, C = (x.astype(jnp.bfloat16) for x in (u, delta, B, C))
     fn = jax.jit(lambda *a: selective_scan(*a, True, impl=impl))
-    y = fn(
-        u.astype(jnp.bfloat16),
-        delta.astype(jnp.bfloat16),
-        A,
-        B.astype(jnp.bfloat16),
-        C.astype(jnp.bfloat16),
-        D,
-        bias,
-    )
-    assert y.dtype == jnp.bfloat16
+    y = fn(u, delta, A, B, C, D, bias)
+    assert y.dtype == jnp.bfloat16 and y.shape == u.shape
+    # float64 reference on the same (bf16-rounded activations, float32 parameters) inputs. The scan
+    # runs in float32, so what is left is the final rounding of y to bf16: at most half a bf16 ulp,
+    # 2^-8 |y| (8 significand bits), plus float32 roundoff, far below 1e-5 of the output's range.
+    ref = reference_scan(*(np.asarray(x.astype(jnp.float32)) for x in (u, delta, A, B, C, D, bias)), True)
+    err = np.abs(np.asarray(y, np.float64) - ref)
+    bound = 2**-8 * np.abs(ref) + 1e-5 * np.max(np.abs(ref))
+    assert np.all(err <= bound), float(np.max(err / bound))
+    # The parameters are used in float32: rounding them to bf16 instead moves y by far more.
+    y_bf16_params = fn(u, delta, A.astype(jnp.bfloat16), B, C, D.astype(jnp.bfloat16), bias.astype(jnp.bfloat16))
+    assert not np.all(np.abs(np.asarray(y_bf16_params, np.float64) - ref) <= bound)
 
 
 def test_auto_is_sequential_on_cpu():
