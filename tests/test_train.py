@@ -59,14 +59,18 @@ def _run_steps(config, mesh, batches, n_classes=10):
     return state, losses, shardings
 
 
-def test_eight_devices_data_fsdp_equal_one_device(tmp_path):
+# LAMB (the recipe's) by default: it adds to AdamW the trust-ratio norms reduced over sharded params.
+@pytest.mark.parametrize("optimizer", [pytest.param("adamw", marks=pytest.mark.slow), "lamb"])
+def test_eight_devices_data_fsdp_equal_one_device(tmp_path, optimizer):
+    """Data + FSDP sharding changes no number; for LAMB this also covers the per-parameter trust
+    ratio, whose norms are reduced over FSDP-sharded parameters."""
     assert jax.device_count() >= 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
     c = small_config()
     c.mesh.min_size_to_shard_mb = 0.0  # shard every parameter that divides, to test FSDP for real
     # The conv biases in front of BatchNorm have analytically zero gradients, so an Adam-type
     # update (m / (sqrt(v) + eps)) turns their float32 roundoff into lr-sized noise that differs
     # between device layouts. A large eps damps that noise and leaves the real updates intact.
-    c.optimizer.name, c.optimizer.eps = "adamw", 1e-3
+    c.optimizer.name, c.optimizer.eps = optimizer, 1e-3
     rs = np.random.RandomState(0)
     batches = [{"image": rs.randn(16, 32, 32, 3).astype(np.float32), "label": rs.randint(0, 10, 16).astype(np.int32)}
                for _ in range(3)]
