@@ -2,6 +2,7 @@
 
 A bare `pytest` behaves as `bash scripts/test.sh` does (which sets the same XLA flag).
 """
+
 import os
 import sys
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 # imports jax (the sharding tests need 8). An explicit device count in XLA_FLAGS is kept.
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = " ".join(
-        f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8") if f)
+        f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8") if f
+    )
 
 # ---- process-wide JAX / package setup that must precede the test modules goes here ----
 
@@ -27,9 +29,12 @@ REFERENCE_PACKAGES = ("torch", "timm", "mambavision", "jax2onnx", "onnxruntime")
 def pytest_configure(config):
     missing = [name for name in REFERENCE_PACKAGES if _missing(name)]
     if missing:
-        raise pytest.UsageError(f"missing test dependencies {', '.join(missing)}: "
-                                "install them with `bash scripts/test.sh` (it installs them, then runs pytest)")
+        raise pytest.UsageError(
+            f"missing test dependencies {', '.join(missing)}: "
+            "install them with `bash scripts/test.sh` (it installs them, then runs pytest)"
+        )
     import jax
+
     # Parity with the official PyTorch model is checked in float32: full-precision matmuls (the
     # default lowers float32 matmuls to bf16 passes on TPU/GPU and to TF32 on Ampere+).
     jax.config.update("jax_default_matmul_precision", "highest")
@@ -37,6 +42,7 @@ def pytest_configure(config):
 
 def _missing(name: str) -> bool:
     import importlib.util
+
     return importlib.util.find_spec(name) is None
 
 
@@ -49,6 +55,7 @@ def rng():
 def digits_dir(tmp_path_factory):
     """A TFDS data_dir holding the embedded digits data set (`mv_digits`), built once per session."""
     from mambavision_jax.data import build_digits
+
     d = str(tmp_path_factory.mktemp("tfds"))
     build_digits(d)
     return d
@@ -59,6 +66,8 @@ def compile_cache_env():
     """Environment variables that make a subprocess (train.py, a notebook kernel) use one persistent
     XLA compilation cache shared by every run: the runs compile the same steps."""
     cache = Path(os.environ.get("TMPDIR", "/tmp")) / f"mambavision_jax_test_cache_{os.getuid()}"
-    return {"JAX_COMPILATION_CACHE_DIR": str(cache),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    return {
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }

@@ -7,6 +7,7 @@ of draw over the same range. Equal outputs then mean equal logic: the order of t
 each one decides (crop box, op choice, probability, magnitude noise, sign, interpolation), and
 the fallbacks.
 """
+
 from __future__ import annotations
 
 import random
@@ -18,7 +19,11 @@ import pytest
 from PIL import Image
 
 from mambavision_jax.data import rand_augment as ra
-from mambavision_jax.data.transforms import IMAGENET_DEFAULT_MEAN, random_resized_crop, random_resized_crop_params
+from mambavision_jax.data.transforms import (
+    IMAGENET_DEFAULT_MEAN,
+    random_resized_crop,
+    random_resized_crop_params,
+)
 
 sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
 from timm.data import auto_augment as taa  # noqa: E402
@@ -34,7 +39,9 @@ class Replay:
     def _next(self, kind, *args):
         assert self.draws, f"we draw {kind}{args} after timm's last draw"
         got_kind, got_args, value = self.draws.pop(0)
-        assert (got_kind, got_args) == (kind, args), f"we draw {kind}{args} where timm drew {got_kind}{got_args}"
+        assert (got_kind, got_args) == (kind, args), (
+            f"we draw {kind}{args} where timm drew {got_kind}{got_args}"
+        )
         return value
 
     def uniform(self, low=0.0, high=1.0):
@@ -89,8 +96,13 @@ def _record(monkeypatch, seed):
         log.append(("integers", (0, len(a), int(size)), idx.copy()))
         return [a[i] for i in idx]
 
-    for name, fn in (("uniform", uniform), ("randint", randint), ("random", rand), ("gauss", gauss),
-                     ("choice", choice)):
+    for name, fn in (
+        ("uniform", uniform),
+        ("randint", randint),
+        ("random", rand),
+        ("gauss", gauss),
+        ("choice", choice),
+    ):
         monkeypatch.setattr(random, name, fn)
     monkeypatch.setattr(taa.np.random, "choice", np_choice)
     return log
@@ -159,7 +171,9 @@ FILL = tuple(min(255, round(255 * m)) for m in IMAGENET_DEFAULT_MEAN)
 
 
 # The official string, uniform magnitude noise with a per-op probability, and the default op set.
-@pytest.mark.parametrize("config", ["rand-m9-mstd0.5-inc1", "rand-m7-n3-mstd101-p0.7-inc1", "rand-m10-n4-mstd1"])
+@pytest.mark.parametrize(
+    "config", ["rand-m9-mstd0.5-inc1", "rand-m7-n3-mstd101-p0.7-inc1", "rand-m10-n4-mstd1"]
+)
 def test_rand_augment_matches_timm_with_the_same_draws(monkeypatch, config):
     ref_t = taa.rand_augment_transform(config, {"translate_const": 14, "img_mean": FILL})
     ours_t = ra.rand_augment_transform(config, fill=FILL, translate_const=14)
