@@ -36,7 +36,7 @@ from flax import nnx
 
 __all__ = ["PAPER", "count_params", "xla_cost", "jaxpr_macs", "zoo_rows", "markdown_table", "main"]
 
-# DESIGN.md section 6 (the paper / official README): top-1 (%), params (M), GFLOPs (MACs, G).
+# The paper / official README: top-1 (%), params (M), GFLOPs (MACs, G).
 PAPER: dict[str, tuple[float, float, float]] = {
     "mamba_vision_T": (82.3, 31.8, 4.4),
     "mamba_vision_T2": (82.7, 35.1, 5.1),
@@ -46,7 +46,7 @@ PAPER: dict[str, tuple[float, float, float]] = {
     "mamba_vision_L2": (85.3, 241.5, 37.5),
     "mamba_vision_L3_512_21k": (88.1, 739.6, 489.1),
 }
-# DESIGN.md section 3: exact parameter counts of the official PyTorch models, where known.
+# Exact parameter counts of the official PyTorch models, where known (docs/architecture.md).
 OFFICIAL_PARAMS = {"mamba_vision_T": 31_794_248}
 
 
@@ -183,8 +183,8 @@ activations, residuals, softmax) but not exp/log/tanh/erf (counted as transcende
 while loop's body only once (the selective scan's lax.scan counts one step; its full cost is below
 0.1%). The paper's "GFLOPs" are multiply-accumulates (fvcore convention), so compare them with XLA
 GMACs = XLA GFLOPs / 2, or with the conv + matmul MACs counted from the jaxpr (every convolution and
-dot_general, scan bodies times their length; the two agree within ~1%). Paper numbers: DESIGN.md
-section 6; "-" where the paper gives none."""
+dot_general, scan bodies times their length; the two agree within ~1%). Paper numbers: the paper and
+the official README; "-" where the paper gives none."""
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -3,7 +3,7 @@
 `mamba_ssm` is CUDA-only, so a pure-PyTorch `selective_scan_fn` with the same contract as
 `mamba_ssm.ops.selective_scan_interface.selective_scan_fn` is registered before the official module
 is imported. The PyPI torchvision is a CUDA build whose fake-op registrations fail beside the CPU
-torch; an empty `torchvision._meta_registrations` module sidesteps them (DESIGN.md section 8).
+torch; an empty `torchvision._meta_registrations` module sidesteps them.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import mambavision_jax as mvj
 from helpers import images
 from official import build_official, official_module
 
-# DESIGN.md section 3 / the official code (counted again from the official modules below).
+# The official code (counted again from the official modules below).
 PUBLISHED = {"mamba_vision_T": 31_794_248}
 
 

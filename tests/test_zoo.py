@@ -48,7 +48,7 @@ def test_zoo_cli_help(capsys):
 
 @pytest.mark.slow
 def test_zoo_all_variants_compiled():
-    """Every variant, with compiled cost analysis: params as DESIGN.md section 3, MACs near the paper."""
+    """Every variant, with compiled cost analysis: exact official params, MACs near the paper."""
     design_params_m = {"mamba_vision_T2": 35.10, "mamba_vision_S": 50.14, "mamba_vision_B": 97.69,
                        "mamba_vision_L": 227.96, "mamba_vision_L2": 241.56,
                        "mamba_vision_L3_256_21k": 739.57}

@@ -46,7 +46,7 @@ def shard_bounds(num_examples: int, process_index: int, process_count: int,
 
 
 def _ensure_absl_flags_parsed():
-    # grain's worker processes read absl flags; outside absl.app.run they are unparsed (DESIGN.md 8).
+    # grain's worker processes read absl flags; outside absl.app.run they are unparsed.
     from absl import flags
 
     if not flags.FLAGS.is_parsed():

@@ -1,5 +1,5 @@
-"""The training config: every field with its default (the official ImageNet-1K recipe of
-DESIGN.md section 5), so config files only state what differs and an unknown field is an error.
+"""The training config: every field with its default (the official ImageNet-1K recipe,
+docs/architecture.md section 5), so config files only state what differs and an unknown field is an error.
 
 Derived quantities (steps per epoch, warmup steps, total steps) are computed by the trainer from
 the data set size and `batch_size`, never stored here, so `--config.batch_size=...` stays coherent.
