@@ -129,7 +129,8 @@ def test_mixed_dtypes(impl):
     bound = 2**-8 * np.abs(ref) + 1e-5 * np.max(np.abs(ref))
     assert np.all(err <= bound), float(np.max(err / bound))
     # The parameters are used in float32: rounding them to bf16 instead moves y by far more.
-    y_bf16_params = fn(u, delta, A.astype(jnp.bfloat16), B, C, D.astype(jnp.bfloat16), bias.astype(jnp.bfloat16))
+    bf16 = jnp.bfloat16
+    y_bf16_params = fn(u, delta, A.astype(bf16), B, C, D.astype(bf16), bias.astype(bf16))
     assert not np.all(np.abs(np.asarray(y_bf16_params, np.float64) - ref) <= bound)
 
 

@@ -140,7 +140,8 @@ def _losses(workdir):
 
 
 def test_kill_and_resume_gives_the_same_losses(tmp_path, digits_dir, train_env):
-    common = [f"--config.data.dir={digits_dir}", "--config.total_steps=10", "--config.checkpoint_every_steps=3",
+    common = [f"--config.data.dir={digits_dir}", "--config.total_steps=10",
+              "--config.checkpoint_every_steps=3",
               "--config.log_every_steps=1", "--config.eval_every_steps=100"]
     ref = tmp_path / "ref"
     subprocess.run(_train_cmd(ref, *common), check=True, env=train_env(2), capture_output=True, timeout=600)
@@ -164,8 +165,8 @@ def test_kill_and_resume_gives_the_same_losses(tmp_path, digits_dir, train_env):
         proc.wait()
     assert max(_losses(run)) < 10, "the run finished before it was killed"
 
-    out = subprocess.run(_train_cmd(run, *common), check=True, env=train_env(2), capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(_train_cmd(run, *common), check=True, env=train_env(2), capture_output=True,
+                         text=True, timeout=600)
     # The resumed run starts from the newest checkpoint that was complete at the kill: 6, or 3 when
     # the kill interrupted the asynchronous write of 6.
     resumed_from = int(re.search(r"resumed from \S+ at step (\d+)", out.stdout).group(1))
