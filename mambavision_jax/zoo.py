@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mambavision_jax import cli, paths
+
 __all__ = ["PAPER", "count_params", "xla_cost", "jaxpr_macs", "zoo_rows", "markdown_table", "main"]
 
 # The paper / official README: top-1 (%), params (M), GFLOPs (MACs, G).
@@ -201,24 +203,54 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", default=None,
                    help="write the markdown to FILE instead of stdout")
     p.add_argument("--quiet", action="store_true", help="no per-model progress lines on stderr")
+    cli.add_debug_flag(p)
     return p
+
+
+def _model_names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    from mambavision_jax.models.registry import list_models
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise cli.UserError(f"--models {text!r} has an empty name; give comma-separated variant names")
+    unknown = [n for n in names if n not in list_models()]
+    if unknown:
+        raise cli.UserError(f"--models: unknown variant(s) {', '.join(unknown)}; choose from "
+                            f"{', '.join(list_models())}")
+    return list(dict.fromkeys(names))  # each variant once, in the order given
+
+
+def _check_output(flag: str, path: str | None) -> None:
+    if path is None:
+        return
+    p = paths.as_path(path)
+    if paths.is_remote(p):
+        return
+    if p.is_dir():
+        raise IsADirectoryError(f"{flag} {path} is a folder; name a file")
+    if not p.parent.is_dir():
+        raise FileNotFoundError(f"{flag} {path}: the folder {p.parent} does not exist")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    names = [n.strip() for n in args.models.split(",")] if args.models else None
+    # Everything checked before minutes of compiling.
+    names = _model_names(args.models)
+    _check_output("--out", args.out)
+    _check_output("--json", args.json)
+    if args.out and args.json and paths.as_path(args.out) == paths.as_path(args.json):
+        raise cli.UserError("--out and --json name the same file; give two different files")
     rows = zoo_rows(names, compile=not args.no_compile, progress=not args.quiet)
     text = markdown_table(rows) + "\n\n" + NOTES + "\n"
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        paths.atomic_write_text(args.out, text)
     else:
         sys.stdout.write(text)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        paths.atomic_write_text(args.json, json.dumps(rows, indent=2) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

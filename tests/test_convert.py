@@ -191,14 +191,61 @@ def _pth(official_model, tmp_path):
 
 
 def test_cli_round_trip(small_official, tmp_path):
-    from mambavision_jax.convert.__main__ import main
+    from mambavision_jax import cli
+    from mambavision_jax.convert.__main__ import main as convert_main
+
+    def main(argv):
+        return cli.run(convert_main, argv)
     src = _pth(small_official, tmp_path)
     assert main(["to-jax", str(src), str(tmp_path / "orbax"), "--model", "mamba_vision_T"]) == 2  # depths differ
+    assert not (tmp_path / "orbax").exists() and not list(tmp_path.glob(".orbax*"))
     full = build_official("mamba_vision_T", seed=4)
     torch.save({"state_dict": full.state_dict()}, tmp_path / "full.pth.tar")
     assert main(["to-jax", str(tmp_path / "full.pth.tar"), str(tmp_path / "orbax")]) == 0
     assert main(["to-torch", str(tmp_path / "orbax"), str(tmp_path / "back.pth.tar")]) == 0
+    assert main(["to-torch", str(tmp_path / "orbax"), str(tmp_path / "back.pth.tar")]) == 2  # exists
     back = torch.load(tmp_path / "back.pth.tar", weights_only=True)["state_dict"]
     for k, v in full.state_dict().items():
         if not k.endswith("num_batches_tracked"):
             assert torch.equal(back[k], v), k
+
+
+def test_save_torch_checkpoint_refuses_to_replace_without_overwrite(tmp_path):
+    import stat
+    model = mvj.create_model("mamba_vision_T", dim=32, in_dim=16, depths=(1, 1, 1, 1),
+                             window_size=(2, 2, 2, 1), num_classes=3)
+    for name in ("m.pth.tar", "m.safetensors"):
+        out = tmp_path / name
+        out.write_bytes(b"precious")
+        with pytest.raises(FileExistsError, match="overwrite"):
+            mvj.save_torch_checkpoint(model, out)
+        assert out.read_bytes() == b"precious"
+        mvj.save_torch_checkpoint(model, out, overwrite=True)
+        assert out.read_bytes() != b"precious" and stat.S_IMODE(out.stat().st_mode) == 0o644
+    with pytest.raises(IsADirectoryError):
+        mvj.save_torch_checkpoint(model, tmp_path)
+    # config.json of another model beside it: refused, then both replaced together
+    other = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**other, "num_classes": 7}))
+    with pytest.raises(FileExistsError, match="another model"):
+        mvj.save_torch_checkpoint(model, tmp_path / "new.safetensors")
+    assert not (tmp_path / "new.safetensors").exists()
+    mvj.save_torch_checkpoint(model, tmp_path / "new.safetensors", overwrite=True)
+    assert json.loads((tmp_path / "config.json").read_text()) == other
+    assert stat.S_IMODE((tmp_path / "config.json").stat().st_mode) == 0o644
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_nonfinite_and_integer_weights_are_refused_with_an_opt_in(small_official, tmp_path):
+    sd = {k: v.clone() for k, v in small_official.state_dict().items()}
+    key = "levels.0.blocks.0.conv1.weight"
+    sd[key][0, 0, 0, 0] = float("nan")
+    torch.save({"state_dict": sd}, tmp_path / "nan.pth.tar")
+    with pytest.raises(CheckpointError, match=f"NaN or inf.*{key}"):
+        mvj.load_torch_checkpoint(tmp_path / "nan.pth.tar", **SMALL)
+    model = load_checkpoint(tmp_path / "nan.pth.tar", "mamba_vision_T", allow_nonfinite=True, **SMALL)
+    assert np.isnan(np.asarray(model.levels[0].blocks[0].conv1.kernel.get_value())).sum() == 1
+    sd[key] = torch.ones_like(sd[key], dtype=torch.int32)  # num_batches_tracked (int64) stays allowed
+    torch.save({"state_dict": sd}, tmp_path / "int.pth.tar")
+    with pytest.raises(CheckpointError, match=f"floating-point.*{key} \\(int32\\)"):
+        mvj.load_torch_checkpoint(tmp_path / "int.pth.tar", "mamba_vision_T", allow_nonfinite=True, **SMALL)

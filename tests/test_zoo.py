@@ -59,3 +59,21 @@ def test_zoo_all_variants_compiled():
     for name, r in rows.items():
         if r["paper_gflops"]:
             assert r["xla_gmacs"] == pytest.approx(r["paper_gflops"], rel=0.1), name
+
+
+ZOO_REFUSALS = [
+    (["--models", "mamba_vision_Q"], ["unknown variant", "mamba_vision_Q"]),
+    (["--models", "mamba_vision_T,,mamba_vision_S"], ["empty name"]),
+    (["--out", "."], ["--out", "is a folder"]),
+    (["--json", "no_such_dir/rows.json"], ["--json", "does not exist"]),
+    (["--out", "same.md", "--json", "same.md"], ["same file"]),
+]
+
+
+@pytest.mark.parametrize("args,needles", ZOO_REFUSALS, ids=[" ".join(a) for a, _ in ZOO_REFUSALS])
+def test_zoo_cli_refuses_bad_arguments_before_work(tmp_path, args, needles):
+    from cli_run import assert_user_error, run_cli, tree_hashes
+    (tmp_path / "same.md").write_text("kept\n")
+    before = tree_hashes(tmp_path)
+    assert_user_error(run_cli("mambavision_jax.zoo", *args, cwd=tmp_path), *needles)
+    assert tree_hashes(tmp_path) == before

@@ -99,13 +99,14 @@ def _resolve_name(name, sd, meta) -> tuple[str, dict[str, Any]]:
 
 def load_torch_checkpoint(path: str | Path, name: str | None = None, *, num_classes: int | None = None,
                           use_ema: bool = False, dtype=jnp.float32, rngs: nnx.Rngs | None = None,
-                          **overrides):
+                          allow_nonfinite: bool = False, **overrides):
     """An NNX model with the weights of an official checkpoint: a `.pth.tar` (`state_dict`,
     `state_dict_ema` with use_ema=True, `model`, or a bare dict), a `.safetensors` file, or a
     Hugging Face model folder (config.json + model.safetensors). `name` may be omitted where the
     weights, the checkpoint's args or config.json tell the variant. With `num_classes` different
-    from the checkpoint's head, the head is freshly initialised (fine-tuning)."""
-    sd, meta = io.read_state_dict(path, use_ema=use_ema)
+    from the checkpoint's head, the head is freshly initialised (fine-tuning). Non-float or
+    NaN / inf weights are refused unless allow_nonfinite=True (NaN / inf only, for debugging)."""
+    sd, meta = io.read_state_dict(path, use_ema=use_ema, allow_nonfinite=allow_nonfinite)
     name, cfg_overrides = _resolve_name(name, sd, meta)
     head = sd.get("head.weight")
     ckpt_classes = int(head.shape[0]) if head is not None else 0
@@ -144,15 +145,16 @@ def hf_config(model) -> dict[str, Any]:
     }
 
 
-def save_torch_checkpoint(model, path: str | Path) -> Path:
+def save_torch_checkpoint(model, path: str | Path, *, overwrite: bool = False) -> Path:
     """`.safetensors` (Hugging Face layout: keys `model.*`, config.json beside it) or `.pth.tar`
-    (`{'state_dict': ..., 'arch': name}`); both load into the official model with strict=True."""
-    path = Path(path)
+    (`{'state_dict': ..., 'arch': name}`); both load into the official model with strict=True.
+    An existing file (or another model's config.json) is replaced only with overwrite=True."""
+    path = io.check_output_file(path, overwrite=overwrite)
     sd = to_torch_state_dict(model)
     if path.suffix == ".safetensors":
-        io.write_safetensors_file(sd, path, hf_config(model))
+        io.write_safetensors_file(sd, path, hf_config(model), overwrite=overwrite)
     else:
-        io.write_torch_file(sd, path, extra={"arch": getattr(model, "name", None)})
+        io.write_torch_file(sd, path, extra={"arch": getattr(model, "name", None)}, overwrite=overwrite)
     return path
 
 
@@ -173,14 +175,15 @@ def save_checkpoint(model, directory: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, name: str | None = None, *, num_classes: int | None = None,
-                    use_ema: bool = False, dtype=jnp.float32, **kwargs):
+                    use_ema: bool = False, dtype=jnp.float32, allow_nonfinite: bool = False, **kwargs):
     """Any supported checkpoint: an orbax folder written by `save_checkpoint`, or what
     `load_torch_checkpoint` reads (.pth.tar, .safetensors, Hugging Face folder)."""
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
     if not (path / ORBAX_META).is_file():
-        return load_torch_checkpoint(path, name, num_classes=num_classes, use_ema=use_ema, dtype=dtype, **kwargs)
+        return load_torch_checkpoint(path, name, num_classes=num_classes, use_ema=use_ema, dtype=dtype,
+                                     allow_nonfinite=allow_nonfinite, **kwargs)
     if use_ema:
         raise CheckpointError(f"{path}: an orbax model checkpoint holds one set of weights; use_ema "
                               f"applies to official .pth.tar files")
@@ -192,6 +195,7 @@ def load_checkpoint(path: str | Path, name: str | None = None, *, num_classes: i
     with ocp.StandardCheckpointer() as ckptr:
         restored = ckptr.restore(path / "state", abstract)
     nnx.update(model, restored)
+    io.check_weights(to_torch_state_dict(model), path, allow_nonfinite=allow_nonfinite)
     if num_classes is not None and num_classes != model.num_classes:
         # fine-tuning with another head: everything but the head carries over
         new = create_model(model.name, num_classes=num_classes, dtype=dtype, **kwargs)

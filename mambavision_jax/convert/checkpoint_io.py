@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,9 @@ import numpy as np
 
 HF_PREFIX = "model."
 HF_WEIGHTS, HF_CONFIG = "model.safetensors", "config.json"
+# Buffers that are integers in official checkpoints (BatchNorm's step counter); every other tensor
+# is a parameter or a statistic and must be floating point.
+INTEGER_BUFFERS = ("num_batches_tracked",)
 
 
 class CheckpointError(ValueError):
@@ -106,23 +111,61 @@ def read_hf_config(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not valid JSON: {e}") from e
 
 
-def read_state_dict(path: str | Path, *, use_ema: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def read_state_dict(path: str | Path, *, use_ema: bool = False,
+                    allow_nonfinite: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Any official checkpoint -> ({official key: array}, metadata), keys normalised:
     `module.` (DDP), `model.` (Hugging Face), `encoder.` / `backbone.` (detection/segmentation)
-    prefixes removed and `num_batches_tracked` dropped."""
+    prefixes removed and `num_batches_tracked` dropped. Weights that cannot be right are refused
+    (see `check_weights`); `use_ema` applies to `.pth.tar` training checkpoints only."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such checkpoint: {path}")
+    is_safetensors = path.is_dir() or path.suffix == ".safetensors"
+    if use_ema and is_safetensors:
+        raise CheckpointError(f"{path}: use_ema (--use-ema) takes the EMA weights ('state_dict_ema') of "
+                              f"a .pth.tar training checkpoint; a .safetensors file or Hugging Face "
+                              f"folder holds one set of weights: drop use_ema")
     if path.is_dir():
         if not (path / HF_WEIGHTS).is_file():
             raise CheckpointError(f"{path}: a folder, but no {HF_WEIGHTS} in it (expected a Hugging "
                                   f"Face model folder: {HF_CONFIG} + {HF_WEIGHTS})")
         sd, meta = read_safetensors_file(path / HF_WEIGHTS)
-    elif not path.exists():
-        raise FileNotFoundError(f"no such checkpoint: {path}")
-    elif path.suffix == ".safetensors":
+    elif is_safetensors:
         sd, meta = read_safetensors_file(path)
     else:
         sd, meta = read_torch_file(path, use_ema=use_ema)
+    check_weights(sd, path, allow_nonfinite=allow_nonfinite)
     return normalise_keys(sd), meta
+
+
+def _few(items: list[str], n: int = 6) -> str:
+    return ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    # ml_dtypes' bfloat16 / float8 (what safetensors.numpy returns for BF16) are kind 'V' to numpy
+    return dtype.kind == "f" or "float" in dtype.name
+
+
+def check_weights(sd: dict[str, np.ndarray], source: str | Path, *, allow_nonfinite: bool = False) -> None:
+    """Refuse weights that cannot be a trained model's: a non-float tensor where a parameter or
+    BatchNorm statistic belongs (only `num_batches_tracked` is an integer in official checkpoints),
+    or NaN / inf values (a diverged run; `allow_nonfinite=True` loads them anyway, for debugging)."""
+    wrong_type = [f"{k} ({v.dtype})" for k, v in sd.items()
+                  if not _is_float(v.dtype) and not k.endswith(INTEGER_BUFFERS)]
+    if wrong_type:
+        raise CheckpointError(f"{source}: {len(wrong_type)} tensor(s) that must hold floating-point "
+                              f"weights have another dtype: {_few(wrong_type)}. The file is not a "
+                              f"model checkpoint, or was written with the wrong dtype")
+    if allow_nonfinite:
+        return
+    nonfinite = [k for k, v in sd.items() if _is_float(v.dtype)
+                 and not np.isfinite(v if v.dtype.kind == "f" else v.astype(np.float32)).all()]
+    if nonfinite:
+        raise CheckpointError(f"{source}: NaN or inf values in {len(nonfinite)} tensor(s): "
+                              f"{_few(nonfinite)}. These weights cannot give a usable model (a "
+                              f"diverged run?); to load them anyway for debugging pass "
+                              f"--allow-nonfinite (allow_nonfinite=True)")
 
 
 def normalise_keys(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -136,28 +179,87 @@ def normalise_keys(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return sd
 
 
-def write_torch_file(sd: dict[str, np.ndarray], path: str | Path, extra: dict[str, Any] | None = None) -> None:
-    """The official layout: {'state_dict': {...}} plus `extra` entries (e.g. 'arch')."""
+def write_torch_file(sd: dict[str, np.ndarray], path: str | Path, extra: dict[str, Any] | None = None,
+                     *, overwrite: bool = False) -> None:
+    """The official layout: {'state_dict': {...}} plus `extra` entries (e.g. 'arch'). An existing
+    file is replaced only with overwrite=True."""
     torch = _torch()
+    path = check_output_file(path, overwrite=overwrite)
     tensors = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in sd.items()}
-    _atomic_write(path, lambda tmp: torch.save({"state_dict": tensors, **(extra or {})}, tmp))
+    tmp = _write_tmp(path, lambda t: torch.save({"state_dict": tensors, **(extra or {})}, t))
+    _commit([(tmp, path)])
 
 
-def write_safetensors_file(sd: dict[str, np.ndarray], path: str | Path, hf_config: dict | None = None) -> None:
-    """Hugging Face layout: keys `model.` + official key; `config.json` written beside it."""
+def write_safetensors_file(sd: dict[str, np.ndarray], path: str | Path, hf_config: dict | None = None,
+                           *, overwrite: bool = False) -> None:
+    """Hugging Face layout: keys `model.` + official key; `config.json` written beside it.
+    Refused without overwrite=True when `path` exists, or when the folder's config.json describes
+    another model (it would stop matching that folder's own weights); with it, both files are
+    written in full first and then renamed into place one right after the other."""
     from safetensors.numpy import save_file
 
-    path = Path(path)
+    path = check_output_file(path, overwrite=overwrite)
+    config_path = path.with_name(HF_CONFIG)
+    config_text = None if hf_config is None else json.dumps(hf_config, indent=2) + "\n"
+    if config_text is not None and config_path.exists():
+        if config_path.is_dir():
+            raise IsADirectoryError(f"{config_path} is a folder; the {HF_CONFIG} of {path.name} "
+                                    f"cannot be written beside it")
+        try:
+            same = json.loads(config_path.read_text()) == json.loads(config_text)
+        except (ValueError, UnicodeDecodeError):
+            same = False
+        if same:
+            config_text = None  # already describes this model: leave the file alone
+        elif not overwrite:
+            raise FileExistsError(
+                f"{config_path} describes another model; writing {path.name} beside it would replace "
+                f"it and the folder's own weights would no longer load. Write into another folder, "
+                f"or pass --overwrite (overwrite=True) to replace both")
     arrays = {HF_PREFIX + k: np.ascontiguousarray(v) for k, v in sd.items()}
-    _atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata={"format": "pt"}))
-    if hf_config is not None:
-        (path.parent / HF_CONFIG).write_text(json.dumps(hf_config, indent=2) + "\n")
+    pending = []
+    try:
+        pending.append((_write_tmp(path, lambda t: save_file(arrays, t, metadata={"format": "pt"})), path))
+        if config_text is not None:
+            pending.append((_write_tmp(config_path, lambda t: Path(t).write_text(config_text)), config_path))
+    except BaseException:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+        raise
+    _commit(pending)
 
 
-def _atomic_write(path, write) -> None:
-    # A crash mid-write must not leave a truncated file under the final name.
-    path = Path(path)
+def check_output_file(path: str | Path, *, overwrite: bool = False) -> Path:
+    """The output path, after refusing a folder, a missing or non-folder parent, and (unless
+    overwrite) an existing file. Called before any work, so a refusal costs nothing."""
+    path = Path(path).absolute()
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; name the output file inside it, e.g. "
+                                f"{path / 'model.pth.tar'} or {path / 'model.safetensors'}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {parent} is a file, not a folder")
+    return path
+
+
+def _write_tmp(path: Path, write: Callable[[str], Any]) -> Path:
+    # Written under a hidden temporary name beside the target (same file system, so the rename
+    # that follows is atomic): a crash mid-write never leaves a truncated file under the real name.
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        write(str(tmp))
+        os.chmod(tmp, 0o644)  # safetensors creates 0600; checkpoints are meant to be shared like .pth.tar
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _commit(pending: list[tuple[Path, Path]]) -> None:
+    for tmp, path in pending:
+        os.replace(tmp, path)

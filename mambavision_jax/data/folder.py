@@ -5,6 +5,16 @@ Layouts:
   SRC/train/<class>/**, SRC/val/<class>/** (or validation/): those two splits as given
 Class ids are the sorted class-folder names (as torchvision's ImageFolder and TFDS's ImageNet).
 Every file is decoded once while building: unreadable ones are skipped and counted, not fatal.
+
+Symbolic links are followed, but every real file is taken once: a folder reached a second time
+(a link back to an ancestor such as `ln -s .. loop`, or two links to one folder) is not entered
+again, and a file reached under two names in one class counts once. The same file under two class
+folders (or in both train/ and val/) is refused with both paths named: it would be one example with
+two labels, or a validation example the model trained on.
+
+The data set is built in a hidden folder beside DATA_DIR/NAME and swapped in only once complete,
+so a failed or interrupted build (unreadable source, an empty split, a kill) leaves the previous
+DATA_DIR/NAME/VERSION as it was.
 Baseline RGB JPEGs are stored byte for byte; every other image (grey, RGBA, palette, CMYK, 16-bit,
 other formats) is converted to 8-bit RGB and stored as lossless PNG.
 """
@@ -12,12 +22,15 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import ctypes
 import dataclasses
 import io
 import json
 import multiprocessing
 import os
 import re
+import shutil
+import uuid
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -52,19 +65,83 @@ class FolderBuildReport:
         return "\n".join(lines)
 
 
-def _list_files(root: str) -> list[str]:
-    """Every regular file under root (recursively), sorted; hidden folders (.git, .ipynb_checkpoints)
-    are not entered since they hold copies or metadata, not samples."""
-    out = []
+def _file_id(path: str) -> tuple[int, int] | None:
+    """(device, inode) of what `path` points to, or None for a broken link (listed, then skipped
+    as unreadable, so the report names it)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _walk_files(root: str) -> list[tuple[str, tuple[int, int] | None]]:
+    """(path, file id) of every regular file under root, each real file once; see the module doc."""
+    # Folders already seen: root's ancestors (a link back up would re-list everything, forever
+    # with followlinks) and every folder entered so far (a second link to one folder).
+    seen_dirs = set()
+    head = os.path.realpath(root)
+    while True:
+        seen_dirs.add(_file_id(head))
+        parent = os.path.dirname(head)
+        if parent == head:
+            break
+        head = parent
+    seen_files, out = set(), []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out += [os.path.join(dirpath, f) for f in filenames]
-    return sorted(out)
+        keep = []
+        for d in sorted(dirnames):
+            key = _file_id(os.path.join(dirpath, d))
+            if not d.startswith(".") and key is not None and key not in seen_dirs:
+                seen_dirs.add(key)
+                keep.append(d)
+        dirnames[:] = keep
+        for f in sorted(filenames):
+            path = os.path.join(dirpath, f)
+            key = _file_id(path)
+            if key is None or key not in seen_files:
+                seen_files.add(key)
+                out.append((path, key))
+    return sorted(out, key=lambda item: item[0])
+
+
+def _list_files(root: str) -> list[str]:
+    """Every regular file under root (recursively), sorted, each real file once; hidden folders
+    (.git, .ipynb_checkpoints) are not entered since they hold copies or metadata, not samples."""
+    return [path for path, _ in _walk_files(root)]
 
 
 def _class_dirs(root: str) -> list[str]:
     return sorted(d for d in os.listdir(root)
                   if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+
+
+def class_files(root: str, classes: list[str], owners: dict | None = None) -> list[list[str]]:
+    """The files of each class folder root/<class>, each real file once; the same file in two class
+    folders is refused (ValueError naming both paths). Pass one `owners` dict to several calls to
+    also refuse a file shared between them (e.g. train/ and val/)."""
+    owners = {} if owners is None else owners
+    out = []
+    for c in classes:
+        files = []
+        for path, key in _walk_files(os.path.join(root, c)):
+            if key is not None:
+                first = owners.setdefault(key, path)
+                if first != path:
+                    raise ValueError(
+                        f"the same image is in two places: {first} and {path} (a link or a copy by "
+                        f"hard link); as one example under two labels, or in both training and "
+                        f"validation, it would leak between them. Keep one of the two")
+            files.append(path)
+        out.append(files)
+    return out
+
+
+def _min_files_for_validation(val_fraction: float) -> int:
+    n = 1
+    while int(round(n * val_fraction)) < 1:
+        n += 1
+    return n
 
 
 def plan_splits(src: str, val_fraction: float = 0.1, seed: int = 0):
@@ -78,26 +155,51 @@ def plan_splits(src: str, val_fraction: float = 0.1, seed: int = 0):
         extra = sorted(set(_class_dirs(os.path.join(src, val_dir))) - set(classes))
         if extra:
             raise ValueError(f"{val_dir}/ has classes that train/ lacks: {extra[:10]}")
-        splits = {}
+        splits, owners = {}, {}
         for split, d in (("train", "train"), ("validation", val_dir)):
-            splits[split] = [(p, label) for label, c in enumerate(classes)
-                             for p in _list_files(os.path.join(src, d, c))]
+            per_class = class_files(os.path.join(src, d), classes, owners)
+            empty = [c for c, files in zip(classes, per_class) if not files]
+            if split == "train" and empty:
+                raise ValueError(f"class folder(s) with no files in {os.path.join(src, d)}: {empty[:10]}; "
+                                 f"add images or remove the folder(s)")
+            splits[split] = [(p, label) for label, files in enumerate(per_class) for p in files]
             loose += [os.path.join(src, d, f) for f in sorted(os.listdir(os.path.join(src, d)))
                       if os.path.isfile(os.path.join(src, d, f))]
+        if not splits["validation"]:
+            raise ValueError(f"{os.path.join(src, val_dir)} holds no files: the validation split would be "
+                             f"empty. Add images, or put all class folders directly under {src} to "
+                             f"split them by --val_fraction")
         return classes, splits, loose
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     classes = top
+    if not classes:
+        raise ValueError(f"{src} has no class sub-folders (expected SRC/<class>/<images>, or "
+                         f"SRC/train/<class>/... with SRC/val/<class>/...)")
     rng = np.random.default_rng(seed)
     splits = {"train": [], "validation": []}
-    for label, c in enumerate(classes):
-        files = _list_files(os.path.join(src, c))
+    per_class = class_files(src, classes)
+    empty = [c for c, files in zip(classes, per_class) if not files]
+    if empty:
+        raise ValueError(f"class folder(s) with no files in {src}: {empty[:10]}; add images or remove "
+                         f"the folder(s)")
+    for label, files in enumerate(per_class):
         order = rng.permutation(len(files))
         n_val = int(round(len(files) * val_fraction))
         splits["validation"] += [(files[i], label) for i in sorted(order[:n_val])]
         splits["train"] += [(files[i], label) for i in sorted(order[n_val:])]
+        if n_val == len(files):
+            raise ValueError(f"class {classes[label]!r} has {len(files)} file(s): at val_fraction "
+                             f"{val_fraction} all of them would go to validation and none to train. "
+                             f"Add images or lower --val_fraction")
     if val_fraction == 0:
         del splits["validation"]
+    elif not splits["validation"]:
+        need = _min_files_for_validation(val_fraction)
+        raise ValueError(f"the validation split would be empty: at --val_fraction {val_fraction} a class "
+                         f"needs at least {need} files to give one to validation, and the largest has "
+                         f"{max(len(f) for f in per_class)}. Pass a larger --val_fraction, or 0 to "
+                         f"write only 'train'")
     return classes, splits, loose
 
 
@@ -156,6 +258,14 @@ def _builder_class(ds_name: str, version: str, classes: list[str], splits: dict,
                 supervised_keys=("image", "label"),
             )
 
+        # TFDS's own lines would name the hidden build folder; the command prints the final one.
+        def _log_download_bytes(self):
+            n = sum(len(items) for items in splits.values())
+            print(f"Building {ds_name} {version} from {n} files under {src} ...", flush=True)
+
+        def _log_download_done(self):
+            pass
+
         def _split_generators(self, dl_manager):
             del dl_manager
             return {split: self._generate_examples(items) for split, items in splits.items()}
@@ -167,12 +277,18 @@ def _builder_class(ds_name: str, version: str, classes: list[str], splits: dict,
             yield from self._examples(items, loaded)
 
         def _examples(self, items, loaded):
+            n = 0
             for (path, label), (data, reason) in zip(items, loaded):
                 if data is None:
                     skipped.append((path, reason))
                     continue
                 rel = os.path.relpath(path, src)
+                n += 1
                 yield rel, {"image": data, "label": label, "file_name": rel}
+            if items and not n:  # said here: TFDS would only say "No examples were yielded"
+                split = "validation" if items is splits.get("validation") else "train"
+                raise ValueError(f"none of the {len(items)} files planned for the {split} split is a "
+                                 f"readable image (e.g. {items[0][0]}: {skipped[-1][1]})")
 
     return FolderImageDataset
 
@@ -180,32 +296,86 @@ def _builder_class(ds_name: str, version: str, classes: list[str], splits: dict,
 def build_folder_dataset(src: str, name: str, data_dir: str | None = None, val_fraction: float = 0.1,
                          seed: int = 0, num_workers: int = 0, version: str = "1.0.0",
                          overwrite: bool = False) -> FolderBuildReport:
-    """Build DATA_DIR/name/version from the images under `src`; returns what was written and skipped."""
+    """Build DATA_DIR/name/version from the images under `src`; returns what was written and skipped.
+    An existing DATA_DIR/name/version is kept unless `overwrite`, and then replaced only by a
+    complete new build (see the module doc)."""
     if not _NAME_RE.match(name):
         raise ValueError(f"dataset name must be snake_case ([a-z][a-z0-9_]*), got {name!r}")
+    if not _VERSION_RE.match(version):
+        raise ValueError(f"version must be x.y.z (e.g. 1.0.0), got {version!r}")
+    if not os.path.isdir(src):
+        raise FileNotFoundError(f"--src {src!r} is not a folder" if os.path.exists(src) else
+                                f"--src {src!r} does not exist")
+    data_dir = os.fspath(data_dir or tfds.core.constants.DATA_DIR)
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise NotADirectoryError(f"--data_dir {data_dir!r} is a file, not a folder")
     if name in tfds.list_builders(with_community_datasets=False):
         raise ValueError(f"{name!r} is a TFDS dataset name; choose another (e.g. my_{name})")
-    if not os.path.isdir(src):
-        raise FileNotFoundError(f"--src {src!r} is not a folder")
-    data_dir = os.fspath(data_dir or tfds.core.constants.DATA_DIR)
     classes, splits, loose = plan_splits(src, val_fraction, seed)
-    if not classes:
-        raise ValueError(f"{src} has no class sub-folders")
     skipped = [(p, "not inside a class folder") for p in loose]
-    builder = _builder_class(name, version, classes, splits, src, skipped, num_workers)(
-        data_dir=data_dir, file_format="array_record")
-    if builder.is_prepared() and not overwrite:
-        return FolderBuildReport(name, os.fspath(builder.data_dir), classes,
-                                 {k: int(v.num_examples) for k, v in builder.info.splits.items()},
+    builder_class = _builder_class(name, version, classes, splits, src, skipped, num_workers)
+    final = os.path.join(data_dir, name, version)
+    existing = builder_class(data_dir=data_dir, file_format="array_record")
+    if existing.is_prepared() and not overwrite:
+        return FolderBuildReport(name, os.fspath(existing.data_dir), classes,
+                                 {k: int(v.num_examples) for k, v in existing.info.splits.items()},
                                  [], already_prepared=True)
-    mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite else None
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(download_mode=mode) if mode else None)
-    counts = {k: int(v.num_examples) for k, v in builder.info.splits.items()}
-    if sum(counts.values()) == 0:
-        raise ValueError(f"no readable images under {src} ({len(skipped)} files skipped)")
-    report = FolderBuildReport(name, os.fspath(builder.data_dir), classes, counts, skipped)
-    with open(os.path.join(report.dataset_dir, "make_folder_report.json"), "w") as f:
-        json.dump({"src": os.path.abspath(src), "classes": classes, "num_examples": counts,
-                   "val_fraction": val_fraction, "seed": seed, "skipped": skipped}, f, indent=1)
+    if os.path.lexists(final) and not overwrite:
+        raise FileExistsError(f"{final} exists but is not a complete data set (an interrupted build by "
+                              f"another tool?); pass --overwrite to replace it")
+
+    os.makedirs(data_dir, exist_ok=True)
+    build_root = os.path.join(data_dir, f".{name}-{version}.build-{uuid.uuid4().hex[:8]}")
+    try:
+        builder = builder_class(data_dir=build_root, file_format="array_record")
+        builder.download_and_prepare()
+        counts = {k: int(v.num_examples) for k, v in builder.info.splits.items()}
+        _check_every_class_has_examples(classes, splits, skipped)
+        report = FolderBuildReport(name, final, classes, counts, skipped)
+        with open(os.path.join(builder.data_dir, "make_folder_report.json"), "w") as f:
+            json.dump({"src": os.path.abspath(src), "classes": classes, "num_examples": counts,
+                       "val_fraction": val_fraction, "seed": seed, "skipped": skipped}, f, indent=1)
+        _swap_dir(os.fspath(builder.data_dir), final)
+    finally:
+        shutil.rmtree(build_root, ignore_errors=True)
     return report
+
+
+_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+def _check_every_class_has_examples(classes, splits, skipped) -> None:
+    why = dict(skipped)
+    readable = collections.Counter(label for items in splits.values() for path, label in items
+                                   if path not in why)
+    empty = [label for label in range(len(classes)) if not readable[label]]
+    if empty:
+        path = next(p for items in splits.values() for p, label in items if label == empty[0])
+        raise ValueError(f"class folder(s) with no readable image: {[classes[i] for i in empty[:10]]} "
+                         f"(e.g. {path}: {why[path]}). Fix or remove them")
+
+
+def _swap_dir(new: str, final: str) -> None:
+    """Put the complete folder `new` at `final`, replacing what is there in one step where the
+    system allows (Linux renameat2 RENAME_EXCHANGE), else in two renames microseconds apart."""
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    if not os.path.lexists(final):
+        os.rename(new, final)
+        return
+    if _exchange(new, final):
+        shutil.rmtree(new)  # `new` now names the previous data set
+        return
+    old = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.old-{uuid.uuid4().hex[:8]}")
+    os.rename(final, old)
+    os.rename(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically exchange two paths (Linux >= 3.15 with glibc >= 2.28); False where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
