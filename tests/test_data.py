@@ -254,3 +254,101 @@ def test_shard_bounds_and_batch_counts():
     with pytest.raises(ValueError):
         make_train_iterator("mv_digits", global_batch_size=10, image_size=32, process_index=0,
                             process_count=3)
+
+
+# ---- uint8 batches, normalised (and erased) on the device ----
+
+def _device_normalize(images):
+    from mambavision_jax.data.device_ops import normalize_on_device
+    from mambavision_jax.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    return np.asarray(normalize_on_device(images, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))
+
+
+def _box_mask(boxes, size):
+    mask = np.zeros((len(boxes), size, size), bool)
+    for i, per_example in enumerate(boxes):
+        for top, left, h, w in per_example:
+            mask[i, top:top + h, left:left + w] = True
+    return mask
+
+
+def test_uint8_train_batches_equal_the_float_pipeline(digits_dir):
+    kw = dict(data_dir=digits_dir, global_batch_size=16, image_size=32, seed=5, process_index=0,
+              process_count=1)
+    aug = TrainAugConfig(scale=(0.3, 1.0), re_prob=0.5)  # official ops; more boxes to compare
+    floats = _take(make_train_iterator("mv_digits", augment=aug, **kw), 3)
+    uint8s = _take(make_train_iterator("mv_digits", augment=aug, normalize=False, **kw), 3)
+    n_boxes = 0
+    for f, u in zip(floats, uint8s, strict=True):
+        assert set(u) == {"image", "label", "erase"} and u["image"].dtype == np.uint8
+        assert u["erase"].shape == (16, 1, 4) and u["erase"].dtype == np.int32
+        np.testing.assert_array_equal(f["label"], u["label"])
+        x = _device_normalize(u["image"])
+        boxes = _box_mask(u["erase"], 32)
+        n_boxes += int(u["erase"][:, 0, 2].astype(bool).sum())
+        # outside the erasing boxes: the same pixels, normalised on the device (float32 rounding)
+        np.testing.assert_allclose(x[~boxes], f["image"][~boxes], rtol=1e-6, atol=1e-6)
+        # inside: the float pipeline filled exactly these boxes with noise
+        assert not np.isclose(x[boxes], f["image"][boxes], atol=1e-6).all(-1).any()
+    assert n_boxes >= 12  # ~24 of 48 examples erased at re_prob 0.5
+
+
+def test_uint8_train_batches_without_erasing(digits_dir):
+    kw = dict(data_dir=digits_dir, global_batch_size=8, image_size=32, seed=6, process_index=0,
+              process_count=1, augment=TrainAugConfig(re_prob=0.0))
+    f = next(make_train_iterator("mv_digits", **kw))
+    u = next(make_train_iterator("mv_digits", normalize=False, **kw))
+    assert set(u) == {"image", "label"}
+    np.testing.assert_allclose(_device_normalize(u["image"]), f["image"], rtol=1e-6, atol=1e-6)
+
+
+def test_uint8_eval_batches_equal_the_float_pipeline(digits_dir):
+    kw = dict(data_dir=digits_dir, global_batch_size=7 * 3, image_size=32, crop_pct=0.875,
+              process_index=2, process_count=3)
+    floats = list(make_eval_iterator("mv_digits", **kw))
+    uint8s = list(make_eval_iterator("mv_digits", normalize=False, **kw))
+    assert len(floats) == len(uint8s) == eval_num_batches(360, 21, 3)
+    for f, u in zip(floats, uint8s, strict=True):
+        assert u["image"].dtype == np.uint8
+        np.testing.assert_array_equal(f["mask"], u["mask"])
+        m = u["mask"]
+        np.testing.assert_allclose(_device_normalize(u["image"][m]), f["image"][m], rtol=1e-6, atol=1e-6)
+        assert not u["image"][~m].any()
+
+
+def test_device_prefetch_state_is_the_consumed_position(digits_dir):
+    import jax
+
+    from mambavision_jax.data.device_ops import DevicePrefetch
+
+    kw = dict(data_dir=digits_dir, global_batch_size=8, image_size=32, seed=7, process_index=0,
+              process_count=1, normalize=False)
+    ref = _take(make_train_iterator("mv_digits", **kw), 5)
+    it = DevicePrefetch(make_train_iterator("mv_digits", **kw), jax.device_put, size=2)
+    got = _take(it, 2)
+    assert isinstance(got[0]["image"], jax.Array)
+    state = json.loads(json.dumps(it.get_state()))  # 2 consumed, 2 more in flight
+    assert _same(ref[:2], jax.device_get(got))
+    resumed = DevicePrefetch(make_train_iterator("mv_digits", **kw), jax.device_put, size=2)
+    resumed.set_state(state)
+    assert _same(ref[2:], jax.device_get(_take(resumed, 3)))
+    with pytest.raises(StopIteration):  # a finite iterator ends after its buffered batches
+        list_it = DevicePrefetch(iter(ref[:3]), lambda b: b, size=2)
+        assert len(_take(list_it, 3)) == 3
+        next(list_it)
+
+
+def test_worker_and_thread_defaults_follow_the_core_count():
+    from mambavision_jax.data.pipeline import default_num_threads, default_num_workers, resolve_workers
+
+    assert default_num_workers(1) == default_num_workers(2) == 0
+    assert default_num_workers(16) == 15
+    assert default_num_threads(15, 16) == 2 and default_num_threads(0, 2) == 2
+    assert default_num_threads(0, 64) == 16
+    assert resolve_workers(3, 1) == (3, 1)
+    workers, threads = resolve_workers(-1, -1)
+    assert workers == default_num_workers() and threads == default_num_threads(workers)
+    for bad in ((-2, 1), (0, 0), (0, -3)):
+        with pytest.raises(ValueError, match="num_workers"):
+            resolve_workers(*bad)
