@@ -11,12 +11,13 @@ the training loop, which normalises and erases on the device as timm's prefetchi
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 
 import numpy as np
 from PIL import Image
 
-from mambavision_jax.data.image_io import to_pil_rgb
+from mambavision_jax.data.image_io import to_pil_rgb, to_rgb_uint8
 from mambavision_jax.data.rand_augment import rand_augment_transform
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
@@ -134,6 +135,10 @@ class TrainAugConfig:
     re_prob: float = 0.25
     re_mode: str = "pixel"  # 'const' (zeros), 'rand' (one normal colour per box), 'pixel' (per pixel)
     re_count: int = 1
+    # Approximate, off by default: decode a JPEG at 1/2, 1/4 or 1/8 size in the DCT domain (PIL's
+    # draft mode) when its random crop is downscaled by at least that factor, and resample the
+    # crop box from the reduced image (see `draft_random_resized_crop`).
+    fast_decode: bool = False
 
     @classmethod
     def none(cls) -> "TrainAugConfig":
@@ -169,11 +174,41 @@ def random_resized_crop_params(width: int, height: int, rng: np.random.Generator
 def random_resized_crop(img: Image.Image, rng: np.random.Generator, size: int, scale=(0.08, 1.0),
                         ratio=(3.0 / 4.0, 4.0 / 3.0), interpolation: str = "random") -> Image.Image:
     top, left, h, w = random_resized_crop_params(img.size[0], img.size[1], rng, scale, ratio)
-    if interpolation == "random":
-        interp = _RANDOM_INTERPOLATION[int(rng.integers(0, 2))]
-    else:
-        interp = pil_interpolation(interpolation)
+    interp = _crop_interpolation(interpolation, rng)
     # crop then resize, as torchvision's resized_crop does for PIL (a `box=` resize differs at edges)
+    return img.crop((left, top, left + w, top + h)).resize((size, size), interp)
+
+
+def _crop_interpolation(interpolation: str, rng: np.random.Generator) -> int:
+    if interpolation == "random":
+        return _RANDOM_INTERPOLATION[int(rng.integers(0, 2))]
+    return pil_interpolation(interpolation)
+
+
+def draft_random_resized_crop(data: bytes, rng: np.random.Generator, size: int, scale=(0.08, 1.0),
+                              ratio=(3.0 / 4.0, 4.0 / 3.0), interpolation: str = "random") -> Image.Image:
+    """`random_resized_crop` of encoded bytes, decoding only as much of a JPEG as the crop needs.
+
+    The crop parameters need only the header's size, so they are drawn before decoding (the same
+    draws as the exact path). When the crop is downscaled by r >= 2 (r = 2, 4 or 8), the JPEG is
+    decoded at 1/r size by libjpeg's DCT scaling (PIL `draft`), up to r^2 fewer pixels to decode
+    and resample, and the crop box (fractional there) is resampled from the reduced image:
+    approximate (a different anti-aliasing than the exact resize; statistics in
+    benchmarks/RESULTS.md). Everything else (smaller crops, other formats) takes the exact path.
+    """
+    img = Image.open(io.BytesIO(data))
+    width, height = img.size
+    top, left, h, w = random_resized_crop_params(width, height, rng, scale, ratio)
+    interp = _crop_interpolation(interpolation, rng)
+    r = next((k for k in (8, 4, 2) if min(h, w) >= k * size), 1)
+    if r > 1 and img.format == "JPEG" and img.mode == "RGB":
+        img.draft("RGB", (width // r, height // r))
+        img.load()
+        fx, fy = img.size[0] / width, img.size[1] / height
+        box = (left * fx, top * fy, (left + w) * fx, (top + h) * fy)
+        return img.resize((size, size), interp, box=box)
+    img.load()
+    img = to_rgb_uint8(img)
     return img.crop((left, top, left + w, top + h)).resize((size, size), interp)
 
 
@@ -241,10 +276,14 @@ def train_augment(img, rng: np.random.Generator, image_size: int,
     use_prefetcher=True; normalisation and random erasing follow on the device). `mean` is only
     RandAugment's fill colour.
     """
-    img = to_pil_rgb(img)
-    if config.random_resized_crop:
-        img = random_resized_crop(img, rng, image_size, config.scale, config.ratio, config.interpolation)
+    if config.random_resized_crop and config.fast_decode and isinstance(img, (bytes, bytearray)):
+        img = draft_random_resized_crop(bytes(img), rng, image_size, config.scale, config.ratio,
+                                        config.interpolation)
+    elif config.random_resized_crop:
+        img = random_resized_crop(to_pil_rgb(img), rng, image_size, config.scale, config.ratio,
+                                  config.interpolation)
     else:
+        img = to_pil_rgb(img)
         interp = "bicubic" if config.interpolation == "random" else config.interpolation
         img = resize_and_center_crop(img, image_size, 1.0, "center", interp)
     if config.hflip > 0 and rng.random() < config.hflip:

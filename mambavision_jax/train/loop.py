@@ -32,7 +32,7 @@ def _augment(config) -> mvdata.TrainAugConfig:
     return mvdata.TrainAugConfig(random_resized_crop=d.random_resized_crop, scale=tuple(d.scale),
                                  ratio=tuple(d.ratio), interpolation=d.interpolation, hflip=d.hflip,
                                  auto_augment=d.auto_augment or None, re_prob=d.re_prob,
-                                 re_mode=d.re_mode, re_count=d.re_count)
+                                 re_mode=d.re_mode, re_count=d.re_count, fast_decode=d.fast_decode)
 
 
 def _every(value: int, steps_per_epoch: int) -> int:
