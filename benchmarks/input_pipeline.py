@@ -96,8 +96,27 @@ def _timm():
     return timm.data
 
 
+def _patch_timm_posterize() -> None:
+    """Pillow >= 13 refuses ImageOps.posterize(img, 0) (PosterizeIncreasing at magnitude >= 10,
+    which mstd 0.5 reaches); older Pillow returned a black image, as the project's port does."""
+    from PIL import ImageOps
+    from timm.data import auto_augment as aa
+
+    def posterize(img, bits_to_keep, **__):
+        if bits_to_keep >= 8:
+            return img
+        if bits_to_keep <= 0:
+            return Image.new(img.mode, img.size)
+        return ImageOps.posterize(img, bits_to_keep)
+
+    for name, fn in list(aa.NAME_TO_OP.items()):
+        if fn is aa.posterize:
+            aa.NAME_TO_OP[name] = posterize
+
+
 def timm_transform(image_size: int = 224):
     td = _timm()
+    _patch_timm_posterize()
     return td.create_transform(
         image_size, is_training=True, use_prefetcher=True, scale=OFFICIAL["scale"],
         ratio=OFFICIAL["ratio"], hflip=OFFICIAL["hflip"], vflip=0.0, color_jitter=0.4,

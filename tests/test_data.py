@@ -352,3 +352,46 @@ def test_worker_and_thread_defaults_follow_the_core_count():
     for bad in ((-2, 1), (0, 0), (0, -3)):
         with pytest.raises(ValueError, match="num_workers"):
             resolve_workers(*bad)
+
+
+@pytest.mark.slow  # three compilations of the train step (~1-2 min on 2 cores)
+def test_train_step_normalises_and_erases_uint8_batches_independently_of_the_mesh():
+    """The jitted train step on uint8 images + erasing boxes: the same losses on one device and on
+    a 4 x 2 mesh (the erasing noise is keyed by seed, step and example, not by the device), and
+    the erasing changes the loss."""
+    import jax
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from small_train_config import get_config
+    from mambavision_jax.data.transforms import erasing_boxes
+    from mambavision_jax.train import sharding as shd
+    from mambavision_jax.train.optim import make_optimizer
+    from mambavision_jax.train.schedule import make_schedule
+    from mambavision_jax.train.state import create_train_state, graphdefs
+    from mambavision_jax.train.steps import make_train_step
+
+    assert jax.device_count() >= 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
+    c = get_config()
+    c.mesa.weight, c.mixup.prob, c.model.drop_path_rate = 0.0, 0.0, 0.0
+    rs = np.random.default_rng(0)
+    boxes = np.stack([erasing_boxes(rs, 32, 32, 1.0) for _ in range(16)])
+    batches = [{"image": rs.integers(0, 256, (16, 32, 32, 3), np.uint8), "label": rs.integers(0, 10, 16).astype(np.int32),
+                "erase": boxes} for _ in range(2)]
+
+    def losses(mesh, batches):
+        schedule = make_schedule(c, 4)
+        tx = make_optimizer(c, 4, schedule=schedule)
+        train_gd, eval_gd = graphdefs(c, 10, 1)
+        state, shardings = create_train_state(c, 10, 1, tx, mesh)
+        step = jax.jit(make_train_step(c, train_gd, eval_gd, tx, schedule, 10, 4, 1),
+                       in_shardings=(shardings, shd.batch_sharding(mesh)))
+        out = []
+        for b in batches:
+            state, m = step(state, shd.global_batch(b, mesh))
+            out.append(float(m["loss"]))
+        return out
+
+    one = losses(shd.make_mesh(1, 1, jax.devices()[:1]), batches)
+    np.testing.assert_allclose(losses(shd.make_mesh(4, 2), batches), one, rtol=2e-5)
+    plain = losses(shd.make_mesh(1, 1, jax.devices()[:1]), [{k: b[k] for k in ("image", "label")} for b in batches])
+    assert not np.allclose(plain[0], one[0], rtol=1e-4)

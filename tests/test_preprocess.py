@@ -319,3 +319,42 @@ def test_eval_crop_uint8_matches_timm_prefetcher_transform(size_wh):
         ours = eval_crop_uint8(img, 224, crop_pct, crop_mode)
         assert ours.dtype == np.uint8 and ref.dtype == np.uint8
         np.testing.assert_array_equal(ours, ref)
+
+
+def _jpeg_bytes(arr: np.ndarray, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def test_fast_decode_is_exact_unless_the_crop_shrinks_2x():
+    from mambavision_jax.data.transforms import train_augment
+
+    data = _jpeg_bytes(_photo(333, 250))  # crops <= 250 px: never reduced for a 224 output
+    for seed in range(5):
+        exact = train_augment(data, np.random.default_rng(seed), 224)
+        fast = train_augment(data, np.random.default_rng(seed), 224, TrainAugConfig(fast_decode=True))
+        np.testing.assert_array_equal(fast, exact)  # also: the same draws for flip and RandAugment
+    png = io.BytesIO()
+    Image.fromarray(_photo(640, 500)).save(png, format="PNG")  # not a JPEG: the exact path
+    np.testing.assert_array_equal(
+        train_augment(png.getvalue(), np.random.default_rng(0), 96, TrainAugConfig(fast_decode=True)),
+        train_augment(png.getvalue(), np.random.default_rng(0), 96))
+
+
+def test_fast_decode_reduced_crops_stay_close_to_exact():
+    from mambavision_jax.data.image_io import decode_rgb
+    from mambavision_jax.data.transforms import draft_random_resized_crop, random_resized_crop
+
+    r = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:800, 0:960].astype(np.float64)
+    smooth = np.stack([xx / 960 * 255, yy / 800 * 255, 128 + 100 * np.sin(xx / 40 + yy / 60)], -1)
+    data = _jpeg_bytes(np.clip(smooth + r.normal(0, 8, smooth.shape), 0, 255).astype(np.uint8))
+    for seed in range(4):
+        kw = dict(scale=(0.6, 1.0), interpolation="bicubic")  # crops >= 448 px: 1/2 or 1/4 decode
+        exact = np.asarray(random_resized_crop(decode_rgb(data), np.random.default_rng(seed), 112, **kw))
+        fast = np.asarray(draft_random_resized_crop(data, np.random.default_rng(seed), 112, **kw))
+        assert fast.shape == exact.shape == (112, 112, 3) and fast.dtype == np.uint8
+        diff = np.abs(fast.astype(float) - exact.astype(float))
+        assert diff.mean() < 3.0 and not np.array_equal(fast, exact)  # approximate, but close
+        assert np.abs(fast.mean((0, 1)) - exact.mean((0, 1))).max() < 1.0
