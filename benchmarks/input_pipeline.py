@@ -11,7 +11,7 @@ over the same JPEGs packaged as a TFDS data set. Runs alternate (project, timm, 
 process, per core (no workers, one thread) and with N worker processes; the CPU time of the whole
 process tree is measured (psutil), so a shared, noisy machine changes wall time more than the ratio.
 
-    pip install scikit-image psutil   # benchmark-only dependencies
+    pip install -e ".[bench,torch]" timm   # scikit-image, psutil: benchmark-only dependencies
     python benchmarks/input_pipeline.py --workers 2 --rounds 3
 
 Prints a table (ms of CPU per image, images per second, ratio = timm's CPU time per image over the
@@ -51,7 +51,7 @@ def _source_photos() -> list[np.ndarray]:
     for name in ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left"):
         try:
             img = getattr(sk, name)() if name != "motorcycle_left" else sk.stereo_motorcycle()[0]
-        except Exception:  # noqa: BLE001 - images that would need a download are skipped
+        except Exception:
             continue
         if img.ndim == 3 and img.shape[-1] == 3:
             photos.append(np.ascontiguousarray(img[..., :3]).astype(np.uint8))
@@ -179,7 +179,7 @@ def _tree_cpu(proc) -> float:
     for child in proc.children(recursive=True):
         try:
             total += sum(child.cpu_times()[:2])
-        except Exception:  # noqa: BLE001 - a child that just exited
+        except Exception:
             pass
     return total
 
@@ -239,7 +239,7 @@ def workers_timm(jpegs, transform, workers, batch, num_batches, seed):
     try:
         return _measure(it, num_batches, batch)
     finally:
-        del it, loader
+        it.close()  # the loader and its persistent workers go with the last reference
 
 
 # ---- one core's time per op ----
@@ -248,7 +248,11 @@ def breakdown_ours(jpegs, seed: int = 0) -> dict[str, float]:
     """ms per image of each stage of `train_augment` (+ the erasing boxes), on one core."""
     from mambavision_jax.data.image_io import to_pil_rgb
     from mambavision_jax.data.rand_augment import RandAugment
-    from mambavision_jax.data.transforms import _rand_augment, erasing_boxes, random_resized_crop
+    from mambavision_jax.data.transforms import (
+        _rand_augment,
+        erasing_boxes,
+        random_resized_crop,
+    )
 
     aug = ours_augment()
     ra: RandAugment = _rand_augment(aug.auto_augment, (0.485, 0.456, 0.406), 224, None)
@@ -307,7 +311,7 @@ def make_large_jpegs(n: int, seed: int = 1) -> list[bytes]:
         for name in ("hubble_deep_field", "retina", "immunohistochemistry"):
             try:
                 photos.append(np.ascontiguousarray(getattr(sk, name)()[..., :3]))
-            except Exception:  # noqa: BLE001 - not bundled with this scikit-image
+            except Exception:
                 pass
     except ImportError:
         pass
@@ -329,8 +333,11 @@ def decode_stats(jpegs: list[bytes], draws: int = 4, size: int = 224) -> dict:
     output statistics (per-channel mean and variance, histogram total-variation distance) over all
     crops, and the mean absolute difference / PSNR over the reduced ones."""
     from mambavision_jax.data.image_io import decode_rgb
-    from mambavision_jax.data.transforms import (draft_random_resized_crop, random_resized_crop,
-                                                 random_resized_crop_params)
+    from mambavision_jax.data.transforms import (
+        draft_random_resized_crop,
+        random_resized_crop,
+        random_resized_crop_params,
+    )
 
     exact, fast, diffs = [], [], []
     t_exact = t_fast = 0.0
@@ -352,7 +359,7 @@ def decode_stats(jpegs: list[bytes], draws: int = 4, size: int = 224) -> dict:
             exact.append(a)
             fast.append(b)
     exact, fast = np.stack(exact).reshape(-1, 3), np.stack(fast).reshape(-1, 3)
-    hist = lambda x, c: np.bincount(x[:, c], minlength=256) / len(x)  # noqa: E731
+    hist = lambda x, c: np.bincount(x[:, c], minlength=256) / len(x)
     tv = [0.5 * np.abs(hist(exact, c) - hist(fast, c)).sum() for c in range(3)]
     n = len(jpegs) * draws
     out = {"crops": n, "reduced": reduced, "ms_exact": 1e3 * t_exact / n, "ms_fast": 1e3 * t_fast / n,
@@ -366,7 +373,7 @@ def decode_stats(jpegs: list[bytes], draws: int = 4, size: int = 224) -> dict:
 
 
 def print_decode_stats(label: str, r: dict) -> None:
-    f3 = lambda v: "(" + ", ".join(f"{x:.2f}" for x in v) + ")"  # noqa: E731
+    f3 = lambda v: "(" + ", ".join(f"{x:.2f}" for x in v) + ")"
     print(f"\n{label}: {r['crops']} crops, {r['reduced']} ({100 * r['reduced'] / r['crops']:.0f}%) decoded "
           f"reduced; decode+crop+resize CPU ms/img exact {r['ms_exact']:.3f}, fast {r['ms_fast']:.3f} "
           f"({r['ms_exact'] / r['ms_fast']:.2f}x)")

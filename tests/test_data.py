@@ -11,9 +11,17 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from mambavision_jax.data import (DatasetNotPreparedError, TrainAugConfig, build_digits,
-                                  dataset_info, eval_num_batches, eval_transform,
-                                  make_eval_iterator, make_train_iterator, shard_bounds)
+from mambavision_jax.data import (
+    DatasetNotPreparedError,
+    TrainAugConfig,
+    build_digits,
+    dataset_info,
+    eval_num_batches,
+    eval_transform,
+    make_eval_iterator,
+    make_train_iterator,
+    shard_bounds,
+)
 from mambavision_jax.data.digits import digits_split
 from mambavision_jax.data.make_folder_dataset import main as make_folder_main
 
@@ -156,7 +164,7 @@ def _save(path, img: Image.Image, fmt: str):
 
 def _image_folder(root):
     r = np.random.default_rng(0)
-    rgb = lambda: Image.fromarray(r.integers(0, 256, (30, 40, 3), dtype=np.uint8))  # noqa: E731
+    rgb = lambda: Image.fromarray(r.integers(0, 256, (30, 40, 3), dtype=np.uint8))
     for i in range(6):
         _save(f"{root}/cat/c{i}.jpg", rgb(), "JPEG")
         _save(f"{root}/dog/d{i}.png", rgb(), "PNG")
@@ -260,7 +268,10 @@ def test_shard_bounds_and_batch_counts():
 
 def _device_normalize(images):
     from mambavision_jax.data.device_ops import normalize_on_device
-    from mambavision_jax.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from mambavision_jax.data.transforms import (
+        IMAGENET_DEFAULT_MEAN,
+        IMAGENET_DEFAULT_STD,
+    )
 
     return np.asarray(normalize_on_device(images, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))
 
@@ -340,7 +351,11 @@ def test_device_prefetch_state_is_the_consumed_position(digits_dir):
 
 
 def test_worker_and_thread_defaults_follow_the_core_count():
-    from mambavision_jax.data.pipeline import default_num_threads, default_num_workers, resolve_workers
+    from mambavision_jax.data.pipeline import (
+        default_num_threads,
+        default_num_workers,
+        resolve_workers,
+    )
 
     assert default_num_workers(1) == default_num_workers(2) == 0
     assert default_num_workers(16) == 15
@@ -363,6 +378,7 @@ def test_train_step_normalises_and_erases_uint8_batches_independently_of_the_mes
 
     sys.path.insert(0, os.path.dirname(__file__))
     from small_train_config import get_config
+
     from mambavision_jax.data.transforms import erasing_boxes
     from mambavision_jax.train import sharding as shd
     from mambavision_jax.train.optim import make_optimizer

@@ -11,9 +11,15 @@ import pytest
 from PIL import Image
 
 from mambavision_jax.data import rand_augment as ra
-from mambavision_jax.data.transforms import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
-                                             TrainAugConfig, eval_transform, random_erasing,
-                                             random_resized_crop_params, train_transform)
+from mambavision_jax.data.transforms import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    TrainAugConfig,
+    eval_transform,
+    random_erasing,
+    random_resized_crop_params,
+    train_transform,
+)
 
 
 def _timm():
@@ -344,7 +350,10 @@ def test_fast_decode_is_exact_unless_the_crop_shrinks_2x():
 
 def test_fast_decode_reduced_crops_stay_close_to_exact():
     from mambavision_jax.data.image_io import decode_rgb
-    from mambavision_jax.data.transforms import draft_random_resized_crop, random_resized_crop
+    from mambavision_jax.data.transforms import (
+        draft_random_resized_crop,
+        random_resized_crop,
+    )
 
     r = np.random.default_rng(0)
     yy, xx = np.mgrid[0:800, 0:960].astype(np.float64)

@@ -10,7 +10,7 @@ fill noise is drawn here from a key of (seed, step, example), so a resumed run e
 from __future__ import annotations
 
 import collections
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +49,7 @@ def erase_on_device(key, images, boxes, mode: str = "pixel"):
     for k in range(boxes.shape[1]):
         top, left, bh, bw = (boxes[:, k, j][:, None, None] for j in range(4))
         inside = (rows >= top) & (rows < top + bh) & (cols >= left) & (cols < left + bw)
-        box_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, k))(example_keys)
+        box_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(example_keys, k)
         if mode == "pixel":
             fill = jax.vmap(lambda kk: jax.random.normal(kk, (h, w, c), jnp.float32))(box_keys)
         elif mode == "rand":

@@ -19,9 +19,16 @@ import numpy as np
 from grain.sharding import ShardOptions
 
 from mambavision_jax.data.sources import default_eval_split, open_source
-from mambavision_jax.data.transforms import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
-                                             TrainAugConfig, erasing_boxes, eval_crop_uint8,
-                                             eval_transform, train_augment, train_transform)
+from mambavision_jax.data.transforms import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    TrainAugConfig,
+    erasing_boxes,
+    eval_crop_uint8,
+    eval_transform,
+    train_augment,
+    train_transform,
+)
 
 
 def _host(process_index, process_count) -> tuple[int, int]:

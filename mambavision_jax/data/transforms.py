@@ -141,7 +141,7 @@ class TrainAugConfig:
     fast_decode: bool = False
 
     @classmethod
-    def none(cls) -> "TrainAugConfig":
+    def none(cls) -> TrainAugConfig:
         """Every augmentation off: resize + center crop + normalise (small demos, debugging)."""
         return cls(random_resized_crop=False, hflip=0.0, auto_augment=None, re_prob=0.0)
 

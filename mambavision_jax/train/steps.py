@@ -6,7 +6,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mambavision_jax.data.device_ops import erase_key, erase_on_device, normalize_on_device
+from mambavision_jax.data.device_ops import (
+    erase_key,
+    erase_on_device,
+    normalize_on_device,
+)
 from mambavision_jax.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from mambavision_jax.train.ema import ema_update
 from mambavision_jax.train.mixup import mixup_cutmix
