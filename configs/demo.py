@@ -28,6 +28,7 @@ def get_config(arg=None):
     c.data.hflip = 0.0                 # a mirrored 2 is not a 2
     c.data.auto_augment = ""
     c.data.re_prob = 0.0
+    c.data.num_workers = 0             # 8x8 digits: worker processes would cost more than they save
     c.data.num_threads = 2
 
     c.batch_size = 64

@@ -149,7 +149,7 @@ def _save(path, img: Image.Image, fmt: str):
 
 def _image_folder(root):
     r = np.random.default_rng(0)
-    rgb = lambda: Image.fromarray(r.integers(0, 256, (30, 40, 3), dtype=np.uint8))  # noqa: E731
+    rgb = lambda: Image.fromarray(r.integers(0, 256, (30, 40, 3), dtype=np.uint8))
     for i in range(6):
         _save(f"{root}/cat/c{i}.jpg", rgb(), "JPEG")
         _save(f"{root}/dog/d{i}.png", rgb(), "PNG")
@@ -247,3 +247,152 @@ def test_shard_bounds_and_batch_counts():
     with pytest.raises(ValueError):
         make_train_iterator("mv_digits", global_batch_size=10, image_size=32, process_index=0,
                             process_count=3)
+
+
+# ---- uint8 batches, normalised (and erased) on the device ----
+
+def _device_normalize(images):
+    from mambavision_jax.data.device_ops import normalize_on_device
+    from mambavision_jax.data.transforms import (
+        IMAGENET_DEFAULT_MEAN,
+        IMAGENET_DEFAULT_STD,
+    )
+
+    return np.asarray(normalize_on_device(images, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))
+
+
+def _box_mask(boxes, size):
+    mask = np.zeros((len(boxes), size, size), bool)
+    for i, per_example in enumerate(boxes):
+        for top, left, h, w in per_example:
+            mask[i, top:top + h, left:left + w] = True
+    return mask
+
+
+def test_uint8_train_batches_equal_the_float_pipeline(digits_dir):
+    kw = dict(data_dir=digits_dir, global_batch_size=16, image_size=32, seed=5, process_index=0,
+              process_count=1)
+    aug = TrainAugConfig(scale=(0.3, 1.0), re_prob=0.5)  # official ops; more boxes to compare
+    floats = _take(make_train_iterator("mv_digits", augment=aug, **kw), 3)
+    uint8s = _take(make_train_iterator("mv_digits", augment=aug, normalize=False, **kw), 3)
+    n_boxes = 0
+    for f, u in zip(floats, uint8s, strict=True):
+        assert set(u) == {"image", "label", "erase"} and u["image"].dtype == np.uint8
+        assert u["erase"].shape == (16, 1, 4) and u["erase"].dtype == np.int32
+        np.testing.assert_array_equal(f["label"], u["label"])
+        x = _device_normalize(u["image"])
+        boxes = _box_mask(u["erase"], 32)
+        n_boxes += int(u["erase"][:, 0, 2].astype(bool).sum())
+        # outside the erasing boxes: the same pixels, normalised on the device (float32 rounding)
+        np.testing.assert_allclose(x[~boxes], f["image"][~boxes], rtol=1e-6, atol=1e-6)
+        # inside: the float pipeline filled exactly these boxes with noise
+        assert not np.isclose(x[boxes], f["image"][boxes], atol=1e-6).all(-1).any()
+    assert n_boxes >= 12  # ~24 of 48 examples erased at re_prob 0.5
+
+
+def test_uint8_train_batches_without_erasing(digits_dir):
+    kw = dict(data_dir=digits_dir, global_batch_size=8, image_size=32, seed=6, process_index=0,
+              process_count=1, augment=TrainAugConfig(re_prob=0.0))
+    f = next(make_train_iterator("mv_digits", **kw))
+    u = next(make_train_iterator("mv_digits", normalize=False, **kw))
+    assert set(u) == {"image", "label"}
+    np.testing.assert_allclose(_device_normalize(u["image"]), f["image"], rtol=1e-6, atol=1e-6)
+
+
+def test_uint8_eval_batches_equal_the_float_pipeline(digits_dir):
+    kw = dict(data_dir=digits_dir, global_batch_size=7 * 3, image_size=32, crop_pct=0.875,
+              process_index=2, process_count=3)
+    floats = list(make_eval_iterator("mv_digits", **kw))
+    uint8s = list(make_eval_iterator("mv_digits", normalize=False, **kw))
+    assert len(floats) == len(uint8s) == eval_num_batches(360, 21, 3)
+    for f, u in zip(floats, uint8s, strict=True):
+        assert u["image"].dtype == np.uint8
+        np.testing.assert_array_equal(f["mask"], u["mask"])
+        m = u["mask"]
+        np.testing.assert_allclose(_device_normalize(u["image"][m]), f["image"][m], rtol=1e-6, atol=1e-6)
+        assert not u["image"][~m].any()
+
+
+def test_device_prefetch_state_is_the_consumed_position(digits_dir):
+    import jax
+
+    from mambavision_jax.data.device_ops import DevicePrefetch
+
+    kw = dict(data_dir=digits_dir, global_batch_size=8, image_size=32, seed=7, process_index=0,
+              process_count=1, normalize=False)
+    ref = _take(make_train_iterator("mv_digits", **kw), 5)
+    it = DevicePrefetch(make_train_iterator("mv_digits", **kw), jax.device_put, size=2)
+    got = _take(it, 2)
+    assert isinstance(got[0]["image"], jax.Array)
+    state = json.loads(json.dumps(it.get_state()))  # 2 consumed, 2 more in flight
+    assert _same(ref[:2], jax.device_get(got))
+    resumed = DevicePrefetch(make_train_iterator("mv_digits", **kw), jax.device_put, size=2)
+    resumed.set_state(state)
+    assert _same(ref[2:], jax.device_get(_take(resumed, 3)))
+    with pytest.raises(StopIteration):  # a finite iterator ends after its buffered batches
+        list_it = DevicePrefetch(iter(ref[:3]), lambda b: b, size=2)
+        assert len(_take(list_it, 3)) == 3
+        next(list_it)
+
+
+def test_worker_and_thread_defaults_follow_the_core_count():
+    from mambavision_jax.data.pipeline import (
+        default_num_threads,
+        default_num_workers,
+        resolve_workers,
+    )
+
+    assert default_num_workers(1) == default_num_workers(2) == 0
+    assert default_num_workers(16) == 15
+    assert default_num_threads(15, 16) == 2 and default_num_threads(0, 2) == 2
+    assert default_num_threads(0, 64) == 16
+    assert resolve_workers(3, 1) == (3, 1)
+    workers, threads = resolve_workers(-1, -1)
+    assert workers == default_num_workers() and threads == default_num_threads(workers)
+    for bad in ((-2, 1), (0, 0), (0, -3)):
+        with pytest.raises(ValueError, match="num_workers"):
+            resolve_workers(*bad)
+
+
+@pytest.mark.slow  # three compilations of the train step (~1-2 min on 2 cores)
+def test_train_step_normalises_and_erases_uint8_batches_independently_of_the_mesh():
+    """The jitted train step on uint8 images + erasing boxes: the same losses on one device and on
+    a 4 x 2 mesh (the erasing noise is keyed by seed, step and example, not by the device), and
+    the erasing changes the loss."""
+    import jax
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from small_train_config import get_config
+
+    from mambavision_jax.data.transforms import erasing_boxes
+    from mambavision_jax.train import sharding as shd
+    from mambavision_jax.train.optim import make_optimizer
+    from mambavision_jax.train.schedule import make_schedule
+    from mambavision_jax.train.state import create_train_state, graphdefs
+    from mambavision_jax.train.steps import make_train_step
+
+    assert jax.device_count() >= 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
+    c = get_config()
+    c.mesa.weight, c.mixup.prob, c.model.drop_path_rate = 0.0, 0.0, 0.0
+    rs = np.random.default_rng(0)
+    boxes = np.stack([erasing_boxes(rs, 32, 32, 1.0) for _ in range(16)])
+    batches = [{"image": rs.integers(0, 256, (16, 32, 32, 3), np.uint8), "label": rs.integers(0, 10, 16).astype(np.int32),
+                "erase": boxes} for _ in range(2)]
+
+    def losses(mesh, batches):
+        schedule = make_schedule(c, 4)
+        tx = make_optimizer(c, 4, schedule=schedule)
+        train_gd, eval_gd = graphdefs(c, 10, 1)
+        state, shardings = create_train_state(c, 10, 1, tx, mesh)
+        step = jax.jit(make_train_step(c, train_gd, eval_gd, tx, schedule, 10, 4, 1),
+                       in_shardings=(shardings, shd.batch_sharding(mesh)))
+        out = []
+        for b in batches:
+            state, m = step(state, shd.global_batch(b, mesh))
+            out.append(float(m["loss"]))
+        return out
+
+    one = losses(shd.make_mesh(1, 1, jax.devices()[:1]), batches)
+    np.testing.assert_allclose(losses(shd.make_mesh(4, 2), batches), one, rtol=2e-5)
+    plain = losses(shd.make_mesh(1, 1, jax.devices()[:1]), [{k: b[k] for k in ("image", "label")} for b in batches])
+    assert not np.allclose(plain[0], one[0], rtol=1e-4)

@@ -11,9 +11,15 @@ import pytest
 from PIL import Image
 
 from mambavision_jax.data import rand_augment as ra
-from mambavision_jax.data.transforms import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
-                                             TrainAugConfig, eval_transform, random_erasing,
-                                             random_resized_crop_params, train_transform)
+from mambavision_jax.data.transforms import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    TrainAugConfig,
+    eval_transform,
+    random_erasing,
+    random_resized_crop_params,
+    train_transform,
+)
 
 
 def _timm():
@@ -200,3 +206,164 @@ def test_train_transform_deterministic_and_shapes():
     # every augmentation off = timm's no-aug path = eval transform with crop_pct 1.0
     plain = train_transform(img, np.random.default_rng(0), 96, TrainAugConfig.none())
     np.testing.assert_array_equal(plain, eval_transform(img, 96, 1.0, "center"))
+
+
+class _ReplayRandom:
+    """Python `random`'s API over a numpy Generator: timm's code then makes our draws."""
+
+    def __init__(self, rng):
+        self.rng = rng
+
+    def random(self):
+        return self.rng.random()
+
+    def uniform(self, a, b):
+        return self.rng.uniform(a, b)
+
+    def randint(self, a, b):  # inclusive, as random.randint
+        return int(self.rng.integers(a, b + 1))
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_erasing_boxes_equal_timm_random_erasing(monkeypatch, count):
+    _timm()
+    import torch
+    from timm.data import random_erasing as timm_re
+
+    from mambavision_jax.data.transforms import erasing_boxes
+
+    re = timm_re.RandomErasing(probability=0.6, mode="const", max_count=count, device="cpu")
+    erased = 0
+    for seed in range(40):
+        h, w = (224, 224) if seed % 2 else (96, 160)
+        monkeypatch.setattr(timm_re, "random", _ReplayRandom(np.random.default_rng(seed)))
+        ref = re(torch.ones(3, h, w)).numpy()[0] == 0  # const mode: the boxes are the zeros
+        boxes = erasing_boxes(np.random.default_rng(seed), h, w, 0.6, min_count=1, max_count=count)
+        assert boxes.shape == (count, 4) and boxes.dtype == np.int32
+        ours = np.zeros((h, w), bool)
+        for top, left, bh, bw in boxes:
+            ours[top:top + bh, left:left + bw] = True
+        np.testing.assert_array_equal(ours, ref)
+        erased += ours.any()
+    assert 15 < erased < 35  # probability 0.6
+
+
+def test_erase_on_device_fills_the_boxes():
+    import jax
+
+    from mambavision_jax.data.device_ops import erase_key, erase_on_device
+
+    x = np.full((6, 64, 48, 3), 5.0, np.float32)
+    boxes = np.zeros((6, 2, 4), np.int32)
+    boxes[0, 0] = (10, 4, 30, 20)
+    boxes[1] = [(0, 0, 8, 8), (4, 4, 8, 8)]  # overlapping: filled in order
+    boxes[3, 1] = (50, 40, 14, 8)  # touches the bottom right corner
+    key = erase_key(3, 17)
+    out = np.asarray(erase_on_device(key, x, boxes, "pixel"))
+    inside = np.zeros(x.shape[:3], bool)
+    inside[0, 10:40, 4:24] = inside[1, 0:12, 0:12] = True
+    inside[1, 8:12, 0:4] = inside[1, 0:4, 8:12] = False  # the union of the two 8x8 boxes
+    inside[3, 50:64, 40:48] = True
+    assert (out[~inside] == 5.0).all()
+    v = out[inside]
+    assert not (v == 5.0).any() and abs(v.mean()) < 0.1 and abs(v.std() - 1) < 0.1
+    np.testing.assert_array_equal(out, np.asarray(erase_on_device(key, x, boxes, "pixel")))
+    assert not np.array_equal(out, np.asarray(erase_on_device(erase_key(3, 18), x, boxes, "pixel")))
+    # an example's fill depends on its index and the key, not on the rest of the batch
+    np.testing.assert_array_equal(out[:2], np.asarray(erase_on_device(key, x[:2], boxes[:2], "pixel")))
+    rand = np.asarray(erase_on_device(key, x, boxes, "rand"))
+    assert all(np.unique(rand[0, 10:40, 4:24, c]).size == 1 for c in range(3))
+    assert (rand[~inside] == 5.0).all() and not (rand[inside] == 5.0).any()
+    const = np.asarray(erase_on_device(key, x, boxes, "const"))
+    assert (const[inside] == 0).all() and (const[~inside] == 5.0).all()
+    with pytest.raises(ValueError, match="erasing mode"):
+        erase_on_device(key, x, boxes, "noise")
+    assert jax.jit(erase_on_device, static_argnames="mode")(key, x, boxes, mode="pixel").shape == x.shape
+
+
+def test_erase_on_device_statistics_match_timm_pixel_mode():
+    """Over many draws: erased fraction and fill statistics as timm's RandomErasing(p=0.25, pixel)."""
+    from mambavision_jax.data.device_ops import erase_key, erase_on_device
+    from mambavision_jax.data.transforms import erasing_boxes
+
+    rng = np.random.default_rng(0)
+    boxes = np.stack([erasing_boxes(rng, 64, 64, 0.25) for _ in range(512)])
+    out = np.asarray(erase_on_device(erase_key(0, 0), np.zeros((512, 64, 64, 3), np.float32), boxes))
+    erased = (out != 0).any(-1)
+    per_image = erased.mean((1, 2))
+    assert 0.19 < (per_image > 0).mean() < 0.31  # probability 0.25
+    hit = per_image[per_image > 0]
+    # area fraction ~ U(0.02, 1/3): mean ~0.177 (box sides are rounded)
+    assert 0.015 < hit.min() and hit.max() < 0.36 and abs(hit.mean() - 0.177) < 0.03
+    v = out[erased]
+    assert abs(v.mean()) < 0.01 and abs(v.std() - 1.0) < 0.01
+
+
+def test_train_augment_is_train_transform_before_normalisation():
+    from mambavision_jax.data.transforms import normalize, train_augment
+
+    img = _encoded(_photo(333, 250), "JPEG")
+    for seed in range(6):
+        aug = TrainAugConfig(re_prob=0.0)
+        u = train_augment(img, np.random.default_rng(seed), 96, aug)
+        assert u.dtype == np.uint8 and u.shape == (96, 96, 3)
+        np.testing.assert_array_equal(normalize(u), train_transform(img, np.random.default_rng(seed), 96, aug))
+
+
+@pytest.mark.parametrize("size_wh", [(333, 250), (250, 333)])
+def test_eval_crop_uint8_matches_timm_prefetcher_transform(size_wh):
+    """The uint8 eval path equals timm's eval transform with use_prefetcher=True (uint8 out)."""
+    timm_data = _timm()
+    from mambavision_jax.data.transforms import eval_crop_uint8
+
+    img = _encoded(_photo(*size_wh), "JPEG")
+    for crop_mode, crop_pct in (("center", 0.875), ("squash", 0.93)):
+        t = timm_data.create_transform(input_size=(3, 224, 224), crop_pct=crop_pct, crop_mode=crop_mode,
+                                       interpolation="bicubic", is_training=False, use_prefetcher=True)
+        ref = np.asarray(t(img))
+        ref = ref.transpose(1, 2, 0) if ref.shape[0] == 3 else ref
+        ours = eval_crop_uint8(img, 224, crop_pct, crop_mode)
+        assert ours.dtype == np.uint8 and ref.dtype == np.uint8
+        np.testing.assert_array_equal(ours, ref)
+
+
+def _jpeg_bytes(arr: np.ndarray, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def test_fast_decode_is_exact_unless_the_crop_shrinks_2x():
+    from mambavision_jax.data.transforms import train_augment
+
+    data = _jpeg_bytes(_photo(333, 250))  # crops <= 250 px: never reduced for a 224 output
+    for seed in range(5):
+        exact = train_augment(data, np.random.default_rng(seed), 224)
+        fast = train_augment(data, np.random.default_rng(seed), 224, TrainAugConfig(fast_decode=True))
+        np.testing.assert_array_equal(fast, exact)  # also: the same draws for flip and RandAugment
+    png = io.BytesIO()
+    Image.fromarray(_photo(640, 500)).save(png, format="PNG")  # not a JPEG: the exact path
+    np.testing.assert_array_equal(
+        train_augment(png.getvalue(), np.random.default_rng(0), 96, TrainAugConfig(fast_decode=True)),
+        train_augment(png.getvalue(), np.random.default_rng(0), 96))
+
+
+def test_fast_decode_reduced_crops_stay_close_to_exact():
+    from mambavision_jax.data.image_io import decode_rgb
+    from mambavision_jax.data.transforms import (
+        draft_random_resized_crop,
+        random_resized_crop,
+    )
+
+    r = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:800, 0:960].astype(np.float64)
+    smooth = np.stack([xx / 960 * 255, yy / 800 * 255, 128 + 100 * np.sin(xx / 40 + yy / 60)], -1)
+    data = _jpeg_bytes(np.clip(smooth + r.normal(0, 8, smooth.shape), 0, 255).astype(np.uint8))
+    for seed in range(4):
+        kw = dict(scale=(0.6, 1.0), interpolation="bicubic")  # crops >= 448 px: 1/2 or 1/4 decode
+        exact = np.asarray(random_resized_crop(decode_rgb(data), np.random.default_rng(seed), 112, **kw))
+        fast = np.asarray(draft_random_resized_crop(data, np.random.default_rng(seed), 112, **kw))
+        assert fast.shape == exact.shape == (112, 112, 3) and fast.dtype == np.uint8
+        diff = np.abs(fast.astype(float) - exact.astype(float))
+        assert diff.mean() < 3.0 and not np.array_equal(fast, exact)  # approximate, but close
+        assert np.abs(fast.mean((0, 1)) - exact.mean((0, 1))).max() < 1.0

@@ -4,17 +4,20 @@ Eval follows `timm.data.transforms_imagenet_eval` (which the official validate.p
 PIL resize and center crop, reproduced here with the same PIL calls and the same integer rounding, so
 the outputs are identical (tests/test_preprocess.py). Training follows
 `timm.data.transforms_imagenet_train` with the official MambaVision arguments (`TrainAugConfig()`).
-Outputs are float32 HWC arrays normalised with the model's mean / std.
+`eval_transform` / `train_transform` return float32 HWC arrays normalised with the model's mean / std;
+`eval_crop_uint8` / `train_augment` (+ `erasing_boxes`) stop before normalisation and return uint8, for
+the training loop, which normalises and erases on the device as timm's prefetching loader does.
 """
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 
 import numpy as np
 from PIL import Image
 
-from mambavision_jax.data.image_io import to_pil_rgb
+from mambavision_jax.data.image_io import to_pil_rgb, to_rgb_uint8
 from mambavision_jax.data.rand_augment import rand_augment_transform
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
@@ -29,6 +32,7 @@ _INTERPOLATION = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 _RANDOM_INTERPOLATION = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)
+ERASE_MODES = ("pixel", "rand", "const")
 
 
 def pil_interpolation(name: str) -> int:
@@ -101,8 +105,15 @@ def eval_transform(img, image_size: int = 224, crop_pct: float = 0.875, crop_mod
     Equal to timm's `create_transform(input_size, crop_pct=, crop_mode=, interpolation=, mean=, std=)`
     with is_training=False; MambaVision uses bicubic and its per-model crop_pct / crop_mode.
     """
-    img = resize_and_center_crop(to_pil_rgb(img), image_size, crop_pct, crop_mode, interpolation)
-    return normalize(img, mean, std)
+    return normalize(eval_crop_uint8(img, image_size, crop_pct, crop_mode, interpolation), mean, std)
+
+
+def eval_crop_uint8(img, image_size: int = 224, crop_pct: float = 0.875, crop_mode: str = "center",
+                    interpolation: str = "bicubic") -> np.ndarray:
+    """`eval_transform` before normalisation -> uint8 (image_size, image_size, 3) (what the training
+    loop's eval ships to the devices, which normalise with `device_ops.normalize_on_device`)."""
+    return np.asarray(resize_and_center_crop(to_pil_rgb(img), image_size, crop_pct, crop_mode,
+                                             interpolation))
 
 
 # ---- training ----
@@ -124,9 +135,13 @@ class TrainAugConfig:
     re_prob: float = 0.25
     re_mode: str = "pixel"  # 'const' (zeros), 'rand' (one normal colour per box), 'pixel' (per pixel)
     re_count: int = 1
+    # Approximate, off by default: decode a JPEG at 1/2, 1/4 or 1/8 size in the DCT domain (PIL's
+    # draft mode) when its random crop is downscaled by at least that factor, and resample the
+    # crop box from the reduced image (see `draft_random_resized_crop`).
+    fast_decode: bool = False
 
     @classmethod
-    def none(cls) -> "TrainAugConfig":
+    def none(cls) -> TrainAugConfig:
         """Every augmentation off: resize + center crop + normalise (small demos, debugging)."""
         return cls(random_resized_crop=False, hflip=0.0, auto_augment=None, re_prob=0.0)
 
@@ -159,12 +174,72 @@ def random_resized_crop_params(width: int, height: int, rng: np.random.Generator
 def random_resized_crop(img: Image.Image, rng: np.random.Generator, size: int, scale=(0.08, 1.0),
                         ratio=(3.0 / 4.0, 4.0 / 3.0), interpolation: str = "random") -> Image.Image:
     top, left, h, w = random_resized_crop_params(img.size[0], img.size[1], rng, scale, ratio)
-    if interpolation == "random":
-        interp = _RANDOM_INTERPOLATION[int(rng.integers(0, 2))]
-    else:
-        interp = pil_interpolation(interpolation)
+    interp = _crop_interpolation(interpolation, rng)
     # crop then resize, as torchvision's resized_crop does for PIL (a `box=` resize differs at edges)
     return img.crop((left, top, left + w, top + h)).resize((size, size), interp)
+
+
+def _crop_interpolation(interpolation: str, rng: np.random.Generator) -> int:
+    if interpolation == "random":
+        return _RANDOM_INTERPOLATION[int(rng.integers(0, 2))]
+    return pil_interpolation(interpolation)
+
+
+def draft_random_resized_crop(data: bytes, rng: np.random.Generator, size: int, scale=(0.08, 1.0),
+                              ratio=(3.0 / 4.0, 4.0 / 3.0), interpolation: str = "random") -> Image.Image:
+    """`random_resized_crop` of encoded bytes, decoding only as much of a JPEG as the crop needs.
+
+    The crop parameters need only the header's size, so they are drawn before decoding (the same
+    draws as the exact path). When the crop is downscaled by r >= 2 (r = 2, 4 or 8), the JPEG is
+    decoded at 1/r size by libjpeg's DCT scaling (PIL `draft`), up to r^2 fewer pixels to decode
+    and resample, and the crop box (fractional there) is resampled from the reduced image:
+    approximate (a different anti-aliasing than the exact resize; statistics in
+    benchmarks/RESULTS.md). Everything else (smaller crops, other formats) takes the exact path.
+    """
+    img = Image.open(io.BytesIO(data))
+    width, height = img.size
+    top, left, h, w = random_resized_crop_params(width, height, rng, scale, ratio)
+    interp = _crop_interpolation(interpolation, rng)
+    r = next((k for k in (8, 4, 2) if min(h, w) >= k * size), 1)
+    if r > 1 and img.format == "JPEG" and img.mode == "RGB":
+        img.draft("RGB", (width // r, height // r))
+        img.load()
+        fx, fy = img.size[0] / width, img.size[1] / height
+        box = (left * fx, top * fy, (left + w) * fx, (top + h) * fy)
+        return img.resize((size, size), interp, box=box)
+    img.load()
+    img = to_rgb_uint8(img)
+    return img.crop((left, top, left + w, top + h)).resize((size, size), interp)
+
+
+def erasing_boxes(rng: np.random.Generator, height: int, width: int, prob: float = 0.25,
+                  min_count: int = 1, max_count: int = 1, min_area: float = 0.02,
+                  max_area: float = 1.0 / 3.0, min_aspect: float = 0.3) -> np.ndarray:
+    """timm RandomErasing's box draws for one (height, width) image -> int32 (max_count, 4) rows of
+    (top, left, h, w); rows of zeros are no box.
+
+    With probability `prob`, 1..max_count boxes of area fraction U(min_area, max_area) / count and
+    log-uniform aspect ratio in [min_aspect, 1 / min_aspect]; 10 tries per box. The draws and their
+    order are timm's `RandomErasing._erase` (python `random` there, `rng` here).
+    """
+    boxes = np.zeros((max_count, 4), np.int32)
+    if rng.random() > prob:
+        return boxes
+    area = height * width
+    log_aspect = (math.log(min_aspect), math.log(1.0 / min_aspect))
+    count = min_count if min_count == max_count else int(rng.integers(min_count, max_count + 1))
+    for i in range(count):
+        for _attempt in range(10):
+            target_area = rng.uniform(min_area, max_area) * area / count
+            aspect = math.exp(rng.uniform(*log_aspect))
+            h = int(round(math.sqrt(target_area * aspect)))
+            w = int(round(math.sqrt(target_area / aspect)))
+            if w < width and h < height:
+                top = int(rng.integers(0, height - h + 1))
+                left = int(rng.integers(0, width - w + 1))
+                boxes[i] = (top, left, h, w)
+                break
+    return boxes
 
 
 def random_erasing(x: np.ndarray, rng: np.random.Generator, prob: float = 0.25, mode: str = "pixel",
@@ -172,50 +247,43 @@ def random_erasing(x: np.ndarray, rng: np.random.Generator, prob: float = 0.25, 
                    max_area: float = 1.0 / 3.0, min_aspect: float = 0.3) -> np.ndarray:
     """timm RandomErasing on one normalised HWC float image (modified in place and returned).
 
-    With probability `prob`, 1..max_count boxes of area fraction U(min_area, max_area) / count and
-    log-uniform aspect ratio in [min_aspect, 1 / min_aspect] are filled with N(0, 1) noise per pixel
-    ('pixel'), per box colour ('rand') or zeros ('const'); 10 tries per box, as timm.
+    The boxes of `erasing_boxes`, filled in order with N(0, 1) noise per pixel ('pixel'), per box
+    colour ('rand') or zeros ('const'). The training loop does the same on the device
+    (`device_ops.erase_on_device`), as timm's prefetcher does.
     """
-    if mode not in ("pixel", "rand", "const"):
+    if mode not in ERASE_MODES:
         raise ValueError(f"random erasing mode must be 'pixel', 'rand' or 'const', got {mode!r}")
-    if rng.random() > prob:
-        return x
     img_h, img_w, chan = x.shape
-    area = img_h * img_w
-    log_aspect = (math.log(min_aspect), math.log(1.0 / min_aspect))
-    count = min_count if min_count == max_count else int(rng.integers(min_count, max_count + 1))
-    for _ in range(count):
-        for _attempt in range(10):
-            target_area = rng.uniform(min_area, max_area) * area / count
-            aspect = math.exp(rng.uniform(*log_aspect))
-            h = int(round(math.sqrt(target_area * aspect)))
-            w = int(round(math.sqrt(target_area / aspect)))
-            if w < img_w and h < img_h:
-                top = int(rng.integers(0, img_h - h + 1))
-                left = int(rng.integers(0, img_w - w + 1))
-                if mode == "pixel":
-                    fill = rng.standard_normal((h, w, chan), dtype=np.float32)
-                elif mode == "rand":
-                    fill = rng.standard_normal((1, 1, chan), dtype=np.float32)
-                else:
-                    fill = np.float32(0.0)
-                x[top:top + h, left:left + w, :] = fill
-                break
+    for top, left, h, w in erasing_boxes(rng, img_h, img_w, prob, min_count, max_count, min_area,
+                                         max_area, min_aspect):
+        if h == 0:
+            continue
+        if mode == "pixel":
+            fill = rng.standard_normal((h, w, chan), dtype=np.float32)
+        elif mode == "rand":
+            fill = rng.standard_normal((1, 1, chan), dtype=np.float32)
+        else:
+            fill = np.float32(0.0)
+        x[top:top + h, left:left + w, :] = fill
     return x
 
 
-def train_transform(img, rng: np.random.Generator, image_size: int,
-                    config: TrainAugConfig = TrainAugConfig(),
-                    mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> np.ndarray:
-    """Training augmentation for one image -> float32 (image_size, image_size, 3).
+def train_augment(img, rng: np.random.Generator, image_size: int,
+                  config: TrainAugConfig = TrainAugConfig(), mean=IMAGENET_DEFAULT_MEAN) -> np.ndarray:
+    """The uint8 part of the training augmentation -> uint8 (image_size, image_size, 3).
 
-    timm order: RandomResizedCrop -> hflip -> RandAugment -> ToTensor + Normalize -> RandomErasing.
-    Every random draw comes from `rng`, so (seed, example index) fixes the output.
+    timm order: RandomResizedCrop -> hflip -> RandAugment (what timm's loader ships with
+    use_prefetcher=True; normalisation and random erasing follow on the device). `mean` is only
+    RandAugment's fill colour.
     """
-    img = to_pil_rgb(img)
-    if config.random_resized_crop:
-        img = random_resized_crop(img, rng, image_size, config.scale, config.ratio, config.interpolation)
+    if config.random_resized_crop and config.fast_decode and isinstance(img, (bytes, bytearray)):
+        img = draft_random_resized_crop(bytes(img), rng, image_size, config.scale, config.ratio,
+                                        config.interpolation)
+    elif config.random_resized_crop:
+        img = random_resized_crop(to_pil_rgb(img), rng, image_size, config.scale, config.ratio,
+                                  config.interpolation)
     else:
+        img = to_pil_rgb(img)
         interp = "bicubic" if config.interpolation == "random" else config.interpolation
         img = resize_and_center_crop(img, image_size, 1.0, "center", interp)
     if config.hflip > 0 and rng.random() < config.hflip:
@@ -226,7 +294,19 @@ def train_transform(img, rng: np.random.Generator, image_size: int,
         fixed = None if config.interpolation == "random" else pil_interpolation(config.interpolation)
         ra = _rand_augment(config.auto_augment, tuple(mean), image_size, fixed)
         img = ra(img, rng)
-    x = normalize(img, mean, std)
+    return np.asarray(img)  # the one copy out of PIL; already uint8 RGB
+
+
+def train_transform(img, rng: np.random.Generator, image_size: int,
+                    config: TrainAugConfig = TrainAugConfig(),
+                    mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> np.ndarray:
+    """Training augmentation for one image, all on the host -> float32 (image_size, image_size, 3).
+
+    timm order: RandomResizedCrop -> hflip -> RandAugment -> ToTensor + Normalize -> RandomErasing.
+    Every random draw comes from `rng`, so (seed, example index) fixes the output. The training
+    loop uses `train_augment` + `erasing_boxes` instead and normalises / erases on the device.
+    """
+    x = normalize(train_augment(img, rng, image_size, config, mean), mean, std)
     if config.re_prob > 0:
         x = random_erasing(x, rng, config.re_prob, config.re_mode, max_count=config.re_count)
     return x

@@ -32,8 +32,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.image_size = 224
     c.data.crop_pct = -1.0             # -1: the variant's pretrained cfg
     c.data.crop_mode = ""              # "": the variant's pretrained cfg
-    c.data.num_workers = 0             # grain worker processes (0: threads in this process)
-    c.data.num_threads = 4
+    # grain worker processes (0: threads in this process) and threads per process; -1 = from the
+    # host's core count: cores - 1 workers (0 on <= 2 cores), 2 threads per worker (data.pipeline)
+    c.data.num_workers = -1
+    c.data.num_threads = -1
+    c.data.device_prefetch = 2         # batches put on the devices ahead of the running step
     # timm create_transform(is_training=True) with the official arguments
     c.data.random_resized_crop = True
     c.data.scale = (0.08, 1.0)
@@ -43,6 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.auto_augment = "rand-m9-mstd0.5-inc1"  # "" for none
     c.data.re_prob = 0.25
     c.data.re_mode = "pixel"
+    c.data.re_count = 1
+    # Approximate JPEG decoding at 1/2..1/8 size when a crop is downscaled >= 2x (TrainAugConfig);
+    # off: the exact path, pixel-identical to timm's transform (benchmarks/RESULTS.md)
+    c.data.fast_decode = False
 
     c.batch_size = 4096                # global, over all hosts and devices
     c.eval_batch_size = -1             # -1: batch_size
@@ -124,3 +131,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.mesa.weight == 0 or c.ema.enabled, "mesa.weight", "mesa needs the EMA teacher (ema.enabled)")
     need(c.optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {c.optimizer.lr}")
     need(c.log_every_steps > 0, "log_every_steps", "must be > 0")
+    need(c.data.num_workers >= -1, "data.num_workers", f"must be >= 0 or -1 (auto), got {c.data.num_workers}")
+    need(c.data.num_threads >= 1 or c.data.num_threads == -1, "data.num_threads",
+         f"must be >= 1 or -1 (auto), got {c.data.num_threads}")
+    need(c.data.device_prefetch >= 1, "data.device_prefetch", f"must be >= 1, got {c.data.device_prefetch}")
+    need(c.data.re_mode in ("pixel", "rand", "const"), "data.re_mode",
+         f"pixel, rand or const, got {c.data.re_mode!r}")

@@ -1,6 +1,7 @@
 """`train_and_evaluate(config, workdir)`: the training loop behind `python train.py`."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mambavision_jax import data as mvdata
+from mambavision_jax.data.device_ops import DevicePrefetch, normalize_on_device
 from mambavision_jax.models.registry import pretrained_cfg
 from mambavision_jax.ops import under_kernel_mesh
 from mambavision_jax.train import sharding as shd
@@ -30,7 +32,7 @@ def _augment(config) -> mvdata.TrainAugConfig:
     return mvdata.TrainAugConfig(random_resized_crop=d.random_resized_crop, scale=tuple(d.scale),
                                  ratio=tuple(d.ratio), interpolation=d.interpolation, hflip=d.hflip,
                                  auto_augment=d.auto_augment or None, re_prob=d.re_prob,
-                                 re_mode=d.re_mode)
+                                 re_mode=d.re_mode, re_count=d.re_count, fast_decode=d.fast_decode)
 
 
 def _every(value: int, steps_per_epoch: int) -> int:
@@ -94,7 +96,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     train_step = jax.jit(
         under_kernel_mesh(make_train_step(config, train_gd, eval_gd, tx, schedule, num_classes,
                                           steps_per_epoch,
-                                          mix_groups=n_dev if config.bn_stats == "per_device" else 1),
+                                          mix_groups=n_dev if config.bn_stats == "per_device" else 1,
+                                          mean=cfg.mean, std=cfg.std),
                           mesh, shd.BATCH_AXES),
         in_shardings=(shardings, batch_sharding), out_shardings=(shardings, repl), donate_argnums=(0,))
     eval_step = jax.jit(under_kernel_mesh(make_eval_step(eval_gd), mesh, shd.BATCH_AXES),
@@ -106,25 +109,31 @@ def train_and_evaluate(config, workdir: str) -> dict:
         config.data.name, global_batch_size=config.batch_size, image_size=config.data.image_size,
         data_dir=config.data.dir, split=config.data.train_split, seed=config.seed,
         augment=_augment(config), mean=mean, std=std, num_workers=config.data.num_workers,
-        num_threads=config.data.num_threads)
+        num_threads=config.data.num_threads, normalize=False)  # uint8; normalised in train_step
+    # The next batches go to the devices while a step runs; get_state() is the consumed position.
+    train_iter = DevicePrefetch(train_iter, lambda local: shd.global_batch(local, mesh),
+                                config.data.device_prefetch)
     if data_state is not None:
         train_iter.set_state(data_state)
     start, end = mvdata.shard_bounds(info.splits[config.data.train_split], jax.process_index(),
                                      jax.process_count(), drop_remainder=True)
     print("data shard " + json.dumps({"process": jax.process_index(), "start": start, "end": end}), flush=True)
 
+    to_float = jax.jit(functools.partial(normalize_on_device, mean=mean, std=std))
+
     def evaluate(step: int) -> dict:
         it = mvdata.make_eval_iterator(
             config.data.name, global_batch_size=eval_batch, image_size=config.data.image_size,
             crop_pct=crop_pct, crop_mode=crop_mode, data_dir=config.data.dir,
             split=config.data.eval_split or None, mean=mean, std=std,
-            num_threads=config.data.num_threads)
+            num_threads=config.data.num_threads, normalize=False)
         weights = {"": (state.params, state.batch_stats)}
         if state.ema_params is not None:
             weights["ema_"] = (state.ema_params, state.ema_batch_stats)
         sums = {p: None for p in weights}
-        for local in it:
-            batch = shd.global_batch({k: local[k] for k in ("image", "label", "mask")}, mesh)
+        for batch in DevicePrefetch(it, lambda local: shd.global_batch(
+                {k: local[k] for k in ("image", "label", "mask")}, mesh), config.data.device_prefetch):
+            batch["image"] = to_float(batch["image"])  # uint8 -> normalised, on the devices
             for prefix, (params, stats) in weights.items():
                 out = eval_step(params, stats, state.rngs, batch)
                 sums[prefix] = out if sums[prefix] is None else jax.tree.map(jnp.add, sums[prefix], out)
@@ -147,8 +156,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     step = start_step
     try:
         while step < total_steps:
-            local = next(train_iter)
-            batch = shd.global_batch({"image": local["image"], "label": local["label"]}, mesh)
+            batch = next(train_iter)
             state, metrics = train_step(state, batch)
             step += 1
             pending.append(metrics)

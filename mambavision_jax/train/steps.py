@@ -6,6 +6,12 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from mambavision_jax.data.device_ops import (
+    erase_key,
+    erase_on_device,
+    normalize_on_device,
+)
+from mambavision_jax.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from mambavision_jax.train.ema import ema_update
 from mambavision_jax.train.mixup import mixup_cutmix
 from mambavision_jax.train.state import TrainState, split_model
@@ -22,14 +28,21 @@ def mesa_kd(logits, teacher_logits):
 
 
 def make_train_step(config, train_gd, eval_gd, tx, schedule, num_classes: int, steps_per_epoch: int,
-                    mix_groups: int):
+                    mix_groups: int, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD):
+    """batch: {"image": uint8 (B, H, W, 3), normalised here with mean / std (or float, already
+    normalised), "label": int (B,), optional "erase": int (B, K, 4) random-erasing boxes, filled
+    here with config.data.re_mode noise as timm's prefetcher does}."""
     mix, mesa = config.mixup, config.mesa
     ema_decay = float(config.ema.decay)
+    re_mode = config.data.re_mode
 
     def train_step(state: TrainState, batch):
+        images = normalize_on_device(batch["image"], mean, std)
+        if "erase" in batch:
+            images = erase_on_device(erase_key(config.seed, state.step), images, batch["erase"], re_mode)
         # The mixup key depends on the step alone, so a resumed run mixes exactly as before.
         key = jax.random.fold_in(jax.random.key(config.seed), state.step)
-        images, targets = mixup_cutmix(key, batch["image"], batch["label"], num_classes,
+        images, targets = mixup_cutmix(key, images, batch["label"], num_classes,
                                        mixup_alpha=mix.mixup_alpha, cutmix_alpha=mix.cutmix_alpha,
                                        prob=mix.prob, switch_prob=mix.switch_prob,
                                        label_smoothing=mix.label_smoothing, num_groups=mix_groups)
