@@ -14,6 +14,7 @@ import json
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import jax
@@ -43,7 +44,9 @@ class MetricWriter:
             return
         local = tempfile.mkdtemp(prefix="mv_tb_") if self._tb_remote else str(workdir / "tensorboard")
         self._tb_local = Path(local)
-        self._tb = SummaryWriter(local)
+        # A resumed run writes a new event file; the suffix keeps two runs started within the
+        # same second (tensorboardX names files by the second) from replacing each other's.
+        self._tb = SummaryWriter(local, filename_suffix=f".{uuid.uuid4().hex[:8]}")
 
     def write(self, step: int, kind: str, metrics: dict) -> None:
         if not self.enabled:
