@@ -2,15 +2,27 @@
 
 Any config field can be overridden: `--config.batch_size=256 --config.data.dir=/data/tfds`.
 Several processes (TPU pods, SLURM, or `--coordinator/--num_processes/--process_id`) run the
-same command; each reads its own shard of the data.
+same command; each reads its own shard of the data. `--workdir` may be local or gs://bucket/run.
+
+Exit codes: 0 done; 2 a bad flag or config value (`error: ...` on stderr, `--debug` or
+MAMBAVISION_JAX_DEBUG=1 for the traceback); 3 the loss or the weights stopped being finite (no
+checkpoint holds that state); 143 (`EXIT_PREEMPTED`) preempted by SIGTERM after writing a
+checkpoint at a step every process agreed on: run the same command to resume.
 """
+import difflib
+import importlib.util
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from mambavision_jax.cli import EXIT_USER_ERROR, debug_requested
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard logs go "
-                               "here; an existing workdir is resumed from its latest checkpoint.")
+                               "here (a local path or gs://...); an existing workdir is resumed from "
+                               "its latest checkpoint.")
 _COORD = flags.DEFINE_string("coordinator", None, "host:port of process 0 for a multi-process run.")
 _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 _PID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
@@ -18,18 +30,106 @@ _AUTO = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize
                           "cluster auto-detected (TPU pods, SLURM).")
 flags.mark_flags_as_required(["config", "workdir"])
 
+EXIT_NON_FINITE = 3
+
+
+def _fail(message: str, code: int = EXIT_USER_ERROR):
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _config_file(argv) -> str | None:
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            return a[len("--config="):]
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _unknown_field_message(argv) -> str | None:
+    """'unknown config field ...' with the closest valid names, for the first --config.X override
+    that names no field of the config file."""
+    path = _config_file(argv)
+    if path is None:
+        return None
+    try:
+        spec = importlib.util.spec_from_file_location("_train_config", path.split(":")[0])
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config(*path.split(":")[1:2])
+    except Exception:  # noqa: BLE001 - the original error is reported instead
+        return None
+    for a in argv:
+        if not a.startswith("--config."):
+            continue
+        parts = a[len("--config."):].split("=", 1)[0].split(".")
+        node = config
+        for depth, key in enumerate(parts):
+            if not hasattr(node, "keys"):
+                break
+            if key not in node:
+                where = ".".join(["config", *parts[:depth]])
+                valid = sorted(node.keys())
+                close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+                hint = ("did you mean " + ", ".join(f"{where}.{c}" for c in close) + "?" if close
+                        else f"the fields of {where} are " + ", ".join(valid))
+                return f"unknown config field {where}.{key}; {hint}"
+            node = node[key]
+    return None
+
+
+def _parse_flags(argv):
+    """absl's parser, but a bad flag or config override is one `error:` line and exit code 2."""
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:
+        if debug_requested():
+            raise
+        _fail(_unknown_field_message(argv[1:]) or f"bad config override: {e}")
+    except flags.Error as e:
+        if debug_requested():
+            raise
+        _fail(f"{e} (see --helpfull)")
+
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    from mambavision_jax.train.config import validate
+    try:
+        validate(_CONFIG.value)
+    except ValueError as e:
+        if debug_requested():
+            raise
+        _fail(e)
     import jax
     if _COORD.value or _NPROC.value:
         jax.distributed.initialize(_COORD.value, num_processes=_NPROC.value, process_id=_PID.value)
     elif _AUTO.value:
         jax.distributed.initialize()
+    from mambavision_jax.data import DatasetNotPreparedError
     from mambavision_jax.train import train_and_evaluate
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    from mambavision_jax.train.loop import NonFiniteLossError
+    from mambavision_jax.train.preemption import EXIT_PREEMPTED, Preempted
+    try:
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except Preempted as e:
+        print(f"preempted: {e}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_PREEMPTED)
+    except NonFiniteLossError as e:
+        _fail(e, EXIT_NON_FINITE)
+    except DatasetNotPreparedError as e:  # several lines: the commands that prepare it
+        if debug_requested():
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except ValueError as e:
+        if debug_requested():
+            raise
+        _fail(e)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

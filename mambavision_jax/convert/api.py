@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from mambavision_jax.convert.checkpoint_io import CheckpointError
 from mambavision_jax.convert.keymap import jax_to_torch_array, path_to_torch_key, torch_to_jax_array
 from mambavision_jax.convert.variants import candidates_for_weights, infer_variant, variant_from_hf_config
 from mambavision_jax.models.registry import VARIANTS, create_model, model_args, pretrained_cfg
+from mambavision_jax.paths import as_path, atomic_write_text
 
 _STATE = (nnx.Param, nnx.BatchStat)
 ORBAX_META = "mambavision_jax.json"
@@ -164,13 +166,13 @@ def save_checkpoint(model, directory: str | Path) -> Path:
     that names the variant, so `load_checkpoint(directory)` needs no other argument."""
     import orbax.checkpoint as ocp
 
-    directory = Path(directory).absolute()
+    directory = as_path(directory)  # local or gs://...
     if directory.exists():
         raise FileExistsError(f"{directory} exists; choose a new folder")
     meta = {"name": getattr(model, "name", None), "num_classes": model.num_classes}
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(directory / "state", nnx.state(model, _STATE))
-    (directory / ORBAX_META).write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(directory / ORBAX_META, json.dumps(meta, indent=2) + "\n")
     return directory
 
 
@@ -180,10 +182,15 @@ def load_checkpoint(path: str | Path, name: str | None = None, *, num_classes: i
     `load_torch_checkpoint` reads (.pth.tar, .safetensors, Hugging Face folder)."""
     import orbax.checkpoint as ocp
 
-    path = Path(path).absolute()
+    path = as_path(path)  # local or gs://...
     if not (path / ORBAX_META).is_file():
+<<<<<<< HEAD
         return load_torch_checkpoint(path, name, num_classes=num_classes, use_ema=use_ema, dtype=dtype,
                                      allow_nonfinite=allow_nonfinite, **kwargs)
+=======
+        return load_torch_checkpoint(os.fspath(path), name, num_classes=num_classes, use_ema=use_ema,
+                                     dtype=dtype, **kwargs)
+>>>>>>> h3-train
     if use_ema:
         raise CheckpointError(f"{path}: an orbax model checkpoint holds one set of weights; use_ema "
                               f"applies to official .pth.tar files")

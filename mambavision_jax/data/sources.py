@@ -11,6 +11,7 @@ import os
 import tensorflow_datasets as tfds
 
 from mambavision_jax.data.digits import DIGITS_NAME, build_digits
+from mambavision_jax.paths import as_path, is_remote
 
 _RANDOM_ACCESS_FORMATS = ("array_record", "parquet")
 
@@ -28,7 +29,8 @@ class DatasetSummary:
 
 
 def _resolve_data_dir(data_dir) -> str:
-    return os.fspath(data_dir or tfds.core.constants.DATA_DIR)
+    """The data dir as TFDS takes it: a local path (absolute, `~` expanded) or a URL as given."""
+    return os.fspath(as_path(data_dir) if data_dir else tfds.core.constants.DATA_DIR)
 
 
 def prepare_instructions(name: str, data_dir=None) -> str:
@@ -57,7 +59,7 @@ def get_builder(name: str, data_dir=None) -> tfds.core.DatasetBuilder:
     if name.split(":")[0] == DIGITS_NAME:
         build_digits(data_dir)
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
+        builder = tfds.builder(name, data_dir=_resolve_data_dir(data_dir) if data_dir else None)
     except tfds.core.registered.DatasetNotFoundError:
         raise DatasetNotPreparedError(
             f"Dataset {name!r} is neither a TFDS dataset nor prepared in {_resolve_data_dir(data_dir)}.\n"
@@ -78,7 +80,15 @@ def get_builder(name: str, data_dir=None) -> tfds.core.DatasetBuilder:
 
 def open_source(name: str, split: str, data_dir=None, image_key: str = "image"):
     """Random-access source of `split` (any TFDS split string, e.g. 'train[:10%]'). The image stays
-    encoded (bytes): decoding happens in the transform, inside grain's threads or worker processes."""
+    encoded (bytes): decoding happens in the transform, inside grain's threads or worker processes.
+
+    ArrayRecord reads local files only: a data set in a bucket is copied to each host's local disk
+    (or the bucket mounted with gcsfuse) and that local path given as the data dir."""
+    if data_dir and is_remote(data_dir):
+        raise ValueError(f"data dir {data_dir}: ArrayRecord files are read from a local file system only; "
+                         f"copy the prepared data set to each host's local disk (gcloud storage cp -r "
+                         f"{os.fspath(data_dir).rstrip('/')}/{name.split(':')[0]} LOCAL_DIR/) or mount the "
+                         f"bucket with gcsfuse, and pass that local directory")
     builder = get_builder(name, data_dir)
     return builder.as_data_source(split=split, decoders={image_key: tfds.decode.SkipDecoding()})
 

@@ -1,16 +1,21 @@
 """Orbax checkpoints of the whole train state plus each host's data-iterator position.
 
 `checkpoints/` keeps the last N (async, atomic: a run killed mid-save resumes from the previous
-one); `best/` keeps the one with the best EMA top-1 (raw top-1 without EMA).
+one); `best/` keeps the one with the best EMA top-1 (raw top-1 without EMA). The workdir may be
+local or an object store (gs://...): orbax writes through tensorstore, the iterator JSON through
+epath.
+
+The caller saves only states it has checked to be finite (see loop.py), so every checkpoint here
+is one that training can resume from.
 """
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+
+from mambavision_jax.paths import PathLike, as_path, atomic_write_text
 
 
 def _is_key(x) -> bool:
@@ -37,11 +42,12 @@ def _abstract_saveable(state, shardings):
 
 
 class Checkpointer:
-    def __init__(self, workdir: str | Path, keep: int = 3):
-        workdir = Path(workdir).absolute()
+    def __init__(self, workdir: PathLike, keep: int = 3):
+        workdir = as_path(workdir)
+        self.directory = workdir / "checkpoints"
         self.data_dir = workdir / "checkpoints" / "data_state"
         opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
-        self.latest = ocp.CheckpointManager(workdir / "checkpoints", options=opts)
+        self.latest = ocp.CheckpointManager(self.directory, options=opts)
         best_opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, best_fn=lambda m: m["score"],
                                                  best_mode="max", enable_async_checkpointing=False)
         self.best = ocp.CheckpointManager(workdir / "best", options=best_opts)
@@ -50,16 +56,16 @@ class Checkpointer:
         if data_state is not None:
             # Every host writes its own iterator position before the state (small JSON, atomic).
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            path = self.data_dir / f"{step}.{jax.process_index()}.json"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data_state, default=_json_default))
-            os.replace(tmp, path)
-        self.latest.save(step, args=ocp.args.StandardSave(to_saveable(state)))
+            atomic_write_text(self.data_dir / f"{step}.{jax.process_index()}.json",
+                              json.dumps(data_state, default=_json_default))
+        # force: the loop decides when to save (its own interval, eval, preemption).
+        self.latest.save(step, args=ocp.args.StandardSave(to_saveable(state)), force=True)
 
     def save_best(self, step: int, state, score: float) -> None:
         if self.best.latest_step() == step:
             return
-        self.best.save(step, args=ocp.args.StandardSave(to_saveable(state)), metrics={"score": float(score)})
+        self.best.save(step, args=ocp.args.StandardSave(to_saveable(state)), metrics={"score": float(score)},
+                       force=True)
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,18 +12,20 @@ from mambavision_jax import data as mvdata
 from mambavision_jax.data.device_ops import DevicePrefetch, normalize_on_device
 from mambavision_jax.models.registry import pretrained_cfg
 from mambavision_jax.ops import under_kernel_mesh
+from mambavision_jax.paths import PathLike, as_path, atomic_write_text
 from mambavision_jax.train import sharding as shd
 from mambavision_jax.train.checkpoint import Checkpointer
 from mambavision_jax.train.config import validate
 from mambavision_jax.train.metrics import MetricWriter, Throughput
 from mambavision_jax.train.optim import make_optimizer
+from mambavision_jax.train.preemption import Preempted, PreemptionWatcher
 from mambavision_jax.train.schedule import make_schedule, num_train_epochs
 from mambavision_jax.train.state import create_train_state, graphdefs, model_kwargs, with_weights
 from mambavision_jax.train.steps import make_eval_step, make_train_step
 
 
 class NonFiniteLossError(RuntimeError):
-    pass
+    """The loss or the parameters stopped being finite; nothing from that state was saved."""
 
 
 def _augment(config) -> mvdata.TrainAugConfig:
@@ -39,10 +40,27 @@ def _every(value: int, steps_per_epoch: int) -> int:
     return steps_per_epoch if value <= 0 else value
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Train `config` in `workdir`, resuming from its latest checkpoint. Returns the final eval."""
+def _with_finite_flag(train_step):
+    """Adds `metrics["finite"]`: the loss and every updated parameter and BatchNorm statistic are
+    finite. One reduction fused into the step, read on the host only where a checkpoint is due, so
+    a checkpoint is never written from an exploded state."""
+    def step(state, batch):
+        new, metrics = train_step(state, batch)
+        finite = jnp.isfinite(metrics["loss"])
+        for x in jax.tree.leaves((new.params, new.batch_stats)):
+            finite = finite & jnp.all(jnp.isfinite(x))
+        return new, {**metrics, "finite": finite}
+    return step
+
+
+def train_and_evaluate(config, workdir: PathLike) -> dict:
+    """Train `config` in `workdir` (a local path or a URL such as gs://bucket/run), resuming from
+    its latest checkpoint. Returns the final eval.
+
+    Raises `Preempted` after writing a checkpoint when the run got SIGTERM (see preemption.py),
+    and `NonFiniteLossError` when the loss or the weights stop being finite."""
     validate(config)
-    workdir = Path(workdir)
+    workdir = as_path(workdir)
     mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
     n_dev = mesh.size
     eval_batch = config.eval_batch_size if config.eval_batch_size > 0 else config.batch_size
@@ -75,13 +93,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     train_gd, eval_gd = graphdefs(config, num_classes, bn_groups)
     state, shardings = create_train_state(config, num_classes, bn_groups, tx, mesh)
     writer = MetricWriter(workdir, total_steps)
+    if jax.process_index() == 0:
+        atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
 
     start_step, data_state = 0, None
     if ckpt.latest_step() is not None:
         start_step = int(ckpt.latest_step())
         state, data_state = ckpt.restore(start_step, state, shardings)
-        writer.log(f"resumed from {workdir / 'checkpoints'} at step {start_step}")
+        writer.log(f"resumed from {ckpt.directory} at step {start_step}")
     elif config.init_from:
         state = _init_from(config, state, shardings, num_classes, bn_groups, writer)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
@@ -94,11 +114,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     repl = shd.replicated(mesh)
     # The Pallas scans run per device on their share of the batch (see ops.kernel_mesh).
     train_step = jax.jit(
-        under_kernel_mesh(make_train_step(config, train_gd, eval_gd, tx, schedule, num_classes,
-                                          steps_per_epoch,
-                                          mix_groups=n_dev if config.bn_stats == "per_device" else 1,
-                                          mean=cfg.mean, std=cfg.std),
-                          mesh, shd.BATCH_AXES),
+        _with_finite_flag(under_kernel_mesh(
+            make_train_step(config, train_gd, eval_gd, tx, schedule, num_classes, steps_per_epoch,
+                            mix_groups=n_dev if config.bn_stats == "per_device" else 1,
+                            mean=cfg.mean, std=cfg.std),
+            mesh, shd.BATCH_AXES)),
         in_shardings=(shardings, batch_sharding), out_shardings=(shardings, repl), donate_argnums=(0,))
     eval_step = jax.jit(under_kernel_mesh(make_eval_step(eval_gd), mesh, shd.BATCH_AXES),
                         out_shardings=repl)
@@ -154,41 +174,64 @@ def train_and_evaluate(config, workdir: str) -> dict:
     meter = Throughput(start_step, total_steps, config.batch_size)
     pending, last_eval = [], {}
     step = start_step
+    preemption = PreemptionWatcher()
     try:
         while step < total_steps:
             batch = next(train_iter)
             state, metrics = train_step(state, batch)
             step += 1
             pending.append(metrics)
-            is_ckpt = step % ckpt_every == 0 or step == total_steps
+            preempted = preemption.reached(step)
+            is_ckpt = step % ckpt_every == 0 or step == total_steps or preempted
+            is_eval = step % eval_every == 0 or step == total_steps
             if step % log_every == 0 or is_ckpt:
                 _flush(pending, step, steps_per_epoch, meter, writer, ckpt)
                 pending = []
+            elif is_eval:
+                _check_finite(pending, step, ckpt)  # best/ too holds only finite states
             if is_ckpt:
                 ckpt.save(step, state, train_iter.get_state())
-            if step % eval_every == 0 or step == total_steps:
+            if preempted:
+                ckpt.wait()
+                writer.log(f"preempted: checkpoint of step {step} written to {ckpt.directory}")
+                raise Preempted(step, str(ckpt.directory))
+            if is_eval:
                 last_eval = evaluate(step)
                 score = last_eval.get("ema_top1", last_eval["top1"])
                 ckpt.save_best(step, state, score)
                 meter.restart(step)
     finally:
+        preemption.close()
         ckpt.wait()
         ckpt.close()
         writer.close()
     return last_eval
 
 
+def _check_finite(pending, step, ckpt) -> list[dict]:
+    """The metrics of the steps since the last report on the host (one sync); raises
+    NonFiniteLossError naming the first step whose loss or updated weights are not finite."""
+    rows = jax.device_get(pending)
+    for i, r in enumerate(rows):
+        loss, weights_ok = float(r["loss"]), bool(r.get("finite", True))
+        if np.isfinite(loss) and weights_ok:
+            continue
+        bad = step - len(rows) + i + 1
+        what = (f"the loss became {loss}" if not np.isfinite(loss)
+                else f"the weights stopped being finite (loss {loss:.4g})")
+        latest = ckpt.latest_step()
+        kept = (f"The last good checkpoint (step {latest}) is kept" if latest is not None
+                else "No checkpoint had been written yet, so there is nothing to resume from")
+        raise NonFiniteLossError(f"{what} at step {bad}; stopping. {kept}; lower optimizer.lr or check "
+                                 f"the data.")
+    return rows
+
+
 def _flush(pending, step, steps_per_epoch, meter, writer, ckpt) -> None:
     """Fetch the metrics of the steps since the last report (one host sync), log their mean, and
-    stop on a non-finite loss before anything is checkpointed."""
-    rows = jax.device_get(pending)
-    losses = np.array([r["loss"] for r in rows])
-    if not np.all(np.isfinite(losses)):
-        bad = step - len(rows) + int(np.argmax(~np.isfinite(losses))) + 1
-        raise NonFiniteLossError(
-            f"the loss became {losses[~np.isfinite(losses)][0]} at step {bad}; stopping. The last good "
-            f"checkpoint (step {ckpt.latest_step()}) is kept; lower optimizer.lr or check the data.")
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    stop on a non-finite loss or weights before anything is checkpointed."""
+    rows = _check_finite(pending, step, ckpt)
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "finite"}
     mean["lr"] = float(rows[-1]["lr"])
     ips, eta = meter.report(step)
     mean["img_per_s"] = ips

@@ -1,0 +1,40 @@
+"""Helpers for tests that run `train.py` as a user would (subprocesses)."""
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / f"mambavision_jax_test_cache_{os.getuid()}"
+
+
+def train_env(devices: int, **extra) -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["PYTHONPATH"] = str(ROOT)
+    # The runs of one test compile the same steps: share XLA's persistent compilation cache.
+    env["JAX_COMPILATION_CACHE_DIR"] = str(CACHE)
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    env.update(extra)
+    return env
+
+
+def train_cmd(workdir, *overrides) -> list[str]:
+    return [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "tests" / "small_train_config.py"),
+            "--workdir", str(workdir), *overrides]
+
+
+def train_losses(jsonl_text: str) -> dict[int, float]:
+    """{step: loss} of a metrics.jsonl (a later row of a step, written after a resume, wins)."""
+    rows = [json.loads(line) for line in jsonl_text.splitlines() if line.strip()]
+    return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+
+
+def read_until(proc, prefix: str, seen: list[str]) -> str | None:
+    """Read `proc`'s stdout lines (kept in `seen`) until one starts with `prefix`; None at EOF."""
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(prefix):
+            return line
+    return None
