@@ -29,15 +29,32 @@ import jax
 import numpy as np
 
 from mambavision_jax import cli
-from mambavision_jax.inference import (NonFiniteOutputError, Preprocessing, Runner,
-                                       add_preprocessing_arguments, add_weights_arguments,
-                                       check_output_file, check_weights_arguments, load_model,
-                                       resolve_preprocessing, weights_config)
+from mambavision_jax.inference import (
+    NonFiniteOutputError,
+    Preprocessing,
+    Runner,
+    add_preprocessing_arguments,
+    add_weights_arguments,
+    check_output_file,
+    check_weights_arguments,
+    load_model,
+    resolve_preprocessing,
+    weights_config,
+)
 from mambavision_jax.metrics import summarize
 
 # Preprocessing, Runner, ... are re-exported: they lived here before mambavision_jax.inference.
-__all__ = ["Preprocessing", "resolve_preprocessing", "weights_config", "load_model", "Runner",
-           "evaluate", "folder_examples", "folder_batches", "main"]
+__all__ = [
+    "Preprocessing",
+    "Runner",
+    "evaluate",
+    "folder_batches",
+    "folder_examples",
+    "load_model",
+    "main",
+    "resolve_preprocessing",
+    "weights_config",
+]
 
 
 def _sum_over_processes(totals: dict[str, float]) -> dict[str, float]:

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-__all__ = ["export_jax", "load_jax_export", "export_onnx", "check_onnx", "main"]
+__all__ = ["check_onnx", "export_jax", "export_onnx", "load_jax_export", "main"]
 
 JAX_FILE, ONNX_FILE, CONFIG_FILE = "model.jax_export", "model.onnx", "export_config.json"
 PORTABLE_SCAN_IMPLS = ("sequential", "associative")  # plain XLA: any platform, jax.export
@@ -244,13 +244,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_onnx_tools(check: bool) -> None:
-    import importlib.util
+    """Import what the ONNX export needs now, before any work, so a missing package is one line."""
+    import importlib
 
     from mambavision_jax import cli
-    missing = [m for m in ("jax2onnx", "onnx_ir") + (("onnxruntime",) if check else ())
-               if importlib.util.find_spec(m) is None]
+    _quiet_jax2onnx()
+    missing = []
+    for module in ("jax2onnx", "onnx_ir") + (("onnxruntime",) if check else ()):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
     if missing:
-        raise cli.UserError(f"ONNX export needs {', '.join(missing)}, which is not installed: "
+        raise cli.UserError(f"ONNX export needs {', '.join(missing)}, which cannot be imported: "
                             f"{JAX2ONNX_HINT}; or pass --jax to write only {JAX_FILE}")
 
 
@@ -287,8 +293,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import shutil
     import tempfile
 
-    from mambavision_jax.inference import (check_weights_arguments, load_model, resolve_preprocessing,
-                                           weights_config)
+    from mambavision_jax.inference import (
+        check_weights_arguments,
+        load_model,
+        resolve_preprocessing,
+        weights_config,
+    )
     from mambavision_jax.paths import atomic_write_text
 
     args = _parser().parse_args(argv)

@@ -30,8 +30,17 @@ from mambavision_jax.metrics import classification_metrics
 from mambavision_jax.models.registry import IMAGENET_MEAN, IMAGENET_STD
 from mambavision_jax.ops import under_kernel_mesh
 
-__all__ = ["Preprocessing", "resolve_preprocessing", "weights_config", "is_training_run",
-           "load_checkpoint", "load_model", "Runner", "NonFiniteOutputError", "RUN_MODEL_CONFIG"]
+__all__ = [
+    "RUN_MODEL_CONFIG",
+    "NonFiniteOutputError",
+    "Preprocessing",
+    "Runner",
+    "is_training_run",
+    "load_checkpoint",
+    "load_model",
+    "resolve_preprocessing",
+    "weights_config",
+]
 
 # Written by the training loop beside checkpoints/ and best/: the model's config.to_dict().
 RUN_MODEL_CONFIG = "model_config.json"
@@ -157,12 +166,16 @@ def _restore_run_weights(step_dir: Path, model, ema: bool, require_ema: bool) ->
     """(params, batch stats, whether they are the EMA ones) of the train state in `step_dir`,
     restored alone (no optimizer state) into the model's structure, on one device."""
     import orbax.checkpoint as ocp
+    from etils import epath
 
-    item_dir = step_dir / "default"
-    with ocp.PyTreeCheckpointer() as ckptr:
+    item_dir = epath.Path(step_dir / "default")  # the CheckpointManager's item name for one item
+    # The handler, not a Checkpointer: the step folder is read as it is, without the
+    # Checkpointer's look for a step-metadata file that the manager keeps one level up.
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
         try:
-            saved = ckptr.metadata(item_dir).item_metadata.tree
-        except Exception as e:  # noqa: BLE001 - any unreadable metadata is one message
+            saved = handler.metadata(item_dir).tree
+        except Exception as e:
             raise ValueError(f"{step_dir}: not a readable training checkpoint ({type(e).__name__}: "
                              f"{_first_line(e)})") from None
         if not isinstance(saved, dict) or "params" not in saved:
@@ -179,11 +192,13 @@ def _restore_run_weights(step_dir: Path, model, ema: bool, require_ema: bool) ->
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), target)
         restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), abstract)
         try:
-            restored = ckptr.restore(item_dir, args=ocp.args.PyTreeRestore(
+            restored = handler.restore(item_dir, args=ocp.args.PyTreeRestore(
                 item=abstract, restore_args=restore_args, partial_restore=True))
-        except Exception as e:  # noqa: BLE001 - a mismatched or corrupt checkpoint is one message
+        except Exception as e:
             raise ValueError(f"{step_dir}: cannot restore the model's weights ({type(e).__name__}: "
                              f"{_first_line(e)}); is {RUN_MODEL_CONFIG} the run's own?") from None
+    finally:
+        handler.close()
     return restored[prefix + "params"], restored[prefix + "batch_stats"], use_ema
 
 
@@ -312,7 +327,7 @@ def _make_programs(graphdef, k: int, mesh):
         probs = jax.nn.softmax(logits_fn(state, images), axis=-1)
         return jax.lax.top_k(probs, k)
 
-    per_device = lambda fn: under_kernel_mesh(fn, mesh, BATCH_AXES)  # noqa: E731 - Pallas scans
+    per_device = lambda fn: under_kernel_mesh(fn, mesh, BATCH_AXES)
     return (jax.jit(per_device(logits_fn), in_shardings=(rep, bat), out_shardings=bat),
             jax.jit(per_device(metrics_fn), in_shardings=(rep, bat, bat, bat), out_shardings=rep),
             jax.jit(per_device(probs_fn), in_shardings=(rep, bat), out_shardings=bat))

@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["imagenet_synsets", "imagenet_class_names", "read_labels_file", "class_names_for"]
+__all__ = ["class_names_for", "imagenet_class_names", "imagenet_synsets", "read_labels_file"]
 
 
 @functools.cache

@@ -26,12 +26,23 @@ import numpy as np
 
 from mambavision_jax import cli
 from mambavision_jax.images import DEFAULT_MAX_PIXELS
-# Re-exported: the class-name helpers lived here before mambavision_jax.labels.
-from mambavision_jax.labels import (class_names_for, imagenet_class_names, imagenet_synsets,
-                                    read_labels_file)
 
-__all__ = ["imagenet_class_names", "imagenet_synsets", "read_labels_file", "class_names_for", "predict",
-           "main"]
+# Re-exported: the class-name helpers lived here before mambavision_jax.labels.
+from mambavision_jax.labels import (
+    class_names_for,
+    imagenet_class_names,
+    imagenet_synsets,
+    read_labels_file,
+)
+
+__all__ = [
+    "class_names_for",
+    "imagenet_class_names",
+    "imagenet_synsets",
+    "main",
+    "predict",
+    "read_labels_file",
+]
 
 
 def _as_pil(image, alpha, max_pixels):
@@ -58,7 +69,11 @@ def predict(model, images: Sequence[Any], *, topk: int = 5, labels=None, preproc
     Raises NonFiniteOutputError if the model's outputs are NaN or infinite (its weights cannot be
     right), rather than returning NaN probabilities.
     """
-    from mambavision_jax.inference import NonFiniteOutputError, Runner, resolve_preprocessing
+    from mambavision_jax.inference import (
+        NonFiniteOutputError,
+        Runner,
+        resolve_preprocessing,
+    )
 
     if int(topk) < 1 or int(batch_size) < 1:
         raise ValueError(f"topk and batch_size must be >= 1, got topk={topk}, batch_size={batch_size}")
@@ -83,7 +98,10 @@ def predict(model, images: Sequence[Any], *, topk: int = 5, labels=None, preproc
 
 
 def _parser() -> argparse.ArgumentParser:
-    from mambavision_jax.inference import add_preprocessing_arguments, add_weights_arguments
+    from mambavision_jax.inference import (
+        add_preprocessing_arguments,
+        add_weights_arguments,
+    )
 
     p = cli.ArgumentParser(
         prog="python -m mambavision_jax.predict",
@@ -127,7 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise FileNotFoundError(f"--labels {args.labels}: no such file")
     labels = read_labels_file(args.labels) if args.labels is not None else None
 
-    from mambavision_jax.inference import Runner, load_model, resolve_preprocessing, weights_config
+    from mambavision_jax.inference import (
+        Runner,
+        load_model,
+        resolve_preprocessing,
+        weights_config,
+    )
 
     model = load_model(args.weights, args.model, dtype=args.dtype, ema=args.ema, which=args.checkpoint)
     if args.topk > model.num_classes:
