@@ -175,7 +175,7 @@ def _restore_run_weights(step_dir: Path, model, ema: bool, require_ema: bool) ->
     try:
         try:
             saved = handler.metadata(item_dir).tree
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - whatever orbax raises, the user gets one line
             raise ValueError(f"{step_dir}: not a readable training checkpoint ({type(e).__name__}: "
                              f"{_first_line(e)})") from None
         if not isinstance(saved, dict) or "params" not in saved:
@@ -194,7 +194,7 @@ def _restore_run_weights(step_dir: Path, model, ema: bool, require_ema: bool) ->
         try:
             restored = handler.restore(item_dir, args=ocp.args.PyTreeRestore(
                 item=abstract, restore_args=restore_args, partial_restore=True))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a mismatched or corrupt checkpoint: one line
             raise ValueError(f"{step_dir}: cannot restore the model's weights ({type(e).__name__}: "
                              f"{_first_line(e)}); is {RUN_MODEL_CONFIG} the run's own?") from None
     finally:
