@@ -139,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     check_weights_arguments(args)
     for img in args.images:
+        if Path(img).is_dir():
+            raise IsADirectoryError(f"{img} is a folder, not an image file (evaluate --folder reads folders)")
         if not Path(img).is_file():
             raise FileNotFoundError(f"{img}: no such image file")
     if args.labels is not None and not Path(args.labels).is_file():
