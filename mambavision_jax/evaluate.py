@@ -38,6 +38,7 @@ from mambavision_jax.inference import (
     check_output_file,
     check_weights_arguments,
     load_model,
+    preprocessing_for,
     resolve_preprocessing,
     weights_config,
 )
@@ -308,8 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_output_file("--json", args.json)
     model = load_model(args.weights, args.model, dtype=args.dtype, ema=args.ema,
                        scan_impl=args.scan_impl, which=args.checkpoint)
-    pre = resolve_preprocessing(model, image_size=args.image_size, crop_pct=args.crop_pct,
-                                crop_mode=args.crop_mode, hf_config=weights_config(args.weights))
+    pre = preprocessing_for(model, args.weights, image_size=args.image_size, crop_pct=args.crop_pct,
+                            crop_mode=args.crop_mode)
     skipped: list = []
     if args.folder:
         paths, labels, classes = folder_examples(args.folder, num_classes=model.num_classes,

@@ -293,12 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import shutil
     import tempfile
 
-    from mambavision_jax.inference import (
-        check_weights_arguments,
-        load_model,
-        resolve_preprocessing,
-        weights_config,
-    )
+    from mambavision_jax.inference import check_weights_arguments, load_model, preprocessing_for
     from mambavision_jax.paths import atomic_write_text
 
     args = _parser().parse_args(argv)
@@ -310,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_onnx_tools(not args.no_check)
 
     model = load_model(args.weights, args.model, ema=args.ema, which=args.checkpoint)
-    pre = resolve_preprocessing(model, image_size=args.image_size, hf_config=weights_config(args.weights))
+    pre = preprocessing_for(model, args.weights, image_size=args.image_size)
     batch = None if args.dynamic_batch else args.batch
     config: dict[str, Any] = {
         "model": getattr(model, "name", None), "weights": os.fspath(args.weights),

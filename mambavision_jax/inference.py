@@ -38,7 +38,9 @@ __all__ = [
     "is_training_run",
     "load_checkpoint",
     "load_model",
+    "preprocessing_for",
     "resolve_preprocessing",
+    "training_run_preprocessing",
     "weights_config",
 ]
 
@@ -73,7 +75,7 @@ class Preprocessing:
 def weights_config(weights: str | os.PathLike | None) -> dict[str, Any] | None:
     """The Hugging Face config.json that goes with `weights` (a model folder, or a .safetensors file
     with config.json beside it), or None."""
-    if weights is None:
+    if weights is None or is_training_run(weights):  # a run's config.json is its training config
         return None
     p = Path(weights)
     cfg = p / "config.json" if p.is_dir() else (p.parent / "config.json" if p.suffix == ".safetensors" else None)
@@ -83,6 +85,35 @@ def weights_config(weights: str | os.PathLike | None) -> dict[str, Any] | None:
         return json.loads(cfg.read_text())
     except (OSError, ValueError):
         return None
+
+
+def training_run_preprocessing(weights: str | os.PathLike | None) -> dict[str, Any]:
+    """The eval preprocessing a training run used (its config.json's data.image_size, crop_pct,
+    crop_mode, where set), as resolve_preprocessing arguments; {} for anything else."""
+    if weights is None or not is_training_run(weights) or not (Path(weights) / "config.json").is_file():
+        return {}
+    try:
+        data = json.loads((Path(weights) / "config.json").read_text()).get("data", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    out: dict[str, Any] = {}
+    if isinstance(data.get("image_size"), int) and data["image_size"] > 0:
+        out["image_size"] = data["image_size"]
+    if isinstance(data.get("crop_pct"), (int, float)) and 0 < data["crop_pct"] <= 1:
+        out["crop_pct"] = float(data["crop_pct"])  # <= 0 in the config: the variant's
+    if data.get("crop_mode") in ("center", "squash"):
+        out["crop_mode"] = data["crop_mode"]
+    return out
+
+
+def preprocessing_for(model, weights, *, image_size: int | None = None, crop_pct: float | None = None,
+                      crop_mode: str | None = None) -> Preprocessing:
+    """The command lines' preprocessing: the variant's, then what the weights say (a Hugging Face
+    config.json, or a training run's data config), then the explicit arguments."""
+    run = training_run_preprocessing(weights)
+    explicit = {"image_size": image_size, "crop_pct": crop_pct, "crop_mode": crop_mode}
+    return resolve_preprocessing(model, hf_config=weights_config(weights),
+                                 **{k: v if v is not None else run.get(k) for k, v in explicit.items()})
 
 
 def resolve_preprocessing(model=None, *, image_size: int | None = None, crop_pct: float | None = None,

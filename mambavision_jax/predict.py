@@ -147,19 +147,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise FileNotFoundError(f"--labels {args.labels}: no such file")
     labels = read_labels_file(args.labels) if args.labels is not None else None
 
-    from mambavision_jax.inference import (
-        Runner,
-        load_model,
-        resolve_preprocessing,
-        weights_config,
-    )
+    from mambavision_jax.inference import Runner, load_model, preprocessing_for, weights_config
 
     model = load_model(args.weights, args.model, dtype=args.dtype, ema=args.ema, which=args.checkpoint)
     if args.topk > model.num_classes:
         raise cli.UserError(f"--topk {args.topk} is more than the model's {model.num_classes} classes")
     hf = weights_config(args.weights)
-    pre = resolve_preprocessing(model, image_size=args.image_size, crop_pct=args.crop_pct,
-                                crop_mode=args.crop_mode, hf_config=hf)
+    pre = preprocessing_for(model, args.weights, image_size=args.image_size, crop_pct=args.crop_pct,
+                            crop_mode=args.crop_mode)
     try:
         names = class_names_for(model.num_classes, labels=labels, hf_config=hf)
     except ValueError as e:

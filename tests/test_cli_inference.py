@@ -50,6 +50,9 @@ def make_training_run(workdir: Path, model, ema_scale: float = 0.5, step: int = 
     ckpt.wait()
     ckpt.close()
     (workdir / "model_config.json").write_text(json.dumps(_model_config(model)))
+    # The training config (train.py writes it): its eval preprocessing is the run's.
+    (workdir / "config.json").write_text(json.dumps({"data": {"image_size": SIZE, "crop_pct": 0.875,
+                                                              "crop_mode": ""}}))
 
 
 @pytest.fixture(scope="module")
@@ -187,10 +190,12 @@ def test_load_checkpoint_opens_a_training_run(files):
 
 
 def test_evaluate_and_predict_accept_a_training_run(files, tmp_path):
-    out = _run("evaluate", ["--weights", "run", "--folder", "val", "--image_size", str(SIZE), "--no_progress",
+    out = _run("evaluate", ["--weights", "run", "--folder", "val", "--no_progress",
                             "--json", str(tmp_path / "s.json")], files)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "s.json").read_text())
+    pre = summary["preprocessing"]  # the run's data config, the variant's crop mode
+    assert (pre["image_size"], pre["crop_pct"], pre["crop_mode"]) == (SIZE, 0.875, "center")
     assert summary["n"] == 4 and summary["checkpoint"]["step"] == 3 and summary["checkpoint"]["ema"] is True
     assert 0 <= summary["top1"] <= 100 and np.isfinite(summary["loss"])
     out = _run("predict", [PNG, "--weights", "run", "--no_ema", "--topk", "2", "--json"], files)
