@@ -15,8 +15,11 @@ def __getattr__(name):
                 "load_state_dict", "from_torch_state_dict"):
         from mambavision_jax import convert
         return getattr(convert, name)
+    if name == "load_checkpoint":  # a training run's checkpoints, or any model checkpoint
+        from mambavision_jax.inference import load_checkpoint
+        return load_checkpoint
     raise AttributeError(f"module 'mambavision_jax' has no attribute {name!r}")
 
 
 __all__ = ["FeatureExtractor", "MambaVision", "create_model", "list_models", "pretrained_cfg",
-           "load_torch_checkpoint", "to_torch_state_dict", "save_torch_checkpoint"]
+           "load_torch_checkpoint", "to_torch_state_dict", "save_torch_checkpoint", "load_checkpoint"]

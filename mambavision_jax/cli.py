@@ -106,3 +106,10 @@ def float_range(minimum: float | None = None, maximum: float | None = None, *,
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     """`--debug` (read by `run` before parsing) shown in --help."""
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are UserErrors: under `run`, one `error: ...` line, exit 2."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see {self.prog} --help)")

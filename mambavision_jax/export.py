@@ -4,7 +4,7 @@
     python -m mambavision_jax.export --weights W --out DIR --dynamic-batch --onnx
 
 Both artifacts take float32 NHWC images (batch, H, W, 3), already preprocessed and normalised
-(see `mambavision_jax.evaluate.Preprocessing`; the values are in DIR/export_config.json), and
+(see `mambavision_jax.inference.Preprocessing`; the values are in DIR/export_config.json), and
 return float32 logits (batch, num_classes). The weights are baked in as constants.
 
 - `model.jax_export` (`jax.export.Exported.serialize()`): load with
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-__all__ = ["export_jax", "load_jax_export", "export_onnx", "check_onnx", "main"]
+__all__ = ["check_onnx", "export_jax", "export_onnx", "load_jax_export", "main"]
 
 JAX_FILE, ONNX_FILE, CONFIG_FILE = "model.jax_export", "model.onnx", "export_config.json"
 PORTABLE_SCAN_IMPLS = ("sequential", "associative")  # plain XLA: any platform, jax.export
@@ -186,26 +186,43 @@ def check_onnx(path: str | os.PathLike, model, *, batch_size: int = 2,
 
 
 # ----------------------------------------------------------------------------- CLI
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # jax.export's lowering platforms
+JAX2ONNX_HINT = "pip install --no-deps jax2onnx==0.17.1 (and the [export] extra: onnx, onnx-ir, onnxruntime)"
+
+
+def _platforms(text: str) -> tuple[str, ...]:
+    """argparse type: comma-separated lowering platforms."""
+    names = tuple(s.strip().lower() for s in text.split(",") if s.strip())
+    bad = [n for n in names if n not in PLATFORMS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(PLATFORMS)}, "
+                                         f"got {text!r}")
+    return tuple(dict.fromkeys(names))
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from mambavision_jax import cli
+    from mambavision_jax.inference import add_weights_arguments
+
+    p = cli.ArgumentParser(
         prog="python -m mambavision_jax.export",
         description="Export a MambaVision checkpoint as a serialized jax.export artifact "
                     f"({JAX_FILE}) and an ONNX file ({ONNX_FILE}, via jax2onnx, checked with "
                     "onnxruntime). Inputs: float32 NHWC images, preprocessed and normalised "
-                    f"(the transform is written to {CONFIG_FILE}); outputs: logits.",
+                    f"(the transform is written to {CONFIG_FILE}); outputs: logits. The output "
+                    "folder is written whole or not at all.",
         epilog="example: python -m mambavision_jax.export --weights mambavision_tiny_1k.pth.tar "
                "--out export_T --dynamic-batch")
-    p.add_argument("--weights", required=True,
-                   help="checkpoint: official .pth.tar, .safetensors, Hugging Face model folder, or "
-                        "an orbax folder from mambavision_jax.convert")
-    p.add_argument("--model", default=None,
-                   help="variant name, e.g. mamba_vision_T (default: inferred from the weights)")
-    p.add_argument("--out", required=True, help="output folder (created)")
+    add_weights_arguments(p)
+    p.add_argument("--out", required=True,
+                   help="output folder (created; an existing non-empty one needs --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder (only once the new export has succeeded)")
     b = p.add_mutually_exclusive_group()
-    b.add_argument("--batch", type=int, default=1, help="fixed batch size (default 1)")
+    b.add_argument("--batch", type=cli.positive_int, default=1, help="fixed batch size (default 1)")
     b.add_argument("--dynamic-batch", "--dynamic_batch", dest="dynamic_batch", action="store_true",
                    help="symbolic batch dimension: one artifact for any batch size")
-    p.add_argument("--image_size", type=int, default=None,
+    p.add_argument("--image_size", type=cli.positive_int, default=None,
                    help="input height = width (default: the variant's, e.g. 224)")
     p.add_argument("--onnx", action="store_true", help=f"write {ONNX_FILE} (default: both formats)")
     p.add_argument("--jax", action="store_true", help=f"write {JAX_FILE} (default: both formats)")
@@ -214,28 +231,82 @@ def _parser() -> argparse.ArgumentParser:
                         "associative (parallel; faster on accelerators); default: the model's own "
                         "for one platform, sequential for several. ONNX always uses sequential "
                         "(an ONNX Loop)")
-    p.add_argument("--platforms", default=None,
-                   help="jax.export lowering platforms, comma-separated, e.g. cpu,cuda,tpu "
+    p.add_argument("--platforms", type=_platforms, default=None,
+                   help=f"jax.export lowering platforms, comma-separated, of {','.join(PLATFORMS)} "
                         "(default: the current backend)")
-    p.add_argument("--opset", type=int, default=23, help="ONNX opset (default 23)")
+    p.add_argument("--opset", type=cli.int_range(13, None), default=23, help="ONNX opset (default 23)")
     p.add_argument("--nchw", action="store_true",
                    help="ONNX input in NCHW layout (transposed inside the graph)")
     p.add_argument("--no_check", action="store_true",
                    help="skip running the ONNX file in onnxruntime against the JAX logits")
-    p.add_argument("--ema", action="store_true", help="use the checkpoint's state_dict_ema")
+    cli.add_debug_flag(p)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    from mambavision_jax.evaluate import load_model, resolve_preprocessing, weights_config
+def _check_onnx_tools(check: bool) -> None:
+    """Import what the ONNX export needs now, before any work, so a missing package is one line."""
+    import importlib
 
+    from mambavision_jax import cli
+    _quiet_jax2onnx()
+    missing = []
+    for module in ("jax2onnx", "onnx_ir") + (("onnxruntime",) if check else ()):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise cli.UserError(f"ONNX export needs {', '.join(missing)}, which cannot be imported: "
+                            f"{JAX2ONNX_HINT}; or pass --jax to write only {JAX_FILE}")
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    from mambavision_jax import cli
+    if out.exists() and not out.is_dir():
+        raise cli.UserError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise cli.UserError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
+    if not out.absolute().parent.is_dir():
+        raise FileNotFoundError(f"--out {out}: the folder {out.absolute().parent} does not exist")
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Swap the finished export folder in for `out` (kept until the new one is in place)."""
+    import shutil
+    import uuid
+
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import shutil
+    import tempfile
+
+    from mambavision_jax.inference import check_weights_arguments, load_model, preprocessing_for
+    from mambavision_jax.paths import atomic_write_text
+
+    args = _parser().parse_args(argv)
+    check_weights_arguments(args)
     do_onnx, do_jax = (args.onnx, args.jax) if (args.onnx or args.jax) else (True, True)
-    model = load_model(args.weights, args.model, use_ema=args.ema)
-    pre = resolve_preprocessing(model, image_size=args.image_size, hf_config=weights_config(args.weights))
-    batch = None if args.dynamic_batch else args.batch
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_out(out, args.overwrite)
+    if do_onnx:
+        _check_onnx_tools(not args.no_check)
+
+    model = load_model(args.weights, args.model, ema=args.ema, which=args.checkpoint)
+    pre = preprocessing_for(model, args.weights, image_size=args.image_size)
+    batch = None if args.dynamic_batch else args.batch
     config: dict[str, Any] = {
         "model": getattr(model, "name", None), "weights": os.fspath(args.weights),
         "num_classes": model.num_classes,
@@ -245,40 +316,51 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                     model.num_classes]},
         "preprocessing": dataclasses.asdict(pre), "files": {},
     }
-    if do_jax:
-        t = time.perf_counter()
-        platforms = tuple(s.strip() for s in args.platforms.split(",")) if args.platforms else None
-        path = export_jax(model, out / JAX_FILE, batch_size=batch, image_size=pre.image_size,
-                          platforms=platforms, scan_impl=args.scan_impl)
-        exp = load_jax_export(path)
-        config["files"]["jax_export"] = {"file": JAX_FILE, "platforms": list(exp.platforms),
-                                         "bytes": path.stat().st_size}
-        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, platforms "
-              f"{','.join(exp.platforms)}, {time.perf_counter() - t:.1f} s)")
-    if do_onnx:
-        t = time.perf_counter()
-        scan_impl = "sequential"
-        path = export_onnx(model, out / ONNX_FILE, batch_size=batch, image_size=pre.image_size,
-                           scan_impl=scan_impl, opset=args.opset, nchw=args.nchw, check=False)
-        info: dict[str, Any] = {"file": ONNX_FILE, "opset": args.opset, "scan_impl": scan_impl,
-                                "layout": "NCHW" if args.nchw else "NHWC"}
-        msg = f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - t:.1f} s)"
-        if not args.no_check:
-            err = check_onnx(path, model, batch_size=batch or 2, image_size=pre.image_size,
-                             nchw=args.nchw, scan_impl=scan_impl)
-            info["onnxruntime_max_rel_err"] = err
-            msg += f"; onnxruntime vs JAX: max relative error {err:.2e}"
-            if err > 1e-4:
-                print(msg, file=sys.stderr)
-                print(f"error: the ONNX logits differ from JAX by {err:.3g} > 1e-4", file=sys.stderr)
-                return 1
-        config["files"]["onnx"] = info
-        if args.nchw:
-            config["input"]["layout"] = "NHWC (jax_export), NCHW (onnx)"
-        print(msg)
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    if hasattr(model, "checkpoint_info"):
+        config["checkpoint"] = model.checkpoint_info
+    # Everything is written into a temporary folder beside --out and moved into place at the end:
+    # a failed or interrupted export leaves --out as it was.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.absolute().parent))
+    try:
+        if do_jax:
+            t = time.perf_counter()
+            path = export_jax(model, tmp / JAX_FILE, batch_size=batch, image_size=pre.image_size,
+                              platforms=args.platforms, scan_impl=args.scan_impl)
+            exp = load_jax_export(path)
+            config["files"]["jax_export"] = {"file": JAX_FILE, "platforms": list(exp.platforms),
+                                             "bytes": path.stat().st_size}
+            print(f"{JAX_FILE}: {path.stat().st_size / 2**20:.1f} MiB, platforms "
+                  f"{','.join(exp.platforms)}, {time.perf_counter() - t:.1f} s")
+        if do_onnx:
+            t = time.perf_counter()
+            scan_impl = "sequential"
+            path = export_onnx(model, tmp / ONNX_FILE, batch_size=batch, image_size=pre.image_size,
+                               scan_impl=scan_impl, opset=args.opset, nchw=args.nchw, check=False)
+            info: dict[str, Any] = {"file": ONNX_FILE, "opset": args.opset, "scan_impl": scan_impl,
+                                    "layout": "NCHW" if args.nchw else "NHWC"}
+            msg = f"{ONNX_FILE}: {path.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - t:.1f} s"
+            if not args.no_check:
+                err = check_onnx(path, model, batch_size=batch or 2, image_size=pre.image_size,
+                                 nchw=args.nchw, scan_impl=scan_impl)
+                info["onnxruntime_max_rel_err"] = err
+                msg += f"; onnxruntime vs JAX: max relative error {err:.2e}"
+                if err > 1e-4:
+                    print(f"error: the ONNX logits differ from JAX by {err:.3g} > 1e-4; nothing written",
+                          file=sys.stderr)
+                    return 1
+            config["files"]["onnx"] = info
+            if args.nchw:
+                config["input"]["layout"] = "NHWC (jax_export), NCHW (onnx)"
+            print(msg)
+        atomic_write_text(tmp / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+        _move_into_place(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mambavision_jax import cli
+    sys.exit(cli.run(main))

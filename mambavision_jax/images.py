@@ -156,7 +156,8 @@ def load_image(path: str | os.PathLike, *, alpha="white", exif_transpose: bool =
             if max_pixels is not None and w * h > max_pixels and _draft_scale(img, max_pixels) is None:
                 raise ImageTooLargeError(
                     f"{path}: {w}x{h} = {w * h:,} pixels is above the limit of {max_pixels:,} "
-                    f"(a decompression-bomb guard); pass max_pixels=None or a larger limit to read it")
+                    f"(a decompression-bomb guard); to read it, raise the limit (--max_pixels N, 0 for "
+                    f"none, on the command line; max_pixels=N or None in Python) or downscale the file")
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
             if allow_truncated:

@@ -185,3 +185,24 @@ print("OK")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+def test_classification_metrics_masks_padding_and_matches_numpy():
+    from mambavision_jax.metrics import classification_metrics, summarize
+
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((6, 8)).astype(np.float32)
+    labels = np.array([0, 3, 7, 1, 2, 5], np.int32)
+    mask = np.array([1, 1, 1, 1, 0, 0], bool)  # the last two are padding
+    got = {k: float(v) for k, v in classification_metrics(logits, labels, mask).items()}
+    order = np.argsort(-logits, 1)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    keep = mask.nonzero()[0]
+    assert got["count"] == 4
+    assert got["correct1"] == np.sum(order[keep, 0] == labels[keep])
+    assert got["correct5"] == np.sum((order[keep, :5] == labels[keep, None]).any(1))
+    assert got["loss_sum"] == pytest.approx(-logp[keep, labels[keep]].sum(), rel=1e-5)
+    assert summarize(got)["top1"] == pytest.approx(100 * got["correct1"] / 4)
+    # Fewer classes than 5: top-5 is top-num_classes, i.e. always right.
+    few = classification_metrics(logits[:, :3], np.array([0, 1, 2, 0, 1, 2]), None)
+    assert float(few["correct5"]) == 6 and float(few["count"]) == 6

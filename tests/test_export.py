@@ -98,6 +98,23 @@ def test_export_cli_fixed_batch_both_formats(model, images_and_logits, tmp_path)
     assert not (out / (ex.ONNX_FILE + ".data")).exists()  # small models: one self-contained file
 
 
+def test_export_cli_replaces_a_folder_only_with_overwrite(model, tmp_path):
+    from mambavision_jax import cli
+
+    weights = tmp_path / "w" / "model.safetensors"
+    mvj.save_torch_checkpoint(model, weights)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    args = ["--weights", str(weights), "--out", str(out), "--jax", "--image_size", str(SIZE)]
+    assert cli.run(ex.main, args) == 2  # refused: the folder is not empty
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert cli.run(ex.main, [*args, "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [ex.CONFIG_FILE, ex.JAX_FILE]
+    assert json.loads((out / ex.CONFIG_FILE).read_text())["files"]["jax_export"]["file"] == ex.JAX_FILE
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temp folder left
+
+
 def test_export_help(capsys):
     with pytest.raises(SystemExit) as e:
         ex.main(["--help"])

@@ -10,8 +10,9 @@ from flax import nnx
 from PIL import Image
 
 import mambavision_jax as mvj
+from mambavision_jax import cli
 from mambavision_jax import predict as pr
-from mambavision_jax.evaluate import resolve_preprocessing
+from mambavision_jax.inference import resolve_preprocessing
 from mambavision_jax.images import ImageReadError, ImageTooLargeError, load_image
 
 SIZE = 64
@@ -108,7 +109,7 @@ def test_unreadable_files_raise_one_clear_error(tmp_path):
 def test_huge_images_refused_or_drafted(tmp_path):
     arr = _photo(200, 160)
     Image.fromarray(arr).save(tmp_path / "big.png")
-    with pytest.raises(ImageTooLargeError, match="big.png.*200 = 32,000 pixels"):
+    with pytest.raises(ImageTooLargeError, match="big.png.*200 = 32,000 pixels.*--max_pixels"):
         load_image(tmp_path / "big.png", max_pixels=10_000)
     assert load_image(tmp_path / "big.png", max_pixels=None).size == (160, 200)
     Image.fromarray(arr).save(tmp_path / "big.jpg", quality=90)
@@ -178,5 +179,5 @@ def test_predict_matches_the_model_on_the_preprocessed_array(model, tmp_path, ca
     assert str(files[0]) in table and names[int(np.argmax(probs[0]))] in table
 
     (tmp_path / "bad.jpg").write_bytes(b"nope")
-    assert pr.main([str(tmp_path / "bad.jpg"), "--weights", str(weights)]) == 2
+    assert cli.run(pr.main, [str(tmp_path / "bad.jpg"), "--weights", str(weights)]) == 2
     assert "bad.jpg" in capsys.readouterr().err

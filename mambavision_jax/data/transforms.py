@@ -19,9 +19,9 @@ from PIL import Image
 
 from mambavision_jax.data.image_io import to_pil_rgb, to_rgb_uint8
 from mambavision_jax.data.rand_augment import rand_augment_transform
-
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+# One definition of the ImageNet statistics, the models' pretrained cfgs'; the data names stay.
+from mambavision_jax.models.registry import IMAGENET_MEAN as IMAGENET_DEFAULT_MEAN
+from mambavision_jax.models.registry import IMAGENET_STD as IMAGENET_DEFAULT_STD
 
 _INTERPOLATION = {
     "nearest": Image.Resampling.NEAREST,

@@ -12,6 +12,7 @@ from mambavision_jax.data.device_ops import (
     normalize_on_device,
 )
 from mambavision_jax.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from mambavision_jax.metrics import classification_metrics
 from mambavision_jax.train.ema import ema_update
 from mambavision_jax.train.mixup import mixup_cutmix
 from mambavision_jax.train.state import TrainState, split_model
@@ -84,11 +85,6 @@ def make_train_step(config, train_gd, eval_gd, tx, schedule, num_classes: int, s
 def make_eval_step(eval_gd):
     def eval_step(params, batch_stats, rngs, batch):
         logits = nnx.merge(eval_gd, params, batch_stats, rngs)(batch["image"])
-        labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
-        top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-        hit = top5 == labels[:, None]
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        return {"correct1": jnp.sum(hit[:, 0] * mask), "correct5": jnp.sum(jnp.any(hit, -1) * mask),
-                "loss_sum": jnp.sum(loss * mask), "count": jnp.sum(mask)}
+        return classification_metrics(logits, batch["label"], batch["mask"])
 
     return eval_step
