@@ -174,10 +174,14 @@ def save_checkpoint(model, directory: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path, name: str | None = None, *, num_classes: int | None = None,
                     use_ema: bool = False, dtype=jnp.float32, **kwargs):
-    """Any supported checkpoint: an orbax folder written by `save_checkpoint`, or what
-    `load_torch_checkpoint` reads (.pth.tar, .safetensors, Hugging Face folder)."""
+    """Any supported checkpoint: an orbax folder written by `save_checkpoint`, what
+    `load_torch_checkpoint` reads (.pth.tar, .safetensors, Hugging Face folder), or a Hugging Face
+    hub id such as "nvidia/MambaVision-T-1K" (see `mambavision_jax.hub`)."""
     import orbax.checkpoint as ocp
 
+    from mambavision_jax import hub
+    if hub.is_hub_id(path):  # "nvidia/MambaVision-T-1K": fetched, converted once, cached
+        return hub.load_checkpoint(path, name, num_classes=num_classes, use_ema=use_ema, dtype=dtype, **kwargs)
     path = Path(path).absolute()
     if not (path / ORBAX_META).is_file():
         return load_torch_checkpoint(path, name, num_classes=num_classes, use_ema=use_ema, dtype=dtype, **kwargs)
