@@ -192,3 +192,29 @@ def test_the_registry_carries_the_official_hub_ids():
     assert len(set(ids)) == 11 and all(hub.is_hub_id(i) and i.startswith("nvidia/MambaVision-") for i in ids)
     for n, i in zip(mvj.list_models(), ids):
         assert mvj.pretrained_cfg(n).url.startswith(f"https://huggingface.co/{i}/resolve/main/")
+
+
+@pytest.mark.slow  # two fresh processes (about 40 s of CPU)
+def test_predict_cli_takes_a_hub_id_offline(tmp_path, exports):
+    """A fresh process, as a user runs it: HF_HOME and HF_HUB_OFFLINE come from the environment."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    home = tmp_path / "hf"
+    add_repo(home / "hub", REPO, COMMIT_A, exports[0])
+    Image.fromarray(np.full((40, 48, 3), 90, np.uint8)).save(tmp_path / "x.png")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "MAMBAVISION_JAX"))}
+    env.update(HF_HOME=str(home), HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")]))
+    run = lambda weights: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "mambavision_jax.predict", str(tmp_path / "x.png"), "--weights", weights,
+         "--json", "--image_size", "32"], env=env, capture_output=True, text=True, timeout=600)
+    ok = run(REPO)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert len(json.loads(ok.stdout)[0]["predictions"]) == 5
+    assert (home / "mambavision_jax" / "models--nvidia--MambaVision-T-1K" / COMMIT_A).is_dir()
+    missing = run("nvidia/MambaVision-S-1K")
+    assert missing.returncode != 0 and "hf download nvidia/MambaVision-S-1K" in missing.stderr
+    assert str(home / "hub") in missing.stderr
