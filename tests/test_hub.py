@@ -139,6 +139,9 @@ def test_num_classes_gives_a_fresh_head(hf_home, exports):
     for k in full:
         if not k.startswith("head."):
             np.testing.assert_array_equal(sd[k], full[k])
+    # What the training config's init_from does with a hub id.
+    again = to_torch_state_dict(load_checkpoint(REPO, "mamba_vision_T", num_classes=3))
+    np.testing.assert_array_equal(again["levels.3.blocks.0.mlp.fc1.weight"], full["levels.3.blocks.0.mlp.fc1.weight"])
     feats = hub.create_pretrained("mamba_vision_T", features_only=True, out_indices=(3,))
     assert len(feats(np.zeros((1, 32, 32, 3), np.float32))) == 1
 
@@ -170,6 +173,7 @@ def test_errors(hf_home, exports):
     add_repo(hf_home / "hub", REPO, COMMIT_A, exports[0])
     _one_line_error(lambda: hub.from_pretrained(REPO, revision="v9"), "HF_HUB_OFFLINE")
     _one_line_error(lambda: load_checkpoint(REPO, use_ema=True), "no EMA")
+    _one_line_error(lambda: load_checkpoint(REPO, "mamba_vision_B"), "holds mamba_vision_T, not mamba_vision_B")
 
 
 @pytest.mark.parametrize("spec, want", [
