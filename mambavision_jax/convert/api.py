@@ -178,19 +178,18 @@ def save_checkpoint(model, directory: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path, name: str | None = None, *, num_classes: int | None = None,
                     use_ema: bool = False, dtype=jnp.float32, allow_nonfinite: bool = False, **kwargs):
-    """Any supported checkpoint: an orbax folder written by `save_checkpoint`, or what
-    `load_torch_checkpoint` reads (.pth.tar, .safetensors, Hugging Face folder)."""
+    """Any supported checkpoint: an orbax folder written by `save_checkpoint`, what
+    `load_torch_checkpoint` reads (.pth.tar, .safetensors, Hugging Face folder), or a Hugging Face
+    hub id such as "nvidia/MambaVision-T-1K" (see `mambavision_jax.hub`)."""
     import orbax.checkpoint as ocp
 
+    from mambavision_jax import hub
+    if hub.is_hub_id(path):  # "nvidia/MambaVision-T-1K": fetched, converted once, cached
+        return hub.load_checkpoint(path, name, num_classes=num_classes, use_ema=use_ema, dtype=dtype, **kwargs)
     path = as_path(path)  # local or gs://...
     if not (path / ORBAX_META).is_file():
-<<<<<<< HEAD
-        return load_torch_checkpoint(path, name, num_classes=num_classes, use_ema=use_ema, dtype=dtype,
-                                     allow_nonfinite=allow_nonfinite, **kwargs)
-=======
         return load_torch_checkpoint(os.fspath(path), name, num_classes=num_classes, use_ema=use_ema,
-                                     dtype=dtype, **kwargs)
->>>>>>> h3-train
+                                     dtype=dtype, allow_nonfinite=allow_nonfinite, **kwargs)
     if use_ema:
         raise CheckpointError(f"{path}: an orbax model checkpoint holds one set of weights; use_ema "
                               f"applies to official .pth.tar files")

@@ -130,27 +130,21 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(0.0 <= c.ema.decay < 1.0, "ema.decay", f"must be in [0, 1), got {c.ema.decay}")
     need(c.mesa.weight == 0 or c.ema.enabled, "mesa.weight", "mesa needs the EMA teacher (ema.enabled)")
     need(c.optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {c.optimizer.lr}")
-<<<<<<< HEAD
-    need(c.log_every_steps > 0, "log_every_steps", "must be > 0")
-    need(c.data.num_workers >= -1, "data.num_workers", f"must be >= 0 or -1 (auto), got {c.data.num_workers}")
-    need(c.data.num_threads >= 1 or c.data.num_threads == -1, "data.num_threads",
-         f"must be >= 1 or -1 (auto), got {c.data.num_threads}")
-    need(c.data.device_prefetch >= 1, "data.device_prefetch", f"must be >= 1, got {c.data.device_prefetch}")
-    need(c.data.re_mode in ("pixel", "rand", "const"), "data.re_mode",
-         f"pixel, rand or const, got {c.data.re_mode!r}")
-=======
     need(c.log_every_steps > 0, "log_every_steps", f"must be > 0, got {c.log_every_steps}")
     need(c.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {c.keep_checkpoints}")
     need(c.eval_batch_size == -1 or c.eval_batch_size > 0, "eval_batch_size",
          f"must be > 0 (or -1: batch_size), got {c.eval_batch_size}")
     need(c.data.image_size >= 32, "data.image_size", f"must be >= 32 (the model downsamples 32x), "
          f"got {c.data.image_size}")
-    need(c.data.num_workers >= 0, "data.num_workers", f"must be >= 0, got {c.data.num_workers}")
-    need(c.data.num_threads >= 1, "data.num_threads", f"must be >= 1, got {c.data.num_threads}")
+    need(c.data.num_workers >= -1, "data.num_workers", f"must be >= 0 or -1 (auto), got {c.data.num_workers}")
+    need(c.data.num_threads >= 1 or c.data.num_threads == -1, "data.num_threads",
+         f"must be >= 1 or -1 (auto), got {c.data.num_threads}")
+    need(c.data.device_prefetch >= 1, "data.device_prefetch", f"must be >= 1, got {c.data.device_prefetch}")
+    need(c.data.re_mode in ("pixel", "rand", "const"), "data.re_mode",
+         f"pixel, rand or const, got {c.data.re_mode!r}")
     need(0.0 <= c.data.re_prob <= 1.0, "data.re_prob", f"must be in [0, 1], got {c.data.re_prob}")
     need(0.0 <= c.mixup.prob <= 1.0, "mixup.prob", f"must be in [0, 1], got {c.mixup.prob}")
     need(0.0 <= c.mixup.label_smoothing < 1.0, "mixup.label_smoothing",
          f"must be in [0, 1), got {c.mixup.label_smoothing}")
     need(c.schedule.warmup_epochs >= 0, "schedule.warmup_epochs", f"must be >= 0, got {c.schedule.warmup_epochs}")
     need(c.mesh.fsdp >= 1, "mesh.fsdp", f"must be >= 1, got {c.mesh.fsdp}")
->>>>>>> h3-train

@@ -1,0 +1,299 @@
+"""Official weights from the Hugging Face hub in one call, converted once and cached.
+
+    model = mambavision_jax.hub.from_pretrained("nvidia/MambaVision-T-1K")  # or "mamba_vision_T"
+
+The hub files (`config.json`, `model.safetensors`) are fetched with `huggingface_hub.hf_hub_download`,
+so its cache, `HF_HOME` / `HF_HUB_CACHE`, `HF_HUB_OFFLINE=1`, revisions and tokens behave as in every
+other Hugging Face library. The converted model is kept as an orbax checkpoint under
+
+    $MAMBAVISION_JAX_CACHE (default: $HF_HOME/mambavision_jax, i.e. ~/.cache/huggingface/mambavision_jax)
+        models--<org>--<name>/<commit>/v<package version>/   state/, mambavision_jax.json, config.json
+
+keyed by the resolved commit and the package version, so a later call neither downloads nor converts
+(offline, the revision is resolved from the hub cache's `refs/`). An entry is built in a temporary
+folder and renamed into place: a reader sees a whole entry or none, and two processes racing to
+build the same one both end up loading the one that was renamed first.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+
+from mambavision_jax.convert.checkpoint_io import HF_CONFIG, HF_WEIGHTS, CheckpointError
+
+__all__ = ["HubError", "cache_root", "create_pretrained", "from_pretrained", "is_hub_id",
+           "resolve_weights"]
+
+CACHE_ENV = "MAMBAVISION_JAX_CACHE"
+HUB_PREFIX = "hf-hub:"  # timm's spelling, accepted for familiarity
+HUB_INFO = "hub_source.json"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# Local checkpoint files: a path like "ckpt/model.safetensors" that does not exist is a typo, not a repo.
+_FILE_SUFFIXES = (".safetensors", ".pth", ".tar", ".bin", ".pt", ".json", ".onnx", ".npz", ".msgpack")
+
+
+class HubError(CheckpointError):
+    """Official weights that cannot be fetched or are not a MambaVision (the message says why)."""
+
+
+# ----------------------------------------------------------------------------- names and ids
+def is_hub_id(spec) -> bool:
+    """Whether `spec` names a Hugging Face hub repo ("nvidia/MambaVision-T-1K", "hf-hub:org/name")
+    rather than a local checkpoint. A string that exists on disk is always a local path."""
+    if not isinstance(spec, str):
+        return False
+    if spec.startswith(HUB_PREFIX):
+        return True
+    if "://" in spec or os.path.exists(spec) or spec.lower().endswith(_FILE_SUFFIXES):
+        return False
+    return bool(_REPO_ID.match(spec)) and "--" not in spec and ".." not in spec
+
+
+def _official_ids() -> dict[str, str]:
+    """{hub id: variant name} for the 11 official variants."""
+    from mambavision_jax.models.registry import VARIANTS
+    return {cfg.hf_hub_id: name for name, (_, cfg) in VARIANTS.items()}
+
+
+def _resolve_spec(spec: str) -> tuple[str, str | None]:
+    """(hub repo id, official variant name or None) for a list_models() name or a hub id."""
+    from mambavision_jax.models.registry import VARIANTS
+
+    if not isinstance(spec, str):
+        raise HubError(f"expected a model name or a hub id (str), got {type(spec).__name__}")
+    spec = spec[len(HUB_PREFIX):] if spec.startswith(HUB_PREFIX) else spec
+    ids = _official_ids()
+    if spec in VARIANTS:
+        return VARIANTS[spec][1].hf_hub_id, spec
+    for repo_id, name in ids.items():
+        if spec.lower() == repo_id.lower():  # the hub's ids are case-insensitive; the cache's are not
+            return repo_id, name
+    if not _REPO_ID.match(spec):
+        raise HubError(f"unknown model {spec!r}{_suggest(spec)}: pass a name from list_models() or a hub "
+                       f"id such as nvidia/MambaVision-T-1K")
+    return spec, None
+
+
+def _suggest(spec: str) -> str:
+    from mambavision_jax.models.registry import VARIANTS
+
+    known = {k.lower(): k for k in list(VARIANTS) + list(_official_ids())}
+    close = [known[k] for k in difflib.get_close_matches(spec.lower(), list(known), n=3, cutoff=0.6)]
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+# ----------------------------------------------------------------------------- cache locations
+def cache_root() -> Path:
+    """Where converted models are kept: $MAMBAVISION_JAX_CACHE, else $HF_HOME/mambavision_jax."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.path.expanduser(os.environ[CACHE_ENV]))
+    from huggingface_hub import constants
+    return Path(constants.HF_HOME) / "mambavision_jax"
+
+
+def _hub_cache(cache_dir) -> Path:
+    from huggingface_hub import constants
+    return Path(cache_dir if cache_dir is not None else constants.HF_HUB_CACHE)
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _repo_folder(repo_id: str) -> str:
+    return "models--" + repo_id.replace("/", "--")  # huggingface_hub's own layout
+
+
+def _entry_dir(repo_id: str, commit: str) -> Path:
+    from mambavision_jax import __version__
+    return cache_root() / _repo_folder(repo_id) / commit / f"v{__version__}"
+
+
+# ----------------------------------------------------------------------------- hub access
+def _fetch_command(repo_id: str, revision: str | None) -> str:
+    rev = f" --revision {revision}" if revision else ""
+    return f"hf download {repo_id} {HF_CONFIG} {HF_WEIGHTS}{rev}"
+
+
+def _download(repo_id: str, filename: str, *, revision, cache_dir, token, known: bool) -> Path:
+    """hf_hub_download with its errors turned into one HubError line each."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
+                                       RepositoryNotFoundError, RevisionNotFoundError)
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, token=token,
+                                    library_name="mambavision-jax"))
+    except GatedRepoError as e:
+        raise HubError(f"{repo_id} is gated: accept its terms on huggingface.co and pass token= (or run "
+                       f"`hf auth login`)") from e
+    except RepositoryNotFoundError as e:
+        hint = "" if known else _suggest(repo_id)
+        raise HubError(f"no hub repo {repo_id!r}{hint} (nor a local file or folder of that name); a private "
+                       f"repo needs token= or `hf auth login`") from e
+    except RevisionNotFoundError as e:
+        raise HubError(f"{repo_id} has no revision {revision!r} (a branch, tag or commit hash)") from e
+    except LocalEntryNotFoundError as e:
+        why = "HF_HUB_OFFLINE is set" if _offline() else "the hub could not be reached"
+        hint = "" if known else _suggest(repo_id)
+        raise HubError(f"{repo_id}{hint}: {filename} is not in the Hugging Face cache "
+                       f"({_hub_cache(cache_dir)}) and {why}; fetch it once with network access: "
+                       f"`{_fetch_command(repo_id, revision)}` (or unset HF_HUB_OFFLINE)") from e
+    except EntryNotFoundError as e:
+        what = "not a MambaVision model repo" if filename == HF_CONFIG else "no converted weights there"
+        raise HubError(f"{repo_id} has no {filename} ({what}); official repos: "
+                       f"{', '.join(_official_ids())}") from e
+
+
+def _cached_commit(repo_id: str, revision: str | None, cache_dir) -> str | None:
+    """The commit a branch or tag points at in the local hub cache (refs/<revision>), if known."""
+    rev = revision or "main"
+    if _COMMIT.match(rev):
+        return rev
+    ref = _hub_cache(cache_dir) / _repo_folder(repo_id) / "refs" / rev
+    try:
+        commit = ref.read_text().strip()
+    except OSError:
+        return None
+    return commit if _COMMIT.match(commit) else None
+
+
+def check_mambavision_config(config: dict[str, Any], repo_id: str) -> None:
+    model_type = config.get("model_type")
+    archs = " ".join(config.get("architectures") or [])
+    if model_type == "mambavision" or (model_type is None and "MambaVision" in archs):
+        return
+    raise HubError(f"{repo_id} is not a MambaVision repo (config.json model_type={model_type!r}, "
+                   f"architectures={config.get('architectures')}); official repos: "
+                   f"{', '.join(_official_ids())}")
+
+
+# ----------------------------------------------------------------------------- conversion cache
+def _variant_for(config: dict[str, Any], official_name: str | None) -> tuple[str, dict[str, Any]]:
+    """(variant name, architecture overrides) that build exactly the model config.json describes;
+    an official repo keeps its registry name (B and B_21k share one architecture)."""
+    from mambavision_jax.convert.variants import variant_from_hf_config
+    from mambavision_jax.models.registry import model_args
+
+    name, overrides = variant_from_hf_config(config)
+    if official_name is not None and not overrides and model_args(official_name) == model_args(name):
+        name = official_name
+    return name, overrides
+
+
+def _convert(folder: Path, name: str, overrides: dict[str, Any]):
+    from mambavision_jax.convert.api import load_torch_checkpoint
+    return load_torch_checkpoint(folder, name, **overrides)
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename a finished entry into place; if another process got there first, keep theirs."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / "mambavision_jax.json").is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build_entry(repo_id: str, commit: str, official_name: str | None, *, cache_dir, token) -> Path:
+    """Download, check, convert and cache one hub commit; returns the entry folder."""
+    from mambavision_jax.convert.api import ORBAX_META, save_checkpoint
+    from mambavision_jax.convert.checkpoint_io import read_hf_config
+
+    final = _entry_dir(repo_id, commit)
+    if (final / ORBAX_META).is_file():
+        return final
+    known = official_name is not None
+    config_path = _download(repo_id, HF_CONFIG, revision=commit, cache_dir=cache_dir, token=token, known=known)
+    config = read_hf_config(config_path)
+    check_mambavision_config(config, repo_id)
+    _download(repo_id, HF_WEIGHTS, revision=commit, cache_dir=cache_dir, token=token, known=known)
+    name, overrides = _variant_for(config, official_name)
+    model = _convert(config_path.parent, name, overrides)  # the snapshot folder: config + weights
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        save_checkpoint(model, tmp)
+        (tmp / HF_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / HUB_INFO).write_text(json.dumps({"repo_id": repo_id, "commit": commit}, indent=2) + "\n")
+        _publish(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _ensure_entry(spec: str, *, revision=None, cache_dir=None, token=None) -> tuple[Path, str | None]:
+    repo_id, official_name = _resolve_spec(spec)
+    commit = _cached_commit(repo_id, revision, cache_dir) if _offline() else None
+    if commit is None and revision is not None and _COMMIT.match(revision):
+        commit = revision
+    if commit is None:
+        # Online (or offline with no ref): resolve the revision through huggingface_hub, which
+        # checks the hub for a moved branch and otherwise fails with its own offline error.
+        path = _download(repo_id, HF_CONFIG, revision=revision, cache_dir=cache_dir, token=token,
+                         known=official_name is not None)
+        commit = path.parent.name  # .../snapshots/<commit>/config.json
+    return _build_entry(repo_id, commit, official_name, cache_dir=cache_dir, token=token), official_name
+
+
+# ----------------------------------------------------------------------------- public API
+def resolve_weights(spec, *, revision: str | None = None, cache_dir=None, token=None):
+    """A hub id -> the local folder of its converted orbax checkpoint (downloaded and converted on
+    first use; `load_checkpoint` reads it, and its config.json gives the preprocessing). Anything
+    else (a local path) is returned unchanged. For `--weights` and `init_from`."""
+    if not is_hub_id(spec):
+        return spec
+    return _ensure_entry(spec, revision=revision, cache_dir=cache_dir, token=token)[0]
+
+
+def from_pretrained(name_or_repo_id: str, *, revision: str | None = None, num_classes: int | None = None,
+                    dtype=jnp.float32, cache_dir=None, token=None, **overrides):
+    """An official MambaVision with its Hugging Face weights, in eval mode.
+
+    name_or_repo_id: a `list_models()` name ("mamba_vision_T") or a hub id ("nvidia/MambaVision-T-1K",
+    also any repo holding a MambaVision config.json + model.safetensors). revision: branch, tag or
+    commit (default "main"). num_classes: another head size gives a freshly initialised head (for
+    fine-tuning); None keeps the checkpoint's. cache_dir / token: as in `huggingface_hub`.
+    overrides: runtime arguments for `create_model` (scan_impl, attn_impl, remat, ...).
+    """
+    from mambavision_jax.convert.api import load_checkpoint
+    from mambavision_jax.convert.checkpoint_io import read_hf_config
+
+    entry, official_name = _ensure_entry(name_or_repo_id, revision=revision, cache_dir=cache_dir, token=token)
+    _, arch = _variant_for(read_hf_config(entry / HF_CONFIG), official_name)
+    return load_checkpoint(entry, num_classes=num_classes, dtype=dtype, **{**arch, **overrides})
+
+
+def create_pretrained(name: str, *, num_classes: int | None = None, dtype=jnp.float32,
+                      features_only: bool = False, out_indices=(0, 1, 2, 3), **kwargs):
+    """`create_model(name, pretrained=True, ...)`: `from_pretrained`, optionally as a feature extractor."""
+    model = from_pretrained(name, num_classes=num_classes, dtype=dtype, **kwargs)
+    if features_only:
+        from mambavision_jax.models.features import FeatureExtractor
+        return FeatureExtractor(model, out_indices=out_indices)
+    return model
+
+
+def load_checkpoint(spec: str, name: str | None = None, *, num_classes: int | None = None,
+                    use_ema: bool = False, dtype=jnp.float32, **kwargs):
+    """`convert.load_checkpoint` for a hub id (its hook calls this)."""
+    if use_ema:
+        raise HubError(f"{spec}: the hub weights hold one set of weights (no EMA); drop use_ema / --ema")
+    from mambavision_jax.models.registry import model_args
+
+    model = from_pretrained(spec, num_classes=num_classes, dtype=dtype, **kwargs)
+    if name is not None and name != model.name and model_args(name) != model_args(model.name):
+        raise HubError(f"{spec} holds {model.name}, not {name}; drop the model name or pick its repo")
+    return model
