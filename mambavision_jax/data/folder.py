@@ -5,6 +5,8 @@ Layouts:
   SRC/train/<class>/**, SRC/val/<class>/** (or validation/): those two splits as given
 Class ids are the sorted class-folder names (as torchvision's ImageFolder and TFDS's ImageNet).
 Every file is decoded once while building: unreadable ones are skipped and counted, not fatal.
+Baseline RGB JPEGs are stored byte for byte; every other image (grey, RGBA, palette, CMYK, 16-bit,
+other formats) is converted to 8-bit RGB and stored as lossless PNG.
 
 Symbolic links are followed, but every real file is taken once: a folder reached a second time
 (a link back to an ancestor such as `ln -s .. loop`, or two links to one folder) is not entered
@@ -14,9 +16,8 @@ two labels, or a validation example the model trained on.
 
 The data set is built in a hidden folder beside DATA_DIR/NAME and swapped in only once complete,
 so a failed or interrupted build (unreadable source, an empty split, a kill) leaves the previous
-DATA_DIR/NAME/VERSION as it was.
-Baseline RGB JPEGs are stored byte for byte; every other image (grey, RGBA, palette, CMYK, 16-bit,
-other formats) is converted to 8-bit RGB and stored as lossless PNG.
+DATA_DIR/NAME/VERSION as it was (a kill may leave a hidden DATA_DIR/.NAME-VERSION.build-* folder,
+safe to delete).
 """
 from __future__ import annotations
 
@@ -130,8 +131,8 @@ def class_files(root: str, classes: list[str], owners: dict | None = None) -> li
                 first = owners.setdefault(key, path)
                 if first != path:
                     raise ValueError(
-                        f"the same image is in two places: {first} and {path} (a link or a copy by "
-                        f"hard link); as one example under two labels, or in both training and "
+                        f"the same image is in two places: {first} and {path} (one file, linked "
+                        f"twice); as one example under two labels, or in both training and "
                         f"validation, it would leak between them. Keep one of the two")
             files.append(path)
         out.append(files)
