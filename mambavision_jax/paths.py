@@ -35,7 +35,8 @@ def _tmp_sibling(path: epath.Path) -> epath.Path:
 def atomic_write_bytes(path: PathLike, data: bytes, *, mode: int = 0o644) -> epath.Path:
     """Write `data` to `path` so that the file is replaced whole or not at all."""
     path = as_path(path)
-    if is_remote(path):
+    if is_remote(path) or (os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path)):
+        # an object store; or a device or pipe (`--out /dev/null`), which a rename would replace
         path.write_bytes(data)
         return path
     tmp = _tmp_sibling(path)

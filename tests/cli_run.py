@@ -43,6 +43,8 @@ def tree_hashes(root: str | Path) -> dict[str, str]:
             p = Path(dirpath, f)
             if p.is_symlink():
                 out[str(p.relative_to(root))] = "link:" + os.readlink(p)
+            elif not p.is_file():  # a pipe or device: never read (it could block)
+                out[str(p.relative_to(root))] = f"special:{p.lstat().st_mode:o}"
             else:
                 out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out

@@ -52,6 +52,7 @@ def ws(tmp_path_factory) -> Path:
     (root / "truncated.safetensors").write_bytes((root / "hf" / "model.safetensors").read_bytes()[:4096])
     (root / "existing_dir").mkdir()
     (root / "a_file").write_text("not a folder\n")
+    os.mkfifo(root / "a_pipe")  # stands for /dev/null: an output that must not become a file
     return root
 
 
@@ -68,6 +69,11 @@ REFUSALS = [
     (["to-jax", "hf", "new_dir", "--num-classes", "-5"], ["--num-classes", ">= 1"]),
     (["to-jax", "hf", "new_dir", "--num-classes", "0"], ["--num-classes", ">= 1"]),
     (["to-jax", "hf", "new_dir", "--num-classes", "ten"], ["--num-classes", "integer"]),
+    (["to-jax", "hf", "new_dir", "--num-classes", "99999999999999"], ["--num-classes", "<= 1000000"]),
+    (["to-torch", "hf", "a_pipe", "--overwrite"], ["a_pipe", "not a regular file"]),
+    (["to-torch", "hf", ""], ["OUT is an empty path"]),
+    (["info", ""], ["SRC is an empty path"]),
+    (["info", "existing_dir"], ["no model.safetensors"]),
     (["info", "hf", "--model", "mamba_vision_Q"], ["unknown --model", "mamba_vision_T"]),
     (["info", "int32"], ["floating-point", BROKEN_KEY, "int32"]),
     (["info", "bool"], ["floating-point", BROKEN_KEY, "bool"]),

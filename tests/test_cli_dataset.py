@@ -87,6 +87,7 @@ REFUSALS = [
     (["--src", "good", "--name", "x", "--val_fraction", "nan"], ["--val_fraction", "number"]),
     (["--src", "good", "--name", "x", "--seed", "-1"], ["--seed", ">= 0"]),
     (["--src", "good", "--name", "x", "--num_workers", "-2"], ["--num_workers", ">= 0"]),
+    (["--src", "good", "--name", "x", "--num_workers", "100000"], ["--num_workers", "<= 256"]),
     (["--src", "good", "--name", "Bad-Name"], ["snake_case", "Bad-Name"]),
     (["--src", "good", "--name", "mnist"], ["mnist", "TFDS dataset name"]),
     (["--src", "good", "--name", "x", "--version", "1.0"], ["version", "x.y.z"]),

@@ -23,6 +23,9 @@ from pathlib import Path
 from mambavision_jax import cli
 
 
+MAX_CLASSES = 1_000_000  # a head beyond this is a typo, not a data set (ImageNet-21k: 21,841)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mambavision_jax.convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("out", help="new folder for the orbax checkpoint (must not exist)")
     j.add_argument("--use-ema", action="store_true",
                    help="take 'state_dict_ema' from a .pth.tar training checkpoint")
-    j.add_argument("--num-classes", type=cli.positive_int, default=None,
+    j.add_argument("--num-classes", type=cli.int_range(1, MAX_CLASSES), default=None,
                    help="a new head with this many classes (freshly initialised) instead of the checkpoint's")
 
     t = sub.add_parser("to-torch", help="orbax folder (or any checkpoint) -> .pth.tar or .safetensors")
@@ -63,6 +66,9 @@ def _validate(args) -> None:
     from mambavision_jax.convert import checkpoint_io as io
     from mambavision_jax.convert.api import ORBAX_META
 
+    for what, value in (("SRC", args.src), ("OUT", getattr(args, "out", None))):
+        if value == "":
+            raise cli.UserError(f"{what} is an empty path; name a checkpoint file or folder")
     src = Path(args.src)
     if not src.exists():
         raise FileNotFoundError(f"no such checkpoint: {src}")

@@ -232,7 +232,12 @@ def write_safetensors_file(sd: dict[str, np.ndarray], path: str | Path, hf_confi
 def check_output_file(path: str | Path, *, overwrite: bool = False) -> Path:
     """The output path, after refusing a folder, a missing or non-folder parent, and (unless
     overwrite) an existing file. Called before any work, so a refusal costs nothing."""
+    if not os.fspath(path):
+        raise ValueError("the output path is empty; name a file")
     path = Path(path).absolute()
+    if path.exists() and not path.is_dir() and not path.is_file():
+        # os.replace would swap a device or pipe (e.g. /dev/null) for a regular file
+        raise ValueError(f"{path} is not a regular file (a device, pipe or socket); name a file")
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; name the output file inside it, e.g. "
                                 f"{path / 'model.pth.tar'} or {path / 'model.safetensors'}")

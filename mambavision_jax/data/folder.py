@@ -5,6 +5,8 @@ Layouts:
   SRC/train/<class>/**, SRC/val/<class>/** (or validation/): those two splits as given
 Class ids are the sorted class-folder names (as torchvision's ImageFolder and TFDS's ImageNet).
 Every file is decoded once while building: unreadable ones are skipped and counted, not fatal.
+Baseline RGB JPEGs are stored byte for byte; every other image (grey, RGBA, palette, CMYK, 16-bit,
+other formats) is converted to 8-bit RGB and stored as lossless PNG.
 
 Symbolic links are followed, but every real file is taken once: a folder reached a second time
 (a link back to an ancestor such as `ln -s .. loop`, or two links to one folder) is not entered
@@ -14,9 +16,8 @@ two labels, or a validation example the model trained on.
 
 The data set is built in a hidden folder beside DATA_DIR/NAME and swapped in only once complete,
 so a failed or interrupted build (unreadable source, an empty split, a kill) leaves the previous
-DATA_DIR/NAME/VERSION as it was.
-Baseline RGB JPEGs are stored byte for byte; every other image (grey, RGBA, palette, CMYK, 16-bit,
-other formats) is converted to 8-bit RGB and stored as lossless PNG.
+DATA_DIR/NAME/VERSION as it was (a kill may leave a hidden DATA_DIR/.NAME-VERSION.build-* folder,
+safe to delete).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import uuid
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 from PIL import Image
 
 from mambavision_jax.data.image_io import encode_png, to_rgb_uint8
@@ -129,8 +131,8 @@ def class_files(root: str, classes: list[str], owners: dict | None = None) -> li
                 first = owners.setdefault(key, path)
                 if first != path:
                     raise ValueError(
-                        f"the same image is in two places: {first} and {path} (a link or a copy by "
-                        f"hard link); as one example under two labels, or in both training and "
+                        f"the same image is in two places: {first} and {path} (one file, linked "
+                        f"twice); as one example under two labels, or in both training and "
                         f"validation, it would leak between them. Keep one of the two")
             files.append(path)
         out.append(files)
@@ -139,7 +141,7 @@ def class_files(root: str, classes: list[str], owners: dict | None = None) -> li
 
 def _min_files_for_validation(val_fraction: float) -> int:
     n = 1
-    while int(round(n * val_fraction)) < 1:
+    while round(n * val_fraction) < 1:
         n += 1
     return n
 
@@ -307,7 +309,7 @@ def build_folder_dataset(src: str, name: str, data_dir: str | None = None, val_f
         raise FileNotFoundError(f"--src {src!r} is not a folder" if os.path.exists(src) else
                                 f"--src {src!r} does not exist")
     data_dir = os.fspath(data_dir or tfds.core.constants.DATA_DIR)
-    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    if "://" not in data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise NotADirectoryError(f"--data_dir {data_dir!r} is a file, not a folder")
     if name in tfds.list_builders(with_community_datasets=False):
         raise ValueError(f"{name!r} is a TFDS dataset name; choose another (e.g. my_{name})")
@@ -320,22 +322,30 @@ def build_folder_dataset(src: str, name: str, data_dir: str | None = None, val_f
         return FolderBuildReport(name, os.fspath(existing.data_dir), classes,
                                  {k: int(v.num_examples) for k, v in existing.info.splits.items()},
                                  [], already_prepared=True)
-    if os.path.lexists(final) and not overwrite:
+    remote = "://" in data_dir
+    if (epath.Path(final).exists() if remote else os.path.lexists(final)) and not overwrite:
         raise FileExistsError(f"{final} exists but is not a complete data set (an interrupted build by "
                               f"another tool?); pass --overwrite to replace it")
 
-    os.makedirs(data_dir, exist_ok=True)
-    build_root = os.path.join(data_dir, f".{name}-{version}.build-{uuid.uuid4().hex[:8]}")
-    try:
-        builder = builder_class(data_dir=build_root, file_format="array_record")
+    def build(builder) -> FolderBuildReport:
         builder.download_and_prepare()
         counts = {k: int(v.num_examples) for k, v in builder.info.splits.items()}
         _check_every_class_has_examples(classes, splits, skipped)
-        report = FolderBuildReport(name, final, classes, counts, skipped)
-        with open(os.path.join(builder.data_dir, "make_folder_report.json"), "w") as f:
-            json.dump({"src": os.path.abspath(src), "classes": classes, "num_examples": counts,
-                       "val_fraction": val_fraction, "seed": seed, "skipped": skipped}, f, indent=1)
-        _swap_dir(os.fspath(builder.data_dir), final)
+        (epath.Path(builder.data_dir) / "make_folder_report.json").write_text(json.dumps(
+            {"src": os.path.abspath(src), "classes": classes, "num_examples": counts,
+             "val_fraction": val_fraction, "seed": seed, "skipped": skipped}, indent=1))
+        return FolderBuildReport(name, final, classes, counts, skipped)
+
+    if remote:  # an object store has no rename: build in place, and only where nothing is replaced
+        if epath.Path(final).exists():
+            raise ValueError(f"{final}: a data set on an object store cannot be replaced atomically; "
+                             f"delete it first, or build on a local disk and copy it over")
+        return build(existing)
+    os.makedirs(data_dir, exist_ok=True)
+    build_root = os.path.join(data_dir, f".{name}-{version}.build-{uuid.uuid4().hex[:8]}")
+    try:
+        report = build(builder_class(data_dir=build_root, file_format="array_record"))
+        _swap_dir(os.path.join(build_root, name, version), final)
     finally:
         shutil.rmtree(build_root, ignore_errors=True)
     return report

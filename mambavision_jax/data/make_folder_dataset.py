@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
                         "seeded; default 0.1); 0 writes only 'train'; ignored for the train/ + val/ "
                         "layout")
     p.add_argument("--seed", type=cli.non_negative_int, default=0, help="seed of the train/validation assignment (default 0)")
-    p.add_argument("--num_workers", type=cli.non_negative_int, default=0,
+    p.add_argument("--num_workers", type=cli.int_range(0, 256), default=0,
                    help="processes that decode and convert images in parallel (default 0: all in "
                         "this process)")
     p.add_argument("--version", default="1.0.0", help="dataset version x.y.z to write (default 1.0.0)")
