@@ -260,6 +260,19 @@ def test_unknown_config_field_is_an_error(tmp_path):
     assert out.returncode != 0 and "no_such_field" in out.stderr
 
 
+@pytest.mark.parametrize("override,message", [
+    ("--config.optimizer.lrr=1", "error: unknown config field config.optimizer.lrr; did you mean config.optimizer.lr?"),
+    ("--config.foo=1", "error: unknown config field config.foo; the fields of config are batch_size, "),
+    ("--config.batch_size=abc", "error: flag --config.batch_size=abc: invalid literal for int()"),
+    ("--config.keep_checkpoints=0", "error: config.keep_checkpoints: must be >= 1, got 0"),
+])
+def test_bad_config_override_is_one_line_and_exit_code_2(tmp_path, override, message):
+    out = subprocess.run(_train_cmd(tmp_path / "w", override), env=_env(1), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2 and out.stderr.startswith(message), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "w").exists()
+
+
 def test_batch_not_divisible_by_devices(tmp_path, data_dir):
     from mambavision_jax.train import train_and_evaluate
     c = small_config()
