@@ -262,8 +262,8 @@ def test_unknown_config_field_is_an_error(tmp_path, train_env):
     ("--config.batch_size=abc", "error: flag --config.batch_size=abc: invalid literal for int()"),
     ("--config.keep_checkpoints=0", "error: config.keep_checkpoints: must be >= 1, got 0"),
 ])
-def test_bad_config_override_is_one_line_and_exit_code_2(tmp_path, override, message):
-    out = subprocess.run(_train_cmd(tmp_path / "w", override), env=_env(1), capture_output=True, text=True,
+def test_bad_config_override_is_one_line_and_exit_code_2(tmp_path, override, message, train_env):
+    out = subprocess.run(_train_cmd(tmp_path / "w", override), env=train_env(1), capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 2 and out.stderr.startswith(message), out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "w").exists()
