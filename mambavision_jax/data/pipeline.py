@@ -93,6 +93,10 @@ def resolve_workers(num_workers: int, num_threads: int) -> tuple[int, int]:
 
 def _to_iterator(ds: grain.MapDataset, num_workers: int, num_threads: int, prefetch_batches: int):
     num_workers, num_threads = resolve_workers(num_workers, num_threads)
+    if num_workers > 0:
+        # Each worker holds its read-ahead plus one finished batch: with many workers, read ahead
+        # only what its threads work on (memory: workers x (threads + 1) batches, not x 5).
+        prefetch_batches = min(prefetch_batches, num_threads)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                               prefetch_buffer_size=prefetch_batches))
     if num_workers > 0:
