@@ -31,10 +31,6 @@ def _tiny(seed: int = 0):
     return m
 
 
-def _model_config(model) -> dict:
-    return dict(name="mamba_vision_T", num_classes=NUM_CLASSES, **ARCH)
-
-
 def make_training_run(workdir: Path, model, ema_scale: float = 0.5, step: int = 3) -> None:
     """A training workdir as train_and_evaluate leaves it (checkpoints/, best/, model_config.json),
     written with the training Checkpointer; its EMA weights are the weights * ema_scale."""
@@ -49,7 +45,7 @@ def make_training_run(workdir: Path, model, ema_scale: float = 0.5, step: int = 
     ckpt.save_best(step, state, 50.0)
     ckpt.wait()
     ckpt.close()
-    (workdir / "model_config.json").write_text(json.dumps(_model_config(model)))
+    (workdir / "model_config.json").write_text(json.dumps(model.config.to_dict()))  # as the loop writes it
     # The training config (train.py writes it): its eval preprocessing is the run's.
     (workdir / "config.json").write_text(json.dumps({"data": {"image_size": SIZE, "crop_pct": 0.875,
                                                               "crop_mode": ""}}))
