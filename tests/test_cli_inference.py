@@ -198,3 +198,31 @@ def test_evaluate_and_predict_accept_a_training_run(files, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     preds = json.loads(out.stdout)[0]["predictions"]
     assert len(preds) == 2 and all(0 <= p["prob"] <= 1 for p in preds)
+
+
+@pytest.mark.slow
+def test_evaluate_a_real_training_run_matches_its_last_eval(tmp_path):
+    """train.py (the tiny test config, 2 steps), then `evaluate --weights WORKDIR` on the same split:
+    the same top-1 / top-5 / loss as the run's own evaluation of its EMA weights."""
+    from mambavision_jax.data import DIGITS_NAME, build_digits
+
+    data = tmp_path / "tfds"
+    build_digits(str(data))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(REPO))
+    run = tmp_path / "run"
+    train = subprocess.run([sys.executable, str(REPO / "train.py"), "--config",
+                            str(REPO / "tests" / "small_train_config.py"), "--workdir", str(run),
+                            f"--config.data.dir={data}", "--config.total_steps=2", "--config.eval_every_steps=2",
+                            "--config.log_every_steps=1", "--config.eval_batch_size=64"],
+                           env=env, capture_output=True, text=True, timeout=900)
+    assert train.returncode == 0, train.stderr[-3000:]
+    last = [json.loads(line) for line in open(run / "metrics.jsonl") if '"eval"' in line][-1]
+    out = _run("evaluate", ["--weights", str(run), "--tfds", DIGITS_NAME, "--data_dir", str(data),
+                            "--image_size", "32", "--batch_size", "64", "--no_progress", "--json", "-"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout[out.stdout.index("{"):])
+    assert summary["checkpoint"]["ema"] is True and summary["checkpoint"]["step"] == 2
+    assert summary["top1"] == pytest.approx(last["ema_top1"], abs=1e-4)
+    assert summary["top5"] == pytest.approx(last["ema_top5"], abs=1e-4)
+    assert summary["loss"] == pytest.approx(last["ema_loss"], rel=1e-4)
