@@ -96,6 +96,8 @@ def _parse_flags(argv):
 
 def main(argv):
     del argv
+    from mambavision_jax import xla_cpu
+    xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     from mambavision_jax.train.config import validate
     try:

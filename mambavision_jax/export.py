@@ -293,8 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     import shutil
     import tempfile
 
+    from mambavision_jax import xla_cpu
     from mambavision_jax.inference import check_weights_arguments, load_model, preprocessing_for
     from mambavision_jax.paths import atomic_write_text
+
+    xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
 
     args = _parser().parse_args(argv)
     check_weights_arguments(args)
@@ -310,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config: dict[str, Any] = {
         "model": getattr(model, "name", None), "weights": os.fspath(args.weights),
         "num_classes": model.num_classes,
+        "config": model.config.to_dict(),  # the whole architecture: MambaVisionConfig.from_dict
         "input": {"name": "images", "layout": "NHWC", "dtype": "float32",
                   "shape": ["batch" if batch is None else batch, pre.image_size, pre.image_size, 3]},
         "output": {"name": "logits", "dtype": "float32", "shape": ["batch" if batch is None else batch,

@@ -44,7 +44,7 @@ __all__ = [
     "weights_config",
 ]
 
-# Written by the training loop beside checkpoints/ and best/: the model's config.to_dict().
+# Written by the training loop beside checkpoints/ and best/: the model's `config.to_dict()`.
 RUN_MODEL_CONFIG = "model_config.json"
 _RUN_DIRS = {"best": "best", "latest": "checkpoints"}
 
@@ -176,7 +176,9 @@ def _run_step_dir(workdir: Path, which: str | int) -> Path:
 
 
 def _run_model(workdir: Path, dtype, **runtime):
-    """A freshly initialised model of the architecture the run trained (its model_config.json)."""
+    """A freshly initialised model of the architecture the run trained (its model_config.json,
+    `MambaVisionConfig.to_dict()`, written by the training loop)."""
+    from mambavision_jax.models.config import MambaVisionConfig
     from mambavision_jax.models.registry import create_model
 
     path = workdir / RUN_MODEL_CONFIG
@@ -184,13 +186,10 @@ def _run_model(workdir: Path, dtype, **runtime):
         raise FileNotFoundError(f"{workdir} is a training run without {RUN_MODEL_CONFIG} (written by the "
                                 f"training loop): the architecture of its checkpoints is unknown")
     try:
-        cfg = json.loads(path.read_text())
-    except ValueError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("name"), str):
-        raise ValueError(f"{path}: expected a JSON object with the model's name and fields")
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k != "name"}
-    return create_model(cfg["name"], dtype=dtype, **fields, **runtime)
+        config = MambaVisionConfig.from_dict(json.loads(path.read_text()))
+    except ValueError as e:  # not JSON, or a field missing / unknown / out of range (ConfigError)
+        raise ValueError(f"{path}: {e}") from None
+    return create_model(config, dtype=dtype, **runtime)
 
 
 def _restore_run_weights(step_dir: Path, model, ema: bool, require_ema: bool) -> tuple[Any, Any, bool]:

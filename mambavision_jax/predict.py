@@ -134,6 +134,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from mambavision_jax import xla_cpu
+    xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     from mambavision_jax.inference import check_weights_arguments
 
     args = _parser().parse_args(argv)
@@ -147,7 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise FileNotFoundError(f"--labels {args.labels}: no such file")
     labels = read_labels_file(args.labels) if args.labels is not None else None
 
-    from mambavision_jax.inference import Runner, load_model, preprocessing_for, weights_config
+    from mambavision_jax.inference import (NonFiniteOutputError, Runner, load_model, preprocessing_for,
+                                           weights_config)
 
     model = load_model(args.weights, args.model, dtype=args.dtype, ema=args.ema, which=args.checkpoint)
     if args.topk > model.num_classes:
@@ -160,9 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         raise cli.UserError(f"--labels {args.labels}: {e}") from None
     runner = Runner(model, topk=args.topk)
-    results = predict(model, args.images, topk=args.topk, labels=names, preprocessing=pre,
-                      batch_size=args.batch_size, alpha=args.alpha, runner=runner,
-                      max_pixels=args.max_pixels or None)
+    try:
+        results = predict(model, args.images, topk=args.topk, labels=names, preprocessing=pre,
+                          batch_size=args.batch_size, alpha=args.alpha, runner=runner,
+                          max_pixels=args.max_pixels or None)
+    except NonFiniteOutputError as e:
+        raise NonFiniteOutputError(f"--weights {args.weights}: {e}") from None
     if args.json:
         print(json.dumps([{"image": os.fspath(img),
                            "predictions": [{"index": i, "label": n, "prob": p} for i, n, p in preds]}

@@ -234,6 +234,8 @@ def _check_output(flag: str, path: str | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from mambavision_jax import xla_cpu
+    xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     args = _parser().parse_args(argv)
     # Everything checked before minutes of compiling.
     names = _model_names(args.models)

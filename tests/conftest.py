@@ -14,7 +14,10 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
         f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8") if f
     )
 
-# ---- process-wide JAX / package setup that must precede the test modules goes here ----
+# ---- process-wide JAX / package setup that must precede the test modules ----
+from mambavision_jax import xla_cpu  # noqa: E402
+
+xla_cpu.use_eigen_convolutions()  # as the entry points do, before JAX creates its backends
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -31,10 +31,6 @@ def _tiny(seed: int = 0):
     return m
 
 
-def _model_config(model) -> dict:
-    return dict(name="mamba_vision_T", num_classes=NUM_CLASSES, **ARCH)
-
-
 def make_training_run(workdir: Path, model, ema_scale: float = 0.5, step: int = 3) -> None:
     """A training workdir as train_and_evaluate leaves it (checkpoints/, best/, model_config.json),
     written with the training Checkpointer; its EMA weights are the weights * ema_scale."""
@@ -49,7 +45,7 @@ def make_training_run(workdir: Path, model, ema_scale: float = 0.5, step: int = 
     ckpt.save_best(step, state, 50.0)
     ckpt.wait()
     ckpt.close()
-    (workdir / "model_config.json").write_text(json.dumps(_model_config(model)))
+    (workdir / "model_config.json").write_text(json.dumps(model.config.to_dict()))  # as the loop writes it
     # The training config (train.py writes it): its eval preprocessing is the run's.
     (workdir / "config.json").write_text(json.dumps({"data": {"image_size": SIZE, "crop_pct": 0.875,
                                                               "crop_mode": ""}}))
@@ -115,7 +111,7 @@ CASES = [
     pytest.param("predict", [PNG, "--weights", W, "--labels", "missing.txt"], ["missing.txt"], marks=SLOW),
     pytest.param("predict", [PNG, "--weights", "missing.safetensors"], ["missing.safetensors"], marks=SLOW),
     ("predict", [PNG, "--weights", "garbage.safetensors"], ["garbage.safetensors"]),
-    ("predict", [PNG, "--weights", "nan/model.safetensors"], ["NaN"]),
+    ("predict", [PNG, "--weights", "nan/model.safetensors"], ["nan/model.safetensors"]),
     pytest.param("predict", ["bad.jpg", "--weights", W], ["bad.jpg"], marks=SLOW),
     pytest.param("predict", ["missing.png", "--weights", W], ["missing.png"], marks=SLOW),
     pytest.param("predict", [PNG, "--weights", "run", "--checkpoint", "sometime"], ["--checkpoint"], marks=SLOW),
@@ -202,3 +198,31 @@ def test_evaluate_and_predict_accept_a_training_run(files, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     preds = json.loads(out.stdout)[0]["predictions"]
     assert len(preds) == 2 and all(0 <= p["prob"] <= 1 for p in preds)
+
+
+@pytest.mark.slow
+def test_evaluate_a_real_training_run_matches_its_last_eval(tmp_path):
+    """train.py (the tiny test config, 2 steps), then `evaluate --weights WORKDIR` on the same split:
+    the same top-1 / top-5 / loss as the run's own evaluation of its EMA weights."""
+    from mambavision_jax.data import DIGITS_NAME, build_digits
+
+    data = tmp_path / "tfds"
+    build_digits(str(data))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(REPO))
+    run = tmp_path / "run"
+    train = subprocess.run([sys.executable, str(REPO / "train.py"), "--config",
+                            str(REPO / "tests" / "small_train_config.py"), "--workdir", str(run),
+                            f"--config.data.dir={data}", "--config.total_steps=2", "--config.eval_every_steps=2",
+                            "--config.log_every_steps=1", "--config.eval_batch_size=64"],
+                           env=env, capture_output=True, text=True, timeout=900)
+    assert train.returncode == 0, train.stderr[-3000:]
+    last = [json.loads(line) for line in open(run / "metrics.jsonl") if '"eval"' in line][-1]
+    out = _run("evaluate", ["--weights", str(run), "--tfds", DIGITS_NAME, "--data_dir", str(data),
+                            "--image_size", "32", "--batch_size", "64", "--no_progress", "--json", "-"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout[out.stdout.index("{"):])
+    assert summary["checkpoint"]["ema"] is True and summary["checkpoint"]["step"] == 2
+    assert summary["top1"] == pytest.approx(last["ema_top1"], abs=1e-4)
+    assert summary["top5"] == pytest.approx(last["ema_top5"], abs=1e-4)
+    assert summary["loss"] == pytest.approx(last["ema_loss"], rel=1e-4)

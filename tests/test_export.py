@@ -87,6 +87,7 @@ def test_export_cli_fixed_batch_both_formats(model, images_and_logits, tmp_path)
     cfg = json.loads((out / ex.CONFIG_FILE).read_text())
     assert cfg["model"] == "mamba_vision_T" and cfg["input"]["shape"] == [3, SIZE, SIZE, 3]
     assert cfg["preprocessing"]["crop_pct"] == 1.0 and cfg["num_classes"] == 1000
+    assert mvj.MambaVisionConfig.from_dict(cfg["config"]) == model.config  # the whole architecture
     assert cfg["files"]["onnx"]["onnxruntime_max_rel_err"] < RTOL
     assert cfg["files"]["jax_export"]["platforms"] == ["cpu", "cuda", "tpu"]
     exp = ex.load_jax_export(out / ex.JAX_FILE)

@@ -181,3 +181,13 @@ def test_predict_matches_the_model_on_the_preprocessed_array(model, tmp_path, ca
     (tmp_path / "bad.jpg").write_bytes(b"nope")
     assert cli.run(pr.main, [str(tmp_path / "bad.jpg"), "--weights", str(weights)]) == 2
     assert "bad.jpg" in capsys.readouterr().err
+
+
+def test_non_finite_outputs_are_an_error_not_nan_probabilities(model):
+    from mambavision_jax.inference import NonFiniteOutputError
+
+    broken = nnx.clone(model)
+    head = broken.head.kernel
+    head[...] = head[...].at[0, 0].set(np.nan)
+    with pytest.raises(NonFiniteOutputError, match="image 0 are NaN or infinite"):
+        pr.predict(broken, [_photo(40, 40)], preprocessing=resolve_preprocessing(broken, image_size=SIZE))

@@ -1,5 +1,6 @@
 """mambavision_jax.xla_cpu: importing the package leaves XLA alone; `use_eigen_convolutions()` adds
-the XLA-CPU convolution flag where it can still take effect, and only there."""
+the XLA-CPU convolution flag where it can still take effect, and only there. Each case runs in a
+fresh interpreter, as XLA reads its flags once per process."""
 import os
 import subprocess
 import sys
@@ -10,18 +11,16 @@ import pytest
 from mambavision_jax import xla_cpu
 
 NEW_JAXLIB = jaxlib.__version__.startswith("0.10.")  # the jaxlibs that know the flag
+CONV = ("y = jax.lax.conv_general_dilated(jnp.ones((1, 8, 8, 3)), jnp.ones((3, 3, 3, 4)), (1, 1), 'SAME',"
+        " dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n")
 
 
 def _run(code: str, **env) -> list[str]:
-    """`code` in a fresh interpreter (XLA reads its flags once per process); its last output line."""
+    """The fields of the last line `code` prints, run in a fresh interpreter with `env` added."""
     base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "MAMBAVISION_JAX_XLA_CPU_FLAGS")}
     out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True,
                          text=True, check=True)
     return out.stdout.strip().splitlines()[-1].split("|")
-
-
-CONV = ("y = jax.lax.conv_general_dilated(jnp.ones((1, 8, 8, 3)), jnp.ones((3, 3, 3, 4)), (1, 1), 'SAME',"
-        " dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n")
 
 
 def test_import_changes_nothing():
@@ -44,9 +43,8 @@ def test_the_call_adds_the_flag_and_xla_accepts_it():
 @pytest.mark.parametrize("case", ["users-own-choice", "opt-out", "too-late"])
 def test_the_call_leaves_xla_alone(case):
     env, before = {}, ""
-    mine = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
     if case == "users-own-choice":
-        env["XLA_FLAGS"] = mine
+        env["XLA_FLAGS"] = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
     elif case == "opt-out":
         env["MAMBAVISION_JAX_XLA_CPU_FLAGS"] = "0"
     else:  # JAX's backends exist already: XLA has read its flags

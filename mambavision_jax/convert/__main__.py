@@ -111,6 +111,8 @@ def _save_orbax_atomically(model, out: str) -> Path:
 
 
 def main(argv=None) -> int:
+    from mambavision_jax import xla_cpu
+    xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     args = _parser().parse_args(argv)
     _validate(args)
 

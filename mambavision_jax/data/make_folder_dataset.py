@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from mambavision_jax import xla_cpu
+    xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     args = _parser().parse_args(argv)
     from mambavision_jax.data.folder import build_folder_dataset  # TFDS import: after --help
     if not sys.stderr.isatty():  # a log file gets the summary, not thousands of progress-bar frames
