@@ -21,6 +21,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
+    from mambavision_jax import xla_cpu
+    xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     import jax
     if _COORD.value or _NPROC.value:

@@ -88,6 +88,8 @@ def temp_mib(fn, args):
 
 
 def main(argv=None):
+    from mambavision_jax import xla_cpu
+    xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--length", type=int, nargs="+", default=[196])

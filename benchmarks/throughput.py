@@ -22,8 +22,8 @@ SGD(momentum 0.9) step; channels_last; bf16 through `torch.autocast` (CPU or CUD
 model needs `mamba_ssm` for its scan: where it is missing (always on a CPU) a pure-PyTorch scan
 stands in, and the table's note says which (--torch-scan): `ref`, mamba_ssm's own
 `selective_scan_ref` (what the official package computes without its CUDA kernel), or `loop`, a
-faster loop written here (the stronger baseline). The JAX worker imports mambavision_jax before
-JAX starts, so XLA-CPU gets its Eigen convolutions (mambavision_jax/xla_cpu.py).
+faster loop written here (the stronger baseline). The JAX worker calls
+`mambavision_jax.xla_cpu.use_eigen_convolutions()` before JAX starts, as the package's entry points do.
 """
 from __future__ import annotations
 
@@ -92,6 +92,7 @@ def run_jax(a) -> list[dict]:
     sys.path.insert(0, ROOT)
     import mambavision_jax as mvj
 
+    mvj.xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     dev = jax.devices()[0]
     device = cpu_name() if dev.platform == "cpu" else getattr(dev, "device_kind", dev.platform)
     dtype = jnp.dtype(a.dtype)
@@ -104,9 +105,8 @@ def run_jax(a) -> list[dict]:
     y = jnp.asarray(rng.integers(0, model.num_classes, (a.batch,)), jnp.int32)
     from mambavision_jax.ops import default_impl
     scan = a.scan_impl if a.scan_impl != "auto" else default_impl()
-    from mambavision_jax.models.mixer import resolve_attn_impl
-    from mambavision_jax.models.registry import model_args
-    head_dim = model.stage_dims[2] // model_args(a.model)["num_heads"][2]
+    from mambavision_jax.ops import resolve_attn_impl
+    head_dim = model.stage_dims[2] // model.config.num_heads[2]
     attn = resolve_attn_impl(a.attn_impl, dtype, head_dim)
     common = dict(device=device, framework=f"jax {jax.__version__}", model=a.model, batch=a.batch,
                   resolution=a.resolution, dtype=a.dtype, note=f"scan={scan}, attention={attn}")

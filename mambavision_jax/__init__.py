@@ -1,10 +1,7 @@
 """MambaVision in JAX / Flax NNX: faithful models, exact PyTorch converters, sharded training."""
-from mambavision_jax import xla_cpu
-
-xla_cpu.apply()  # before JAX creates its CPU backend (see xla_cpu.py)
-
-from mambavision_jax.models import (FeatureExtractor, MambaVision, create_model, list_models,
-                                    pretrained_cfg)
+from mambavision_jax import xla_cpu  # noqa: F401 - `mvj.xla_cpu.use_eigen_convolutions()`
+from mambavision_jax.models import (FeatureExtractor, MambaVision, MambaVisionConfig, RuntimeConfig,
+                                    create_model, list_models, model_config, pretrained_cfg)
 
 __version__ = "0.1.0"
 
@@ -18,5 +15,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'mambavision_jax' has no attribute {name!r}")
 
 
-__all__ = ["FeatureExtractor", "MambaVision", "create_model", "list_models", "pretrained_cfg",
+__all__ = ["FeatureExtractor", "MambaVision", "MambaVisionConfig", "RuntimeConfig", "create_model",
+           "list_models", "model_config", "pretrained_cfg",
            "load_torch_checkpoint", "to_torch_state_dict", "save_torch_checkpoint"]

@@ -469,6 +469,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from mambavision_jax import xla_cpu
+    xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     args = _parser().parse_args(argv)
     if args.batch_size < 1:
         raise SystemExit("--batch_size must be >= 1")

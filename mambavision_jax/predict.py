@@ -143,6 +143,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from mambavision_jax import xla_cpu
+    xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     args = _parser().parse_args(argv)
     from mambavision_jax.evaluate import Runner, load_model, resolve_preprocessing, weights_config
     from mambavision_jax.images import ImageReadError

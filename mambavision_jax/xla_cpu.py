@@ -1,13 +1,17 @@
-"""XLA-CPU settings for fast convolutions, applied when `mambavision_jax` is imported.
+"""Faster XLA-CPU convolutions, as an explicit call: `use_eigen_convolutions()`.
 
 jaxlib 0.10's XLA-CPU hands convolutions to YNNPACK, which ran MambaVision's 3x3 convolutions
-2-2.5x slower than XLA's Eigen convolutions on the x86 CPUs measured here (MambaVision-T
-inference, batch 8, 224: ~750 -> ~515 ms per step, float32, 2 cores; the patch embedding alone
-32 -> 13 ms). One flag keeps dots and reductions on YNNPACK and takes the convolutions off it.
+2-2.5x slower than XLA's Eigen convolutions on the x86 CPUs measured (benchmarks/RESULTS.md). One
+XLA flag keeps dots and reductions on YNNPACK and takes the convolutions off it. XLA reads
+XLA_FLAGS once, when JAX creates its backends, so call this first thing in a program (the
+package's command-line entry points do; importing `mambavision_jax` changes nothing):
 
-XLA reads XLA_FLAGS once, when JAX creates its backends, so the flag is added only if that has
-not happened yet, the user has not set the option themselves, and the jaxlib is one that has the
-flag (0.10.x: an unknown XLA flag is a fatal error). Opt out with MAMBAVISION_JAX_XLA_CPU_FLAGS=0.
+    import mambavision_jax as mvj
+    mvj.xla_cpu.use_eigen_convolutions()   # before the first jax.devices() / computation
+
+The flag is added only if JAX's backends do not exist yet, the user has not set the option
+themselves, and the jaxlib is one that has it (0.10.x: an unknown XLA flag is a fatal error).
+MAMBAVISION_JAX_XLA_CPU_FLAGS=0 opts out.
 """
 from __future__ import annotations
 
@@ -15,19 +19,19 @@ import os
 
 EIGEN_CONVOLUTIONS = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 _OPTION = "xla_cpu_experimental_ynn_fusion_type"
-_state = {"eigen_convolutions": False}
 
 
-def apply() -> bool:
+def use_eigen_convolutions() -> bool:
     """Add EIGEN_CONVOLUTIONS to XLA_FLAGS where it can still take effect; returns whether XLA's
     CPU convolutions are (or will be) Eigen's."""
     flags = os.environ.get("XLA_FLAGS", "")
-    if _OPTION in flags:  # the user's own choice stands
-        _state["eigen_convolutions"] = "-individual_convolution" in flags
-    elif os.environ.get("MAMBAVISION_JAX_XLA_CPU_FLAGS", "1") != "0" and _flag_can_apply():
+    if (_OPTION not in flags and os.environ.get("MAMBAVISION_JAX_XLA_CPU_FLAGS", "1") != "0"
+            and _flag_can_apply()):
         os.environ["XLA_FLAGS"] = f"{flags} {EIGEN_CONVOLUTIONS}".strip()
-        _state["eigen_convolutions"] = True
-    return _state["eigen_convolutions"]
+    return eigen_convolutions()
+
+
+apply = use_eigen_convolutions  # the earlier name
 
 
 def _flag_can_apply() -> bool:
@@ -41,5 +45,6 @@ def _flag_can_apply() -> bool:
 
 
 def eigen_convolutions() -> bool:
-    """Whether `apply` routed XLA-CPU convolutions to Eigen (read by the models' conv hook)."""
-    return _state["eigen_convolutions"]
+    """Whether XLA_FLAGS routes XLA-CPU convolutions to Eigen (read by `ops.conv`'s "auto")."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    return _OPTION in flags and "-individual_convolution" in flags.split(_OPTION, 1)[1].split()[0]

@@ -205,6 +205,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from mambavision_jax import xla_cpu
+    xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     args = _parser().parse_args(argv)
     names = [n.strip() for n in args.models.split(",")] if args.models else None
     rows = zoo_rows(names, compile=not args.no_compile, progress=not args.quiet)

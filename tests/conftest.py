@@ -1,6 +1,10 @@
 import os
 import sys
 
+from mambavision_jax import xla_cpu
+
+xla_cpu.use_eigen_convolutions()  # as the entry points do, before JAX creates its backends
+
 import numpy as np
 import pytest
 

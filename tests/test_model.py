@@ -187,7 +187,8 @@ def test_remat_gives_the_same_gradients():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5 * scale)
 
 
-def test_attention_implementations_agree(monkeypatch):
+def test_attention_implementations_agree():
+    from mambavision_jax import ops
     from mambavision_jax.models import mixer
 
     x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 29, 64)), jnp.float32)
@@ -200,25 +201,21 @@ def test_attention_implementations_agree(monkeypatch):
     with pytest.raises(ValueError, match="unknown attn_impl 'flash'"):
         mixer.Attention(64, 2, attn_impl="flash", rngs=nnx.Rngs(0))
     # What auto picks on a GPU: cuDNN for half-precision heads it supports, XLA otherwise.
-    monkeypatch.setattr(mixer, "on_cpu", lambda: False)
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert mixer.resolve_attn_impl("auto", jnp.bfloat16, 32) == "cudnn"
-    assert mixer.resolve_attn_impl("auto", jnp.bfloat16, 49) == "xla"  # MambaVision-L's heads
-    assert mixer.resolve_attn_impl("auto", jnp.float32, 32) == "xla"
-    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
-    assert mixer.resolve_attn_impl("auto", jnp.bfloat16, 32) == "xla"
+    assert ops.resolve_attn_impl("auto", jnp.bfloat16, 32, platform_name="gpu") == "cudnn"
+    assert ops.resolve_attn_impl("auto", jnp.bfloat16, 49, platform_name="gpu") == "xla"  # L's heads
+    assert ops.resolve_attn_impl("auto", jnp.float32, 32, platform_name="gpu") == "xla"
+    assert ops.resolve_attn_impl("auto", jnp.bfloat16, 32, platform_name="tpu") == "xla"
+    assert ops.resolve_attn_impl("auto", jnp.bfloat16, 32, platform_name="cpu") == "bhnd"
 
 
-@pytest.mark.parametrize("conv_grad", ["xla", "taps"])
-def test_train_mode_gradients_equal_official(conv_grad, monkeypatch):
+@pytest.mark.parametrize("conv_impl", ["xla", "matmul_grad"])
+def test_train_mode_gradients_equal_official(conv_impl):
     """Backward parity: every parameter's gradient in train mode (BatchNorm batch statistics) against
     torch.autograd through the official model; random weights, reduced depths, an odd input size.
-    conv_grad: XLA's own convolution gradients, or the per-tap matmul kernel gradient that the CPU
-    uses when YNNPACK computes the convolutions (models/layers.py)."""
-    from mambavision_jax import xla_cpu
+    conv_impl: XLA's own convolution gradients, or the per-tap matmul kernel gradient that the CPU
+    uses when YNNPACK computes the convolutions (mambavision_jax/ops/conv.py)."""
     from mambavision_jax.convert import load_state_dict
 
-    monkeypatch.setitem(xla_cpu._state, "eigen_convolutions", conv_grad == "xla")
     arch = dict(depths=[1, 1, 2, 2], drop_path_rate=0.0)
     ref = build_official("mamba_vision_T", seed=3, **arch).train()
     x = images(2, 70, 97, seed=4)
@@ -226,7 +223,7 @@ def test_train_mode_gradients_equal_official(conv_grad, monkeypatch):
     (ref(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())) * torch.from_numpy(w)).sum().backward()
     ref_grads = {k: p.grad.numpy() for k, p in ref.named_parameters()}
 
-    model = mvj.create_model("mamba_vision_T", rngs=nnx.Rngs(0), **arch)
+    model = mvj.create_model("mamba_vision_T", rngs=nnx.Rngs(0), conv_impl=conv_impl, **arch)
     load_state_dict(model, {k: v.detach().numpy() for k, v in ref.state_dict().items()
                             if not k.endswith("num_batches_tracked")})
     model.train()

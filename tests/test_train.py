@@ -203,6 +203,11 @@ def test_two_processes_train_evaluate_and_checkpoint(tmp_path, data_dir):
     assert len([r for r in rows if r["kind"] == "eval"]) == 1
     assert (workdir / "checkpoints" / "4").is_dir() and (workdir / "best" / "4").is_dir()
     assert (workdir / "checkpoints" / "data_state" / "4.1.json").is_file()
+    # the whole architecture, for readers of the run (the digits have 10 classes)
+    arch = json.loads((workdir / "model_config.json").read_text())
+    assert arch == dict(dim=16, in_dim=8, depths=[1, 1, 2, 2], num_heads=[1, 2, 2, 4],
+                        window_size=[4, 4, 2, 1], mlp_ratio=4.0, drop_path_rate=0.1, layer_scale=None,
+                        layer_scale_conv=None, in_chans=3, num_classes=10, name="mamba_vision_T")
 
 
 def test_unknown_config_field_is_an_error(tmp_path):
@@ -226,9 +231,9 @@ def test_init_from_checkpoint_with_a_new_head(tmp_path):
     from mambavision_jax.train.loop import _init_from
     c = small_config()
     from flax import nnx
-    from mambavision_jax.train.state import model_kwargs
-    kw = model_kwargs(c, 1000, 1)
-    src = mvj.create_model("mamba_vision_T", rngs=nnx.Rngs(7), **kw)
+    from mambavision_jax.train.state import model_configs
+    arch, runtime = model_configs(c, 1000, 1)
+    src = mvj.create_model(arch, runtime=runtime, rngs=nnx.Rngs(7))
     save_checkpoint(src, tmp_path / "src")
     c.init_from = str(tmp_path / "src")
     mesh = shd.make_mesh(1, 1, jax.devices()[:1])

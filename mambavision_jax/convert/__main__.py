@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from mambavision_jax import xla_cpu
+    xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     args = _parser().parse_args(argv)
     from mambavision_jax.convert import (CheckpointError, load_checkpoint, save_checkpoint,
                                          save_torch_checkpoint)

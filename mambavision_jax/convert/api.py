@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -12,8 +13,10 @@ from flax import nnx
 from mambavision_jax.convert import checkpoint_io as io
 from mambavision_jax.convert.checkpoint_io import CheckpointError
 from mambavision_jax.convert.keymap import jax_to_torch_array, path_to_torch_key, torch_to_jax_array
-from mambavision_jax.convert.variants import candidates_for_weights, infer_variant, variant_from_hf_config
-from mambavision_jax.models.registry import VARIANTS, create_model, model_args, pretrained_cfg
+from mambavision_jax.convert.variants import JAX_CONFIG_KEY, candidates_for_weights, config_from_hf, infer_variant
+from mambavision_jax.models.config import ConfigError, MambaVisionConfig
+from mambavision_jax.models.registry import CONFIGS, create_model, model_config
+from mambavision_jax.paths import atomic_write_text
 
 _STATE = (nnx.Param, nnx.BatchStat)
 ORBAX_META = "mambavision_jax.json"
@@ -67,7 +70,7 @@ def load_state_dict(model, sd: dict[str, np.ndarray], *, strict: bool = True,
 def _mismatch_message(model, sd, missing, unexpected, mismatched) -> str:
     def few(items):
         return ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
-    name = getattr(model, "name", type(model).__name__)
+    name = model.name or "the model"
     hint = ""
     try:
         fits = candidates_for_weights(sd)
@@ -85,16 +88,37 @@ def _mismatch_message(model, sd, missing, unexpected, mismatched) -> str:
     return "\n".join(lines)
 
 
-def _resolve_name(name, sd, meta) -> tuple[str, dict[str, Any]]:
-    if name is not None:
-        if name not in VARIANTS:
-            create_model(name)  # raises the registry's "unknown model" error
-        return name, {}
+def _config_source(path: Path, meta: dict[str, Any]) -> Path:
+    """The file the architecture was read from: config.json for a Hugging Face layout."""
     if "hf_config" in meta:
-        return variant_from_hf_config(meta["hf_config"])
-    if meta.get("model_name") in VARIANTS:
-        return meta["model_name"], {}
-    return infer_variant(sd), {}
+        return (path if path.is_dir() else path.parent) / io.HF_CONFIG
+    return path
+
+
+def _resolve_config(path: Path, name: str | None, sd, meta) -> MambaVisionConfig:
+    """The architecture of a checkpoint: the whole config it stores (files this package writes),
+    else the caller's `name`, the Hugging Face config.json, the training args' model name, or what
+    the weights' shapes reveal. A stored config that is malformed or out of range is a
+    CheckpointError naming the file and the field."""
+    source = _config_source(path, meta)
+    stored = meta.get(JAX_CONFIG_KEY)
+    if stored is None and JAX_CONFIG_KEY in meta.get("hf_config", {}):
+        stored = meta["hf_config"][JAX_CONFIG_KEY]
+    try:
+        if stored is not None:
+            config = MambaVisionConfig.from_dict(stored)
+            if name is not None and config.name is not None and name != config.name:
+                raise CheckpointError(f"{path} holds {config.name}, not {name}")
+            return config
+        if name is not None:
+            return model_config(name)
+        if "hf_config" in meta:
+            return config_from_hf(meta["hf_config"])
+        if meta.get("model_name") in CONFIGS:
+            return model_config(meta["model_name"])
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    return model_config(infer_variant(sd))
 
 
 def load_torch_checkpoint(path: str | Path, name: str | None = None, *, num_classes: int | None = None,
@@ -103,14 +127,16 @@ def load_torch_checkpoint(path: str | Path, name: str | None = None, *, num_clas
     """An NNX model with the weights of an official checkpoint: a `.pth.tar` (`state_dict`,
     `state_dict_ema` with use_ema=True, `model`, or a bare dict), a `.safetensors` file, or a
     Hugging Face model folder (config.json + model.safetensors). `name` may be omitted where the
-    weights, the checkpoint's args or config.json tell the variant. With `num_classes` different
-    from the checkpoint's head, the head is freshly initialised (fine-tuning)."""
+    weights, the checkpoint's args or config.json tell the variant; files written by this package
+    carry their whole architecture. `overrides` (any `create_model` argument) apply on top. With
+    `num_classes` different from the checkpoint's head, the head is freshly initialised
+    (fine-tuning)."""
     sd, meta = io.read_state_dict(path, use_ema=use_ema)
-    name, cfg_overrides = _resolve_name(name, sd, meta)
+    config = _resolve_config(Path(path), name, sd, meta)
     head = sd.get("head.weight")
     ckpt_classes = int(head.shape[0]) if head is not None else 0
     n_cls = ckpt_classes if num_classes is None else num_classes
-    model = create_model(name, num_classes=n_cls, dtype=dtype, rngs=rngs, **{**cfg_overrides, **overrides})
+    model = create_model(config, num_classes=n_cls, dtype=dtype, rngs=rngs, **overrides)
     skip = _HEAD_KEYS if n_cls != ckpt_classes else ()
     load_state_dict(model, sd, skip=skip)
     model.eval()
@@ -118,65 +144,131 @@ def load_torch_checkpoint(path: str | Path, name: str | None = None, *, num_clas
 
 
 def hf_config(model) -> dict[str, Any]:
-    """A Hugging Face `config.json` for the model, in the fields the official hub configs use."""
-    name = getattr(model, "name", "mamba_vision_T")
-    a, cfg = model_args(name), pretrained_cfg(name)
-    stage_dims = model.stage_dims
+    """A Hugging Face `config.json` for the model: the fields the official hub configs use (which
+    the official `MambaVisionModelForImageClassification` reads), the preprocessing, and the whole
+    `MambaVisionConfig` under "mambavision_jax_config" (what `load_torch_checkpoint` rebuilds from)."""
+    c, pre = model.config, model.pretrained_cfg
     return {
         "architectures": ["MambaVisionModelForImageClassification"],
         "model_type": "mambavision",
-        "mambavision_jax_name": name,
-        "dim": stage_dims[0],
-        "in_dim": int(model.patch_embed.conv_down[0].kernel.shape[-1]),
-        "depths": [len(level.blocks) for level in model.levels],
-        "num_heads": list(a["num_heads"]),
-        "window_size": [level.window_size for level in model.levels],
-        "mlp_ratio": a.get("mlp_ratio", 4),
-        "drop_path_rate": a["drop_path_rate"],
-        "layer_scale": a.get("layer_scale"),
-        "layer_scale_conv": None,
-        "num_classes": model.num_classes,
-        "crop_pct": cfg.crop_pct,
-        "crop_mode": cfg.crop_mode,
-        "mean": list(cfg.mean),
-        "std": list(cfg.std),
+        "mambavision_jax_name": c.name,
+        "dim": c.dim,
+        "in_dim": c.in_dim,
+        "depths": list(c.depths),
+        "num_heads": list(c.num_heads),
+        "window_size": list(c.window_size),
+        "mlp_ratio": c.mlp_ratio,
+        "drop_path_rate": c.drop_path_rate,
+        "layer_scale": c.layer_scale,
+        "layer_scale_conv": c.layer_scale_conv,
+        "in_chans": c.in_chans,
+        "num_classes": c.num_classes,
+        "crop_pct": pre.crop_pct,
+        "crop_mode": pre.crop_mode,
+        "mean": list(pre.mean),
+        "std": list(pre.std),
         "torch_dtype": "float32",
+        JAX_CONFIG_KEY: c.to_dict(),
     }
 
 
 def save_torch_checkpoint(model, path: str | Path) -> Path:
     """`.safetensors` (Hugging Face layout: keys `model.*`, config.json beside it) or `.pth.tar`
-    (`{'state_dict': ..., 'arch': name}`); both load into the official model with strict=True."""
+    (`{'state_dict': ..., 'arch': name, 'mambavision_jax_config': {...}}`); both load into the
+    official model with strict=True and back into this package with no other argument."""
     path = Path(path)
     sd = to_torch_state_dict(model)
     if path.suffix == ".safetensors":
         io.write_safetensors_file(sd, path, hf_config(model))
     else:
-        io.write_torch_file(sd, path, extra={"arch": getattr(model, "name", None)})
+        io.write_torch_file(sd, path, extra={"arch": model.name, JAX_CONFIG_KEY: model.config.to_dict()})
     return path
 
 
 # ------------------------------------------------------------------ orbax
+ORBAX_FORMAT = 2
+
+
 def save_checkpoint(model, directory: str | Path) -> Path:
-    """The model's parameters and BatchNorm statistics as an orbax checkpoint, with a small JSON
-    that names the variant, so `load_checkpoint(directory)` needs no other argument."""
+    """The model's parameters and BatchNorm statistics as an orbax checkpoint, with
+    `mambavision_jax.json` = {"format": 2, "config": the model's MambaVisionConfig}, so that
+    `load_checkpoint(directory)` rebuilds the model with no other argument."""
     import orbax.checkpoint as ocp
 
     directory = Path(directory).absolute()
     if directory.exists():
         raise FileExistsError(f"{directory} exists; choose a new folder")
-    meta = {"name": getattr(model, "name", None), "num_classes": model.num_classes}
+    meta = {"format": ORBAX_FORMAT, "config": model.config.to_dict()}
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(directory / "state", nnx.state(model, _STATE))
-    (directory / ORBAX_META).write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(directory / ORBAX_META, json.dumps(meta, indent=2) + "\n")
     return directory
+
+
+def _orbax_config(path: Path, name: str | None) -> MambaVisionConfig:
+    """The architecture in an orbax folder's mambavision_jax.json: {"format": 2, "config": {...}},
+    or the first format's {"name": official name, "num_classes": n}."""
+    source = path / ORBAX_META
+    try:
+        meta = json.loads(source.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{source}: not valid JSON ({e})") from None
+    try:
+        if not isinstance(meta, dict):
+            raise ConfigError(f"expected a JSON object, got {type(meta).__name__}")
+        if meta.get("format") == ORBAX_FORMAT:
+            config = MambaVisionConfig.from_dict(meta.get("config"))
+        elif "format" in meta:
+            raise ConfigError(f"unknown format {meta['format']!r} (this version reads {ORBAX_FORMAT})")
+        else:  # the first format: an official name and the class count
+            if meta.get("name") is None and name is None:
+                raise ConfigError("no model name stored; pass the name")
+            saved = meta.get("name")
+            if saved is not None and not isinstance(saved, str):
+                raise ConfigError(f"name must be a string, got {saved!r}")
+            if saved is not None and saved not in CONFIGS:
+                raise ConfigError(f"name {saved!r} is not an official model")
+            config = model_config(saved or name).replace(num_classes=meta.get("num_classes", 1000))
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    if name is not None and config.name is not None and name != config.name:
+        raise CheckpointError(f"{path} holds {config.name}, not {name}")
+    return config
+
+
+def _leaf_shapes(tree) -> dict[str, tuple[int, ...]]:
+    out = {}
+    for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in p]
+        if keys and keys[-1] == "value":  # orbax's metadata of an nnx Variable
+            keys = keys[:-1]
+        out[".".join(keys)] = tuple(getattr(v, "shape", ()))
+    return out
+
+
+def _check_orbax_shapes(path: Path, ckptr, abstract) -> None:
+    """One short CheckpointError if the saved arrays do not fit the model (orbax's own error
+    prints whole arrays)."""
+    try:
+        saved = _leaf_shapes(ckptr.metadata(path / "state").item_metadata.tree)
+    except Exception as e:  # noqa: BLE001 - a missing or corrupt state folder, in whatever form
+        raise CheckpointError(f"{path / 'state'}: not a readable orbax checkpoint "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    want = _leaf_shapes(abstract.to_pure_dict())
+    problems = sorted(set(want) ^ set(saved)) + [
+        f"{k}: saved {saved[k]} vs model {s}" for k, s in want.items() if k in saved and saved[k] != s]
+    if problems:
+        more = f", ... ({len(problems)} in all)" if len(problems) > 3 else ""
+        raise CheckpointError(f"{path}: the saved arrays do not fit the architecture in {ORBAX_META}: "
+                              f"{'; '.join(problems[:3])}{more}")
 
 
 def load_checkpoint(path: str | Path, name: str | None = None, *, num_classes: int | None = None,
                     use_ema: bool = False, dtype=jnp.float32, **kwargs):
     """Any supported checkpoint: an orbax folder written by `save_checkpoint`, what
     `load_torch_checkpoint` reads (.pth.tar, .safetensors, Hugging Face folder), or a Hugging Face
-    hub id such as "nvidia/MambaVision-T-1K" (see `mambavision_jax.hub`)."""
+    hub id such as "nvidia/MambaVision-T-1K" (see `mambavision_jax.hub`). The architecture
+    comes from the checkpoint; `kwargs` (any `create_model` argument) apply on top."""
     import orbax.checkpoint as ocp
 
     from mambavision_jax import hub
@@ -188,17 +280,16 @@ def load_checkpoint(path: str | Path, name: str | None = None, *, num_classes: i
     if use_ema:
         raise CheckpointError(f"{path}: an orbax model checkpoint holds one set of weights; use_ema "
                               f"applies to official .pth.tar files")
-    meta = json.loads((path / ORBAX_META).read_text())
-    if name is not None and meta["name"] is not None and name != meta["name"]:
-        raise CheckpointError(f"{path} holds {meta['name']}, not {name}")
-    model = create_model(name or meta["name"], num_classes=meta["num_classes"], dtype=dtype, **kwargs)
+    config = _orbax_config(path, name)
+    model = create_model(config, dtype=dtype, **kwargs)
     abstract = nnx.state(model, _STATE)
     with ocp.StandardCheckpointer() as ckptr:
+        _check_orbax_shapes(path, ckptr, abstract)
         restored = ckptr.restore(path / "state", abstract)
     nnx.update(model, restored)
     if num_classes is not None and num_classes != model.num_classes:
         # fine-tuning with another head: everything but the head carries over
-        new = create_model(model.name, num_classes=num_classes, dtype=dtype, **kwargs)
+        new = create_model(model.config, num_classes=num_classes, dtype=dtype, **kwargs)
         load_state_dict(new, to_torch_state_dict(model), skip=_HEAD_KEYS)
         model = new
     model.eval()

@@ -59,6 +59,8 @@ def read_torch_file(path: str | Path, *, use_ema: bool = False) -> tuple[dict[st
     meta: dict[str, Any] = {}
     if isinstance(ckpt, dict) and isinstance(ckpt.get("args"), argparse.Namespace):
         meta["model_name"] = getattr(ckpt["args"], "model", None)
+    if isinstance(ckpt, dict) and "mambavision_jax_config" in ckpt:  # written by save_torch_checkpoint
+        meta["mambavision_jax_config"] = ckpt["mambavision_jax_config"]
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors or a checkpoint dict, got {type(ckpt).__name__}")
     if use_ema:

@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from mambavision_jax.models.registry import VARIANTS, model_args
 from mambavision_jax.convert.checkpoint_io import CheckpointError
+from mambavision_jax.models.config import ConfigError, MambaVisionConfig
+from mambavision_jax.models.registry import CONFIGS
 
 
 def architecture_of(sd: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -31,15 +32,9 @@ def architecture_of(sd: dict[str, np.ndarray]) -> dict[str, Any]:
 
 def candidates_for_weights(sd: dict[str, np.ndarray]) -> list[str]:
     arch = architecture_of(sd)
-    return [n for n in VARIANTS
-            if (model_args(n)["dim"], model_args(n)["in_dim"], tuple(model_args(n)["depths"]),
-                model_args(n).get("layer_scale") is not None)
+    return [n for n, c in CONFIGS.items()
+            if (c.dim, c.in_dim, c.depths, c.layer_scale is not None)
             == (arch["dim"], arch["in_dim"], arch["depths"], arch["layer_scale"])]
-
-
-def _runtime_arch(name: str) -> tuple:
-    a = model_args(name)
-    return tuple(a["num_heads"]), tuple(a["window_size"])
 
 
 def infer_variant(sd: dict[str, np.ndarray]) -> str:
@@ -51,30 +46,43 @@ def infer_variant(sd: dict[str, np.ndarray]) -> str:
         raise CheckpointError(f"the weights fit no official variant (dim={arch['dim']}, "
                               f"in_dim={arch['in_dim']}, depths={arch['depths']}, "
                               f"layer_scale={arch['layer_scale']}); pass the model name and overrides")
-    if len({_runtime_arch(n) for n in names}) > 1:
+    if len({(CONFIGS[n].num_heads, CONFIGS[n].window_size) for n in names}) > 1:
         raise CheckpointError(f"the weights fit several variants that differ in window size or heads: "
                               f"{names}; pass the model name")
     return names[0]
 
 
-def variant_from_hf_config(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(closest official name, overrides) so that create_model(name, **overrides) builds exactly the
-    architecture in a Hugging Face `config.json`."""
-    fields = ("dim", "in_dim", "depths", "num_heads", "window_size", "mlp_ratio", "layer_scale",
-              "layer_scale_conv")
-    missing = [f for f in ("dim", "in_dim", "depths", "num_heads", "window_size") if f not in config]
+# The fields a Hugging Face config.json shares with MambaVisionConfig (the official hub configs
+# carry the first five and the scales; `num_classes` is the head's size, read from the weights).
+_REQUIRED = ("dim", "in_dim", "depths", "num_heads", "window_size")
+_OPTIONAL = ("mlp_ratio", "drop_path_rate", "layer_scale", "layer_scale_conv", "in_chans")
+JAX_CONFIG_KEY = "mambavision_jax_config"  # the whole MambaVisionConfig, in files this package writes
+
+
+def config_from_hf(hf: dict[str, Any]) -> MambaVisionConfig:
+    """The architecture in a Hugging Face `config.json`: the whole `MambaVisionConfig` this package
+    stores there, else the official fields on top of the closest official variant (whose name is
+    kept for its preprocessing). Bad values raise ConfigError naming the field."""
+    if not isinstance(hf, dict):
+        raise ConfigError(f"expected a JSON object, got {type(hf).__name__}")
+    if JAX_CONFIG_KEY in hf:
+        return MambaVisionConfig.from_dict(hf[JAX_CONFIG_KEY])
+    missing = [f for f in _REQUIRED if f not in hf]
     if missing:
-        raise CheckpointError(f"config.json lacks {missing}: not a MambaVision config")
-    want = {f: (tuple(config[f]) if isinstance(config.get(f), list) else config.get(f)) for f in fields if f in config}
-    best, best_diff = None, None
-    for n in VARIANTS:
-        a = dict(model_args(n), mlp_ratio=model_args(n).get("mlp_ratio", 4),
-                 layer_scale=model_args(n).get("layer_scale"), layer_scale_conv=None)
-        diff = {f: v for f, v in want.items() if _norm(a.get(f)) != _norm(v)}
-        if best_diff is None or len(diff) < len(best_diff):
-            best, best_diff = n, diff
-    return best, best_diff
+        raise ConfigError(f"lacks {missing}: not a MambaVision config")
+    want = {f: hf[f] for f in (*_REQUIRED, *_OPTIONAL) if f in hf}
+    if want.get("mlp_ratio") is None:
+        want.pop("mlp_ratio", None)
+    if want.get("drop_path_rate") is None:
+        want.pop("drop_path_rate", None)
+    name = hf.get("mambavision_jax_name")
+    if name not in CONFIGS:
+        def differences(n):
+            c = CONFIGS[n].to_dict()
+            return sum(_norm(c[f]) != _norm(v) for f, v in want.items())
+        name = min(CONFIGS, key=differences)
+    return CONFIGS[name].replace(**want)
 
 
 def _norm(v):
-    return tuple(v) if isinstance(v, (list, tuple)) else (float(v) if isinstance(v, (int, float)) else v)
+    return [_norm(x) for x in v] if isinstance(v, (list, tuple)) else v

@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from mambavision_jax import xla_cpu
+    xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     args = _parser().parse_args(argv)
     report = build_folder_dataset(args.src, args.name, args.data_dir, args.val_fraction, args.seed,
                                   args.num_workers, args.version, args.overwrite)

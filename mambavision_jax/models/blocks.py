@@ -5,20 +5,24 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mambavision_jax.models.layers import (BatchNorm, Conv2d, DropPath, LayerNorm, Mlp, ReLU, on_cpu)
+from mambavision_jax import ops
+from mambavision_jax.models.config import HYBRID_STAGES, MambaVisionConfig, RuntimeConfig
+from mambavision_jax.models.layers import BatchNorm, Conv2d, DropPath, LayerNorm, Mlp, ReLU
 from mambavision_jax.models.mixer import Attention, MambaVisionMixer
 
 
 class PatchEmbed(nnx.Module):
     """conv3x3/2 -> BN(1e-4) -> ReLU -> conv3x3/2 -> BN(1e-4) -> ReLU; indices as the official Sequential."""
 
-    def __init__(self, in_chans: int, in_dim: int, dim: int, *, bn_groups: int = 1, dtype, rngs: nnx.Rngs):
+    def __init__(self, config: MambaVisionConfig, runtime: RuntimeConfig, *, rngs: nnx.Rngs):
+        conv = dict(stride=2, bias=False, dtype=runtime.compute_dtype, conv_impl=runtime.conv_impl, rngs=rngs)
+        bn = dict(eps=1e-4, num_groups=runtime.bn_groups, dtype=runtime.compute_dtype)
         self.conv_down = nnx.List([
-            Conv2d(in_chans, in_dim, stride=2, bias=False, dtype=dtype, rngs=rngs),
-            BatchNorm(in_dim, eps=1e-4, num_groups=bn_groups, dtype=dtype),
+            Conv2d(config.in_chans, config.in_dim, **conv),
+            BatchNorm(config.in_dim, **bn),
             ReLU(),
-            Conv2d(in_dim, dim, stride=2, bias=False, dtype=dtype, rngs=rngs),
-            BatchNorm(dim, eps=1e-4, num_groups=bn_groups, dtype=dtype),
+            Conv2d(config.in_dim, config.dim, **conv),
+            BatchNorm(config.dim, **bn),
             ReLU(),
         ])
 
@@ -31,94 +35,67 @@ class PatchEmbed(nnx.Module):
 class Downsample(nnx.Module):
     """conv3x3/2 with (1, 1) padding, no bias, no norm; channels x2."""
 
-    def __init__(self, dim: int, *, dtype, rngs: nnx.Rngs):
-        self.reduction = nnx.List([Conv2d(dim, 2 * dim, stride=2, bias=False, dtype=dtype, rngs=rngs)])
+    def __init__(self, dim: int, runtime: RuntimeConfig, *, rngs: nnx.Rngs):
+        self.reduction = nnx.List([Conv2d(dim, 2 * dim, stride=2, bias=False, dtype=runtime.compute_dtype,
+                                          conv_impl=runtime.conv_impl, rngs=rngs)])
 
     def __call__(self, x):
         return self.reduction[0](x)
 
 
+def _layer_scale(dim: int, value: float | None) -> nnx.Param | None:
+    return None if value is None else nnx.Param(jnp.full((dim,), value, jnp.float32))
+
+
+def _scaled(y, gamma: nnx.Param | None):
+    return y if gamma is None else y * gamma[...].astype(y.dtype)
+
+
 class ConvBlock(nnx.Module):
     """conv -> BN -> GELU(tanh) -> conv -> BN -> (gamma) -> DropPath -> residual."""
 
-    def __init__(self, dim: int, *, drop_path: float, layer_scale: float | None, bn_groups: int = 1,
-                 rng_stream, dtype, rngs: nnx.Rngs):
-        self.conv1 = Conv2d(dim, dim, bias=True, dtype=dtype, rngs=rngs)
-        self.norm1 = BatchNorm(dim, eps=1e-5, num_groups=bn_groups, dtype=dtype)
-        self.conv2 = Conv2d(dim, dim, bias=True, dtype=dtype, rngs=rngs)
-        self.norm2 = BatchNorm(dim, eps=1e-5, num_groups=bn_groups, dtype=dtype)
-        if layer_scale is not None:
-            self.gamma = nnx.Param(jnp.full((dim,), layer_scale, jnp.float32))
+    def __init__(self, dim: int, config: MambaVisionConfig, runtime: RuntimeConfig, *,
+                 drop_path: float, rng_stream, rngs: nnx.Rngs):
+        conv = dict(bias=True, dtype=runtime.compute_dtype, conv_impl=runtime.conv_impl, rngs=rngs)
+        bn = dict(eps=1e-5, num_groups=runtime.bn_groups, dtype=runtime.compute_dtype)
+        self.conv1 = Conv2d(dim, dim, **conv)
+        self.norm1 = BatchNorm(dim, **bn)
+        self.conv2 = Conv2d(dim, dim, **conv)
+        self.norm2 = BatchNorm(dim, **bn)
+        self.gamma = _layer_scale(dim, config.layer_scale_conv)
         self.drop_path = DropPath(drop_path, rng_stream=rng_stream)
 
     def __call__(self, x):
         y = jax.nn.gelu(self.norm1(self.conv1(x)), approximate=True)
-        y = self.norm2(self.conv2(y))
-        if hasattr(self, "gamma"):
-            y = y * self.gamma[...].astype(y.dtype)
+        y = _scaled(self.norm2(self.conv2(y)), self.gamma)
         return x + self.drop_path(y)
 
 
 class Block(nnx.Module):
     """x + DropPath(gamma_1 * mixer(LN(x))); x + DropPath(gamma_2 * MLP(LN(x)))."""
 
-    def __init__(self, dim: int, num_heads: int, *, attention: bool, mlp_ratio: float,
-                 drop_path: float, layer_scale: float | None, scan_impl: str, rng_stream,
-                 dtype, rngs: nnx.Rngs, attn_impl: str = "auto"):
+    def __init__(self, dim: int, num_heads: int, config: MambaVisionConfig, runtime: RuntimeConfig, *,
+                 attention: bool, drop_path: float, rng_stream, rngs: nnx.Rngs):
+        dtype = runtime.compute_dtype
         self.norm1 = LayerNorm(dim, rngs=rngs)
         if attention:
-            self.mixer = Attention(dim, num_heads, attn_impl=attn_impl, dtype=dtype, rngs=rngs)
+            self.mixer = Attention(dim, num_heads, attn_impl=runtime.attn_impl, dtype=dtype, rngs=rngs)
         else:
-            self.mixer = MambaVisionMixer(dim, d_state=8, d_conv=3, expand=1, scan_impl=scan_impl,
+            self.mixer = MambaVisionMixer(dim, d_state=8, d_conv=3, expand=1, scan_impl=runtime.scan_impl,
                                           dtype=dtype, rngs=rngs)
         self.drop_path = DropPath(drop_path, rng_stream=rng_stream)
         self.norm2 = LayerNorm(dim, rngs=rngs)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
-        if layer_scale is not None:
-            self.gamma_1 = nnx.Param(jnp.full((dim,), layer_scale, jnp.float32))
-            self.gamma_2 = nnx.Param(jnp.full((dim,), layer_scale, jnp.float32))
+        self.mlp = Mlp(dim, int(dim * config.mlp_ratio), dtype=dtype, rngs=rngs)
+        self.gamma_1 = _layer_scale(dim, config.layer_scale)
+        self.gamma_2 = _layer_scale(dim, config.layer_scale)
         self.dtype = dtype
 
-    def _scale(self, name, y):
-        return y * getattr(self, name)[...].astype(y.dtype) if hasattr(self, name) else y
-
     def __call__(self, x):
-        x = _residual_barrier(x)
-        x = x + self.drop_path(self._scale("gamma_1", self.mixer(self.norm1(x)).astype(self.dtype)))
-        x = _residual_barrier(x)
-        x = x + self.drop_path(self._scale("gamma_2", self.mlp(self.norm2(x)).astype(self.dtype)))
+        x = ops.residual_barrier(x)
+        x = x + self.drop_path(_scaled(self.mixer(self.norm1(x)).astype(self.dtype), self.gamma_1))
+        x = ops.residual_barrier(x)
+        x = x + self.drop_path(_scaled(self.mlp(self.norm2(x)).astype(self.dtype), self.gamma_2))
         return x
-
-
-@jax.custom_vjp
-def _materialize_grad(x):
-    return x
-
-
-def _materialize_grad_fwd(x):
-    return x, None
-
-
-def _materialize_grad_bwd(_, g):
-    # A conditional's result is a buffer that no consumer can fuse into, so XLA must compute the
-    # gradient once here. Both branches are the identity; the predicate only has to be unknown to
-    # the compiler (it is True unless g holds a NaN, and then the result is the same).
-    flat = g.reshape(-1)
-    return (jax.lax.cond(flat[0] == flat[0], lambda t: t, lambda t: t + 0.0, g),)
-
-
-_materialize_grad.defvjp(_materialize_grad_fwd, _materialize_grad_bwd)
-
-
-def _residual_barrier(x):
-    """On the CPU, materialise the gradient of the residual stream at this point.
-
-    Without it XLA-CPU fused the backward residual sum of a whole stage (the LayerNorm input
-    gradients of every later block) into each block's weight-gradient operand, recomputing it once
-    per block: quadratic work that took ~20% of a MambaVision-T train step. (XLA-CPU drops
-    `lax.optimization_barrier`, so it cannot serve here.) The identity in the forward pass.
-    """
-    return _materialize_grad(x) if on_cpu() else x
 
 
 def attention_block_indices(depth: int) -> range:
@@ -142,24 +119,22 @@ def window_reverse(windows: jax.Array, ws: int, h: int, w: int) -> jax.Array:
 class MambaVisionLayer(nnx.Module):
     """One stage: ConvBlocks (stages 1-2) or windowed hybrid Blocks (3-4), then the downsample."""
 
-    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, *, conv: bool,
-                 downsample: bool, mlp_ratio: float, drop_path: list[float],
-                 layer_scale: float | None, layer_scale_conv: float | None, scan_impl: str,
-                 bn_groups: int, remat: bool, rng_stream, dtype, rngs: nnx.Rngs,
-                 attn_impl: str = "auto"):
-        self.conv, self.window_size, self.remat = conv, window_size, remat
-        if conv:
-            blocks = [ConvBlock(dim, drop_path=drop_path[i], layer_scale=layer_scale_conv,
-                                bn_groups=bn_groups, rng_stream=rng_stream, dtype=dtype, rngs=rngs)
+    def __init__(self, stage: int, config: MambaVisionConfig, runtime: RuntimeConfig, *,
+                 drop_path: list[float], rng_stream, rngs: nnx.Rngs):
+        dim, depth = config.stage_dims[stage], config.depths[stage]
+        self.conv = stage not in HYBRID_STAGES
+        self.window_size, self.remat = config.window_size[stage], runtime.remat
+        if self.conv:
+            blocks = [ConvBlock(dim, config, runtime, drop_path=drop_path[i], rng_stream=rng_stream, rngs=rngs)
                       for i in range(depth)]
         else:
             attn = set(attention_block_indices(depth))
-            blocks = [Block(dim, num_heads, attention=i in attn, mlp_ratio=mlp_ratio,
-                            drop_path=drop_path[i], layer_scale=layer_scale, scan_impl=scan_impl,
-                            attn_impl=attn_impl, rng_stream=rng_stream, dtype=dtype, rngs=rngs)
+            blocks = [Block(dim, config.num_heads[stage], config, runtime, attention=i in attn,
+                            drop_path=drop_path[i], rng_stream=rng_stream, rngs=rngs)
                       for i in range(depth)]
         self.blocks = nnx.List(blocks)
-        self.downsample = Downsample(dim, dtype=dtype, rngs=rngs) if downsample else None
+        last = stage == len(config.depths) - 1
+        self.downsample = None if last else Downsample(dim, runtime, rngs=rngs)
 
     def _run_blocks(self, x):
         for blk in self.blocks:

@@ -5,16 +5,13 @@ official PyTorch names. Parameters are float32; `dtype` is the compute dtype.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
-from jax import lax
 
-from mambavision_jax import xla_cpu
+from mambavision_jax import ops
 
 # timm's trunc_normal_(std=.02) cuts at +-2 in absolute terms (100 std): in effect a plain normal.
 linear_kernel_init = nnx.initializers.normal(stddev=0.02)
@@ -32,84 +29,15 @@ def torch_default_bias_init(fan_in: int):
     return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-def on_cpu() -> bool:
-    """Whether code being traced now will run on the CPU (the default backend); decided at trace
-    time, so that the CPU-only formulations below never reach an accelerator."""
-    return jax.default_backend() == "cpu"
-
-
-# --- Convolution with a CPU-friendly kernel gradient ----------------------------------------------
-# XLA on the CPU computes a convolution's kernel gradient as a convolution whose "kernel" is the
-# whole feature map and whose output is the small (kh, kw, Cin, Cout) kernel: it ran 2-4x slower
-# than the forward convolution (and needed layout transposes of the activations). One matmul per
-# kernel tap, contracting over (batch, height, width), is the same arithmetic at matmul speed.
-# The forward pass and the input gradient stay XLA's own convolutions. This is YNNPACK's weakness
-# (jaxlib 0.10): with XLA's Eigen convolutions (mambavision_jax.xla_cpu, on by default) XLA's own
-# kernel gradient was ~4% faster per MambaVision-T train step than these taps, so it is used then.
-
-_NHWC_HWIO = ("NHWC", "HWIO", "NHWC")
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv_nhwc(x, w, strides, padding, precision):
-    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC_HWIO,
-                                    precision=precision)
-
-
-def _conv_nhwc_fwd(x, w, strides, padding, precision):
-    return _conv_nhwc(x, w, strides, padding, precision), (x, w)
-
-
-def _conv_nhwc_bwd(strides, padding, precision, res, g):
-    x, w = res
-    _, x_vjp = jax.vjp(lambda x_: lax.conv_general_dilated(
-        x_, w, strides, padding, dimension_numbers=_NHWC_HWIO, precision=precision), x)
-    (dx,) = x_vjp(g)
-    kh, kw, cin, cout = w.shape
-    (sh, sw), (b, ho, wo, _) = strides, g.shape
-    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-    g2 = g.reshape(-1, cout)
-    taps = []
-    for i in range(kh):
-        for j in range(kw):
-            xs = lax.slice(xp, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, cin),
-                           (1, sh, sw, 1))
-            taps.append(lax.dot_general(xs.reshape(-1, cin), g2, (((0,), (0,)), ((), ())),
-                                        precision=precision, preferred_element_type=jnp.float32))
-    dw = jnp.stack(taps).reshape(w.shape).astype(w.dtype)
-    return dx, dw
-
-
-_conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
-
-
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-    """`lax.conv_general_dilated` (the `nnx.Conv` hook): on the CPU, plain NHWC convolutions get
-    the matmul kernel gradient above; everything else is passed through unchanged."""
-    plain = (
-        on_cpu() and not xla_cpu.eigen_convolutions()
-        and lhs.ndim == 4 and feature_group_count == 1 and not kwargs.get("out_sharding")
-        and kwargs.get("preferred_element_type") is None and kwargs.get("batch_group_count", 1) == 1
-        and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1)))
-        and not isinstance(padding, str) and all(lo >= 0 and hi >= 0 for lo, hi in padding)
-        and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC_HWIO))
-    if not plain:
-        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-                                        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                                        feature_group_count=feature_group_count, precision=precision,
-                                        **kwargs)
-    return _conv_nhwc(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding), precision)
-
-
-def Conv2d(in_ch: int, out_ch: int, *, stride: int = 1, bias: bool, dtype, rngs: nnx.Rngs) -> nnx.Conv:
+def Conv2d(in_ch: int, out_ch: int, *, stride: int = 1, bias: bool, dtype, conv_impl: str = "auto",
+           rngs: nnx.Rngs) -> nnx.Conv:
     """3x3 conv with PyTorch's explicit (1, 1) padding: 'SAME' pads (0, 1) on even inputs with
-    stride 2, which shifts the sampling grid and breaks parity."""
+    stride 2, which shifts the sampling grid and breaks parity. `conv_impl`: see `ops.conv`."""
     return nnx.Conv(in_ch, out_ch, kernel_size=(3, 3), strides=(stride, stride),
                     padding=((1, 1), (1, 1)), use_bias=bias, dtype=dtype,
                     kernel_init=torch_default_kernel_init,
                     bias_init=torch_default_bias_init(in_ch * 9),
-                    conv_general_dilated=conv_general_dilated, rngs=rngs)
+                    conv_general_dilated=ops.conv_hook(conv_impl), rngs=rngs)
 
 
 def Linear(in_f: int, out_f: int, *, bias: bool = True, dtype, rngs: nnx.Rngs) -> nnx.Linear:
@@ -199,14 +127,4 @@ class Mlp(nnx.Module):
         self.fc2 = Linear(hidden, dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
-        return self.fc2(gelu_exact(self.fc1(x)))
-
-
-def gelu_exact(x: jax.Array) -> jax.Array:
-    """The exact (erf) GELU. In float32 as PyTorch writes it, 0.5 x (1 + erf(x / sqrt 2)): on the
-    CPU XLA's erf is a short polynomial while `jax.nn.gelu`'s erfc form is ~3x dearer, and its
-    gradient made an MLP's backward pass ~1.5x slower. Other dtypes keep `jax.nn.gelu`, whose erfc
-    form keeps the relative precision of the negative tail in low precision."""
-    if x.dtype != jnp.float32:
-        return jax.nn.gelu(x, approximate=False)
-    return 0.5 * x * (1.0 + lax.erf(x * np.float32(np.sqrt(0.5))))
+        return self.fc2(ops.gelu_exact(self.fc1(x)))

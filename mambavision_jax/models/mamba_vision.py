@@ -9,6 +9,7 @@ import numpy as np
 from flax import nnx
 
 from mambavision_jax.models.blocks import MambaVisionLayer, PatchEmbed
+from mambavision_jax.models.config import MambaVisionConfig, RuntimeConfig
 from mambavision_jax.models.layers import BatchNorm, Linear
 
 # Two stride-2 convs in the stem and three downsamples: the coarsest map is 1/32 of the input.
@@ -22,29 +23,50 @@ class MambaVision(nnx.Module):
     >= 32. `model.train()` / `model.eval()` switch BatchNorm statistics and DropPath.
     """
 
-    def __init__(self, *, dim: int, in_dim: int, depths: Sequence[int], num_heads: Sequence[int],
-                 window_size: Sequence[int], mlp_ratio: float = 4.0, drop_path_rate: float = 0.2,
-                 in_chans: int = 3, num_classes: int = 1000, layer_scale: float | None = None,
-                 layer_scale_conv: float | None = None, scan_impl: str = "auto",
-                 attn_impl: str = "auto", bn_groups: int = 1, remat: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
-        self.num_classes, self.in_chans, self.dtype = num_classes, in_chans, dtype
-        self.num_features = int(dim * 2 ** (len(depths) - 1))
-        self.stage_dims = tuple(int(dim * 2 ** i) for i in range(len(depths)))
-        self.patch_embed = PatchEmbed(in_chans, in_dim, dim, bn_groups=bn_groups, dtype=dtype, rngs=rngs)
-        dpr = [float(r) for r in np.linspace(0, drop_path_rate, sum(depths))]
+    def __init__(self, config: MambaVisionConfig, runtime: RuntimeConfig = RuntimeConfig(), *,
+                 rngs: nnx.Rngs):
+        if not isinstance(config, MambaVisionConfig):
+            raise TypeError(f"MambaVision(config, ...): config must be a MambaVisionConfig, got "
+                            f"{type(config).__name__} (build one with create_model or model_config)")
+        if not isinstance(runtime, RuntimeConfig):
+            raise TypeError(f"MambaVision: runtime must be a RuntimeConfig, got {type(runtime).__name__}")
+        self.config, self.runtime = config, runtime
+        self.dtype = runtime.compute_dtype
+        self.num_features = config.num_features
+        self.stage_dims = config.stage_dims
+        self.patch_embed = PatchEmbed(config, runtime, rngs=rngs)
+        depths = config.depths
+        dpr = [float(r) for r in np.linspace(0, config.drop_path_rate, sum(depths))]
         # One RNG stream shared by every DropPath: the whole model carries a single counter.
-        rng_stream = rngs["dropout"].fork() if drop_path_rate > 0 else None
+        rng_stream = rngs["dropout"].fork() if config.drop_path_rate > 0 else None
         self.levels = nnx.List([
-            MambaVisionLayer(
-                self.stage_dims[i], depths[i], num_heads[i], window_size[i], conv=i < 2,
-                downsample=i < 3, mlp_ratio=mlp_ratio,
-                drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])], layer_scale=layer_scale,
-                layer_scale_conv=layer_scale_conv, scan_impl=scan_impl, attn_impl=attn_impl,
-                bn_groups=bn_groups,
-                remat=remat, rng_stream=rng_stream, dtype=dtype, rngs=rngs)
+            MambaVisionLayer(i, config, runtime, drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])],
+                             rng_stream=rng_stream, rngs=rngs)
             for i in range(len(depths))])
-        self.norm = BatchNorm(self.num_features, eps=1e-5, num_groups=bn_groups, dtype=dtype)
-        self.head = Linear(self.num_features, num_classes, dtype=dtype, rngs=rngs) if num_classes > 0 else None
+        self.norm = BatchNorm(self.num_features, eps=1e-5, num_groups=runtime.bn_groups, dtype=self.dtype)
+        self.head = (Linear(self.num_features, config.num_classes, dtype=self.dtype, rngs=rngs)
+                     if config.num_classes > 0 else None)
+
+    @property
+    def name(self) -> str | None:
+        """The official variant the config derives from (None for a custom architecture)."""
+        return self.config.name
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def in_chans(self) -> int:
+        return self.config.in_chans
+
+    @property
+    def pretrained_cfg(self):
+        """The official preprocessing of `config.name` (timm's pretrained_cfg), with this model's
+        classes and channels; a default one (224 px, ImageNet mean / std) for a custom model."""
+        from mambavision_jax.models.registry import pretrained_cfg_for  # registry imports this module
+
+        return pretrained_cfg_for(self.config)
 
     def _check_input(self, x: jax.Array) -> None:
         if x.ndim != 4:

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mambavision_jax.models.layers import Linear, on_cpu, torch_default_kernel_init
-from mambavision_jax.ops import selective_scan
+from mambavision_jax import ops
+from mambavision_jax.models.layers import Linear, torch_default_kernel_init
 
 
 class DepthwiseConv1d(nnx.Module):
@@ -65,8 +65,8 @@ class MambaVisionMixer(nnx.Module):
         dt, B, C = jnp.split(self.x_proj(x), [self.dt_rank, self.dt_rank + self.d_state], axis=-1)
         delta = self.dt_proj(dt)
         A = -jnp.exp(self.A_log[...])
-        y = selective_scan(x, delta, A, B, C, self.D[...], delta_bias=self.dt_proj.bias[...],
-                           delta_softplus=True, impl=self.scan_impl)
+        y = ops.selective_scan(x, delta, A, B, C, self.D[...], delta_bias=self.dt_proj.bias[...],
+                               delta_softplus=True, impl=self.scan_impl)
         return self.out_proj(jnp.concatenate([y.astype(z.dtype), z], axis=-1))
 
 
@@ -77,8 +77,8 @@ class Attention(nnx.Module):
                  rngs: nnx.Rngs):
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        if attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"unknown attn_impl {attn_impl!r}; valid: {ATTN_IMPLS}")
+        if attn_impl not in ops.ATTN_IMPLS:
+            raise ValueError(f"unknown attn_impl {attn_impl!r}; valid: {ops.ATTN_IMPLS}")
         self.num_heads, self.head_dim, self.attn_impl = num_heads, dim // num_heads, attn_impl
         self.qkv = Linear(dim, 3 * dim, dtype=dtype, rngs=rngs)
         self.proj = Linear(dim, dim, dtype=dtype, rngs=rngs)
@@ -86,45 +86,4 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:  # (B, N, C)
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)
-        impl = resolve_attn_impl(self.attn_impl, qkv.dtype, self.head_dim)
-        if impl == "bhnd":
-            out = _attention_bhnd(qkv)
-        else:
-            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, heads, hd)
-            try:
-                out = jax.nn.dot_product_attention(q, k, v, implementation=impl)
-            except (RuntimeError, ValueError, NotImplementedError):
-                if self.attn_impl != "auto":
-                    raise
-                # cuDNN's trace-time checks (library version, shape support) said no: use XLA.
-                out = jax.nn.dot_product_attention(q, k, v, implementation="xla")
-        return self.proj(out.reshape(b, n, c))
-
-
-ATTN_IMPLS = ("auto", "xla", "cudnn", "bhnd")
-
-
-def resolve_attn_impl(attn_impl: str, dtype, head_dim: int) -> str:
-    """"auto": the explicit (B, heads, N, hd) matmuls on the CPU; cuDNN's fused attention on a GPU
-    where it applies (bf16 / f16, head dim a multiple of 8 up to 128: MambaVision-T/S/B's 32, not
-    L's 49); `jax.nn.dot_product_attention`'s XLA formulation elsewhere (TPU, float32)."""
-    if attn_impl != "auto":
-        return attn_impl
-    if on_cpu():
-        return "bhnd"
-    cudnn_ok = (jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
-                and head_dim % 8 == 0 and head_dim <= 128)
-    return "cudnn" if cudnn_ok else "xla"
-
-
-def _attention_bhnd(qkv: jax.Array) -> jax.Array:
-    """softmax(q k^T / sqrt(hd)) v as (batch, heads, tokens, hd) matmuls, for the CPU.
-
-    qkv: (B, N, 3, heads, hd) -> (B, N, heads, hd). XLA-CPU ran `jax.nn.dot_product_attention`'s
-    einsums over (B, N, heads, hd) operands ~1.3x slower (forward and backward) than this layout.
-    """
-    hd = qkv.shape[-1]
-    q, k, v = jnp.moveaxis(qkv, (2, 3), (0, 2))  # each (B, heads, N, hd)
-    s = jnp.matmul(q, jnp.swapaxes(k, -1, -2)) * jnp.asarray(1.0 / math.sqrt(hd), q.dtype)
-    p = jax.nn.softmax(s.astype(jnp.float32), axis=-1).astype(v.dtype)
-    return jnp.swapaxes(jnp.matmul(p, v), 1, 2)
+        return self.proj(ops.attention(qkv, impl=self.attn_impl).reshape(b, n, c))

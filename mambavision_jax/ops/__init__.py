@@ -1,6 +1,14 @@
-"""Selective scan (Mamba S6) implementations behind one entry point, ``selective_scan``."""
+"""Backend-specific kernels behind one dispatcher each (`impl="auto"` picks by platform): the
+selective scan, window attention, convolutions with a CPU-friendly kernel gradient, the residual
+gradient barrier, and the exact GELU. The model files call these and state the architecture only."""
 
+from mambavision_jax.ops.activations import gelu_exact
+from mambavision_jax.ops.attention import ATTN_IMPLS, attention, resolve_attn_impl
+from mambavision_jax.ops.conv import CONV_IMPLS, conv_general_dilated, conv_hook, resolve_conv_impl
 from mambavision_jax.ops.dispatch import (SCAN_IMPLS, default_impl, kernel_mesh, selective_scan,
                                           under_kernel_mesh)
+from mambavision_jax.ops.residual import residual_barrier
 
-__all__ = ["selective_scan", "SCAN_IMPLS", "default_impl", "kernel_mesh", "under_kernel_mesh"]
+__all__ = ["selective_scan", "SCAN_IMPLS", "default_impl", "kernel_mesh", "under_kernel_mesh",
+           "attention", "ATTN_IMPLS", "resolve_attn_impl", "conv_general_dilated", "conv_hook",
+           "CONV_IMPLS", "resolve_conv_impl", "residual_barrier", "gelu_exact"]

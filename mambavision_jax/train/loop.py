@@ -11,13 +11,14 @@ import numpy as np
 from mambavision_jax import data as mvdata
 from mambavision_jax.models.registry import pretrained_cfg
 from mambavision_jax.ops import under_kernel_mesh
+from mambavision_jax.paths import atomic_write_text
 from mambavision_jax.train import sharding as shd
 from mambavision_jax.train.checkpoint import Checkpointer
 from mambavision_jax.train.config import validate
 from mambavision_jax.train.metrics import MetricWriter, Throughput
 from mambavision_jax.train.optim import make_optimizer
 from mambavision_jax.train.schedule import make_schedule, num_train_epochs
-from mambavision_jax.train.state import create_train_state, graphdefs, model_kwargs, with_weights
+from mambavision_jax.train.state import create_train_state, graphdefs, model_configs, with_weights
 from mambavision_jax.train.steps import make_eval_step, make_train_step
 
 
@@ -71,6 +72,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     schedule = make_schedule(config, steps_per_epoch)
     tx = make_optimizer(config, steps_per_epoch, schedule=schedule)
     train_gd, eval_gd = graphdefs(config, num_classes, bn_groups)
+    if jax.process_index() == 0:  # the architecture, for readers of the run's checkpoints
+        atomic_write_text(workdir / "model_config.json",
+                          json.dumps(model_configs(config, num_classes, bn_groups)[0].to_dict(), indent=2) + "\n")
     state, shardings = create_train_state(config, num_classes, bn_groups, tx, mesh)
     writer = MetricWriter(workdir, total_steps)
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -195,10 +199,10 @@ def _init_from(config, state, shardings, num_classes, bn_groups, writer):
     from mambavision_jax.convert import load_checkpoint
     from mambavision_jax.train.state import split_model
 
-    kw = model_kwargs(config, num_classes, bn_groups)
-    kw.pop("num_classes")
+    arch, runtime = model_configs(config, num_classes, bn_groups)
+    arch_fields = {k: v for k, v in arch.to_dict().items() if k not in ("name", "num_classes")}
     model = load_checkpoint(config.init_from, config.model.name, num_classes=num_classes,
-                            use_ema=config.init_from_ema, **kw)
+                            use_ema=config.init_from_ema, **arch_fields, **runtime.to_dict())
     _, params, stats, _ = split_model(model)
     writer.log(f"initialised from {config.init_from}")
     return with_weights(state, params, stats, shardings)

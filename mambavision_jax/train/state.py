@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mambavision_jax.models.registry import create_model
+from mambavision_jax.models.config import MambaVisionConfig, RuntimeConfig
+from mambavision_jax.models.mamba_vision import MambaVision
+from mambavision_jax.models.registry import model_config, split_overrides
 from mambavision_jax.train import sharding as shd
 
 
@@ -24,13 +26,19 @@ class TrainState:
     ema_batch_stats: Any
 
 
-def model_kwargs(config, num_classes: int, bn_groups: int) -> dict:
-    """create_model keyword arguments from the config (the same for init and fine-tuning)."""
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(config.model.overrides).items()}
+def model_configs(config, num_classes: int, bn_groups: int) -> tuple[MambaVisionConfig, RuntimeConfig]:
+    """The model a training config describes: `config.model.name`'s architecture with
+    `config.model.overrides` (any create_model argument), the drop path rate and the class count
+    applied, and its runtime (dtype, scan, remat, BatchNorm groups). The same for init and
+    fine-tuning."""
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(config.model.overrides).items()}
+    arch, run = split_overrides(overrides, "config.model.overrides")
     if config.model.drop_path_rate >= 0:
-        kw["drop_path_rate"] = config.model.drop_path_rate
-    return dict(num_classes=num_classes, dtype=jnp.dtype(config.model.dtype),
-                scan_impl=config.model.scan_impl, remat=config.model.remat, bn_groups=bn_groups, **kw)
+        arch["drop_path_rate"] = config.model.drop_path_rate
+    model = model_config(config.model.name).replace(num_classes=num_classes, **arch)
+    runtime = RuntimeConfig(dtype=config.model.dtype, scan_impl=config.model.scan_impl,
+                            remat=config.model.remat, bn_groups=bn_groups).replace(**run)
+    return model, runtime
 
 
 def split_model(model):
@@ -39,8 +47,8 @@ def split_model(model):
 
 def graphdefs(config, num_classes: int, bn_groups: int):
     """(train graphdef, eval graphdef): the mode (BatchNorm statistics, DropPath) is static."""
-    abstract = nnx.eval_shape(lambda: create_model(config.model.name, rngs=nnx.Rngs(0),
-                                                   **model_kwargs(config, num_classes, bn_groups)))
+    arch, runtime = model_configs(config, num_classes, bn_groups)
+    abstract = nnx.eval_shape(lambda: MambaVision(arch, runtime, rngs=nnx.Rngs(0)))
     abstract.train()
     train_gd = split_model(abstract)[0]
     abstract.eval()
@@ -51,9 +59,10 @@ def graphdefs(config, num_classes: int, bn_groups: int):
 def create_train_state(config, num_classes: int, bn_groups: int, tx: optax.GradientTransformation,
                        mesh) -> tuple[TrainState, Any]:
     """The initial state, created inside jit with its output shardings. Returns (state, shardings)."""
+    arch, runtime = model_configs(config, num_classes, bn_groups)
+
     def init():
-        model = create_model(config.model.name, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
-                             **model_kwargs(config, num_classes, bn_groups))
+        model = MambaVision(arch, runtime, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
         _, params, stats, rngs = split_model(model)
         ema = config.ema.enabled
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats, rngs=rngs,
