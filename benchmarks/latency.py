@@ -31,8 +31,9 @@ sys.path.insert(0, HERE)
 
 
 def build_backends(a, tmp: str):
-    import mambavision_jax as mvj  # first: it sets XLA-CPU flags before JAX starts its backend
+    import mambavision_jax as mvj
 
+    mvj.xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     import jax
     import numpy as np
     import onnxruntime as ort

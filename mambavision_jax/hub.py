@@ -178,21 +178,30 @@ def check_mambavision_config(config: dict[str, Any], repo_id: str) -> None:
 
 
 # ----------------------------------------------------------------------------- conversion cache
-def _variant_for(config: dict[str, Any], official_name: str | None) -> tuple[str, dict[str, Any]]:
-    """(variant name, architecture overrides) that build exactly the model config.json describes;
-    an official repo keeps its registry name (B and B_21k share one architecture)."""
-    from mambavision_jax.convert.variants import variant_from_hf_config
-    from mambavision_jax.models.registry import model_args
-
-    name, overrides = variant_from_hf_config(config)
-    if official_name is not None and not overrides and model_args(official_name) == model_args(name):
-        name = official_name
-    return name, overrides
+def _same_architecture(a, b) -> bool:
+    """Whether two MambaVisionConfigs build the same layers (names and head sizes aside)."""
+    return a.replace(name=None, num_classes=0) == b.replace(name=None, num_classes=0)
 
 
-def _convert(folder: Path, name: str, overrides: dict[str, Any]):
+def _name_override(config: dict[str, Any], official_name: str | None, repo_id: str) -> dict[str, Any]:
+    """An official repo's model keeps its registry name (B and B_21k share one architecture, and
+    config.json alone would name the first), which selects its preprocessing."""
+    from mambavision_jax.convert.variants import config_from_hf
+    from mambavision_jax.models.config import ConfigError
+    from mambavision_jax.models.registry import model_config
+
+    try:
+        cfg = config_from_hf(config)
+    except ConfigError as e:
+        raise HubError(f"{repo_id}: config.json: {e}") from None
+    if official_name is not None and cfg.name != official_name and _same_architecture(cfg, model_config(official_name)):
+        return {"name": official_name}
+    return {}
+
+
+def _convert(folder: Path, overrides: dict[str, Any]):
     from mambavision_jax.convert.api import load_torch_checkpoint
-    return load_torch_checkpoint(folder, name, **overrides)
+    return load_torch_checkpoint(folder, **overrides)
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -219,8 +228,7 @@ def _build_entry(repo_id: str, commit: str, official_name: str | None, *, cache_
     config = read_hf_config(config_path)
     check_mambavision_config(config, repo_id)
     _download(repo_id, HF_WEIGHTS, revision=commit, cache_dir=cache_dir, token=token, known=known)
-    name, overrides = _variant_for(config, official_name)
-    model = _convert(config_path.parent, name, overrides)  # the snapshot folder: config + weights
+    model = _convert(config_path.parent, _name_override(config, official_name, repo_id))  # config + weights
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     try:
@@ -269,11 +277,9 @@ def from_pretrained(name_or_repo_id: str, *, revision: str | None = None, num_cl
     overrides: runtime arguments for `create_model` (scan_impl, attn_impl, remat, ...).
     """
     from mambavision_jax.convert.api import load_checkpoint
-    from mambavision_jax.convert.checkpoint_io import read_hf_config
 
-    entry, official_name = _ensure_entry(name_or_repo_id, revision=revision, cache_dir=cache_dir, token=token)
-    _, arch = _variant_for(read_hf_config(entry / HF_CONFIG), official_name)
-    return load_checkpoint(entry, num_classes=num_classes, dtype=dtype, **{**arch, **overrides})
+    entry, _ = _ensure_entry(name_or_repo_id, revision=revision, cache_dir=cache_dir, token=token)
+    return load_checkpoint(entry, num_classes=num_classes, dtype=dtype, **overrides)
 
 
 def create_pretrained(name: str, *, num_classes: int | None = None, dtype=jnp.float32,
@@ -291,9 +297,9 @@ def load_checkpoint(spec: str, name: str | None = None, *, num_classes: int | No
     """`convert.load_checkpoint` for a hub id (its hook calls this)."""
     if use_ema:
         raise HubError(f"{spec}: the hub weights hold one set of weights (no EMA); drop use_ema / --ema")
-    from mambavision_jax.models.registry import model_args
+    from mambavision_jax.models.registry import model_config
 
     model = from_pretrained(spec, num_classes=num_classes, dtype=dtype, **kwargs)
-    if name is not None and name != model.name and model_args(name) != model_args(model.name):
+    if name is not None and name != model.name and not _same_architecture(model_config(name), model.config):
         raise HubError(f"{spec} holds {model.name}, not {name}; drop the model name or pick its repo")
     return model

@@ -13,9 +13,9 @@ from mambavision_jax.convert import CheckpointError, load_checkpoint, save_check
 from mambavision_jax.models import ConfigError, MambaVisionConfig, RuntimeConfig, model_config
 
 # Every architecture field differs from mamba_vision_T's.
-CUSTOM = dict(dim=16, in_dim=8, depths=(1, 2, 3, 1), num_heads=(1, 2, 2, 4), window_size=(4, 4, 3, 2),
-              mlp_ratio=2.0, drop_path_rate=0.1, layer_scale=0.5, layer_scale_conv=0.25, in_chans=1,
-              num_classes=10)
+CUSTOM = {"dim": 16, "in_dim": 8, "depths": (1, 2, 3, 1), "num_heads": (1, 2, 2, 4),
+          "window_size": (4, 4, 3, 2), "mlp_ratio": 2.0, "drop_path_rate": 0.1, "layer_scale": 0.5,
+          "layer_scale_conv": 0.25, "in_chans": 1, "num_classes": 10}
 X = np.random.RandomState(0).randn(2, 40, 36, 1).astype(np.float32)
 
 

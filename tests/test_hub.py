@@ -114,7 +114,8 @@ def test_first_call_converts_second_loads_the_cache(hf_home, exports, images, mo
     # Second time: no download, no conversion, by name, by hub id, through load_checkpoint.
     _forbid_hub_and_conversion(monkeypatch)
     for m in (hub.from_pretrained("mamba_vision_T"), hub.from_pretrained("hf-hub:" + REPO),
-              load_checkpoint(REPO)):
+              load_checkpoint(REPO), load_checkpoint(hub.resolve_weights(REPO)),
+              mvj.create_model("mamba_vision_T", pretrained=True)):
         np.testing.assert_array_equal(np.asarray(m(images)), want)
     assert hub.resolve_weights(REPO) == entry and hub.resolve_weights("w.safetensors") == "w.safetensors"
 

@@ -14,7 +14,12 @@ from flax import nnx
 from mambavision_jax.convert import checkpoint_io as io
 from mambavision_jax.convert.checkpoint_io import CheckpointError
 from mambavision_jax.convert.keymap import jax_to_torch_array, path_to_torch_key, torch_to_jax_array
-from mambavision_jax.convert.variants import JAX_CONFIG_KEY, candidates_for_weights, config_from_hf, infer_variant
+from mambavision_jax.convert.variants import (
+    JAX_CONFIG_KEY,
+    candidates_for_weights,
+    config_from_hf,
+    infer_variant,
+)
 from mambavision_jax.models.config import ConfigError, MambaVisionConfig
 from mambavision_jax.models.registry import CONFIGS, create_model, model_config
 from mambavision_jax.paths import as_path, atomic_write_text

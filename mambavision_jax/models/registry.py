@@ -92,7 +92,7 @@ CONFIGS: dict[str, MambaVisionConfig] = {
 }
 
 # ------------------------------------------------------------------ pretrained cfgs
-_512 = dict(input_size=(3, 512, 512), crop_pct=0.93, crop_mode="squash")
+_512 = {"input_size": (3, 512, 512), "crop_pct": 0.93, "crop_mode": "squash"}
 PRETRAINED_CFGS: dict[str, PretrainedCfg] = {
     "mamba_vision_T": _cfg("MambaVision-T-1K", "mambavision_tiny_1k.pth.tar"),
     "mamba_vision_T2": _cfg("MambaVision-T2-1K", "mambavision_tiny2_1k.pth.tar", crop_pct=0.98),
@@ -170,9 +170,9 @@ def split_overrides(overrides: dict[str, Any], what: str = "create_model") -> tu
     return arch, runtime
 
 
-def create_model(name_or_config: str | MambaVisionConfig, *, rngs: nnx.Rngs | None = None,
-                 runtime: RuntimeConfig | None = None, features_only: bool = False,
-                 out_indices=(0, 1, 2, 3), **overrides) -> MambaVision:
+def create_model(name_or_config: str | MambaVisionConfig, *, pretrained: bool = False,
+                 rngs: nnx.Rngs | None = None, runtime: RuntimeConfig | None = None,
+                 features_only: bool = False, out_indices=(0, 1, 2, 3), **overrides) -> MambaVision:
     """Build an official variant (by name) or any `MambaVisionConfig` with the official init (no
     weights are downloaded here: use `load_torch_checkpoint` for converted weights).
 
@@ -181,7 +181,17 @@ def create_model(name_or_config: str | MambaVisionConfig, *, rngs: nnx.Rngs | No
     conv_impl, remat, bn_groups), e.g. `create_model("mamba_vision_T", num_classes=10,
     dtype=jnp.bfloat16)`. With `features_only=True` the model returns the stage maps named by
     `out_indices` (see `mambavision_jax.models.features`).
+
+    `pretrained=True`: the official weights from the Hugging Face hub, downloaded and converted on
+    first use, then cached (`mambavision_jax.hub.from_pretrained`; also takes revision=, token=,
+    cache_dir=); `num_classes` other than 1000 gives a fresh head.
     """
+    if pretrained:
+        from mambavision_jax.hub import create_pretrained
+        if runtime is not None:
+            overrides["runtime"] = runtime
+        return create_pretrained(name_or_config, rngs=rngs, features_only=features_only,
+                                 out_indices=out_indices, **overrides)
     if isinstance(name_or_config, MambaVisionConfig):
         config = name_or_config
     elif isinstance(name_or_config, str):
