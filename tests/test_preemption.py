@@ -8,9 +8,9 @@ import subprocess
 
 import portpicker
 import pytest
+from train_runs import read_until, train_cmd, train_env, train_losses
 
 from mambavision_jax.train.preemption import EXIT_PREEMPTED, PreemptionWatcher
-from train_runs import read_until, train_cmd, train_env, train_losses
 
 TOTAL = 16
 COMMON = [f"--config.total_steps={TOTAL}", "--config.log_every_steps=1", "--config.checkpoint_every_steps=100",

@@ -53,6 +53,32 @@ def _with_finite_flag(train_step):
     return step
 
 
+def _wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
+    """A coordination-service barrier with a long timeout. The first cross-process collective (orbax's
+    barrier) sets up the CPU collectives with a 30 s rendezvous: a host still compiling or reading
+    the data set info that much later would fail the run."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed
+    if distributed.global_state.client is not None:
+        distributed.global_state.client.wait_at_barrier(name, timeout_s * 1000)
+
+
+class _CompileThenAlign:
+    """Several processes: compile a jitted function ahead of its first call, then wait for every
+    process before running it, so that its collectives start together however unequal the compile
+    times (the CPU collectives give a peer 30 s)."""
+
+    def __init__(self, jitted, name: str):
+        self.jitted, self.name, self.compiled = jitted, name, None
+
+    def __call__(self, *args):
+        if self.compiled is None:
+            self.compiled = self.jitted.lower(*args).compile()
+            _wait_for_all_processes(f"mambavision_jax_{self.name}_compiled")
+        return self.compiled(*args)
+
+
 def train_and_evaluate(config, workdir: PathLike) -> dict:
     """Train `config` in `workdir` (a local path or a URL such as gs://bucket/run), resuming from
     its latest checkpoint. Returns the final eval.
@@ -97,6 +123,7 @@ def train_and_evaluate(config, workdir: PathLike) -> dict:
         atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
         atomic_write_text(workdir / "model_config.json",
                           json.dumps(model_configs(config, num_classes, bn_groups)[0].to_dict(), indent=2) + "\n")
+    _wait_for_all_processes("mambavision_jax_setup")
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
 
     start_step, data_state = 0, None
@@ -124,6 +151,8 @@ def train_and_evaluate(config, workdir: PathLike) -> dict:
         in_shardings=(shardings, batch_sharding), out_shardings=(shardings, repl), donate_argnums=(0,))
     eval_step = jax.jit(under_kernel_mesh(make_eval_step(eval_gd), mesh, shd.BATCH_AXES),
                         out_shardings=repl)
+    if jax.process_count() > 1:
+        train_step, eval_step = _CompileThenAlign(train_step, "train"), _CompileThenAlign(eval_step, "eval")
 
     # ------------------------------------------------------------------ data
     mean, std = cfg.mean, cfg.std
