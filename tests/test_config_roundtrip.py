@@ -235,3 +235,21 @@ def test_first_orbax_format_still_reads(tmp_path):
     model.eval()
     x = jnp.asarray(np.random.RandomState(0).randn(1, 32, 32, 3), jnp.float32)
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+
+
+@pytest.mark.parametrize("value, match", [
+    ("garbage", "expected a dict of fields, got str"),
+    ({"window_size": [1, 1, 0, 1]}, "window_size must hold positive integers"),
+    ({"mlp_ratio": -1}, "mlp_ratio must be > 0"),
+])
+def test_hostile_config_in_a_pth_tar_is_a_checkpoint_error(value, match, tmp_path):
+    import torch
+
+    path = mvj.save_torch_checkpoint(_custom_model(), tmp_path / "m.pth.tar")
+    ckpt = torch.load(path, weights_only=True)
+    stored = ckpt["mambavision_jax_config"]
+    ckpt["mambavision_jax_config"] = {**stored, **value} if isinstance(value, dict) else value
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=match) as e:
+        load_checkpoint(path)
+    assert _one_line(e).startswith(f"{path}: ")

@@ -107,8 +107,8 @@ def _resolve_config(path: Path, name: str | None, sd, meta) -> MambaVisionConfig
     CheckpointError naming the file and the field."""
     source = _config_source(path, meta)
     stored = meta.get(JAX_CONFIG_KEY)
-    if stored is None and JAX_CONFIG_KEY in meta.get("hf_config", {}):
-        stored = meta["hf_config"][JAX_CONFIG_KEY]
+    if stored is None and isinstance(meta.get("hf_config"), dict):
+        stored = meta["hf_config"].get(JAX_CONFIG_KEY)
     try:
         if stored is not None:
             config = MambaVisionConfig.from_dict(stored)
