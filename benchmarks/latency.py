@@ -39,9 +39,9 @@ def build_backends(a, tmp: str):
     import onnxruntime as ort
     import torch
     from flax import nnx
+    from throughput import cpu_name, num_cores, selective_scan_loop
 
     from mambavision_jax import export as ex
-    from throughput import cpu_name, num_cores, selective_scan_loop
 
     cores = num_cores()
     model = mvj.create_model(a.model, rngs=nnx.Rngs(0))
@@ -81,8 +81,8 @@ def build_backends(a, tmp: str):
         with torch.inference_mode():
             return tm(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
 
-    info = dict(cpu=cpu_name(), cores=cores, jax=jax.__version__, ort=ort.__version__,
-                torch=torch.__version__.split("+")[0])
+    info = {"cpu": cpu_name(), "cores": cores, "jax": jax.__version__, "ort": ort.__version__,
+            "torch": torch.__version__.split("+")[0]}
     return {f"onnxruntime {ort.__version__}": run_ort, f"jax {jax.__version__} (jit)": run_jax,
             f"torch {info['torch']} official model ({a.torch_scan} scan)": run_torch}, info
 

@@ -70,7 +70,7 @@ def _resolve_spec(spec: str) -> tuple[str, str | None]:
 
     if not isinstance(spec, str):
         raise HubError(f"expected a model name or a hub id (str), got {type(spec).__name__}")
-    spec = spec[len(HUB_PREFIX):] if spec.startswith(HUB_PREFIX) else spec
+    spec = spec.removeprefix(HUB_PREFIX)
     ids = _official_ids()
     if spec in VARIANTS:
         return VARIANTS[spec][1].hf_hub_id, spec
@@ -128,8 +128,13 @@ def _fetch_command(repo_id: str, revision: str | None) -> str:
 def _download(repo_id: str, filename: str, *, revision, cache_dir, token, known: bool) -> Path:
     """hf_hub_download with its errors turned into one HubError line each."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
-                                       RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, token=token,
                                     library_name="mambavision-jax"))
