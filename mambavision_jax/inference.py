@@ -77,6 +77,9 @@ def weights_config(weights: str | os.PathLike | None) -> dict[str, Any] | None:
     with config.json beside it), or None."""
     if weights is None or is_training_run(weights):  # a run's config.json is its training config
         return None
+    from mambavision_jax import hub
+    if hub.is_hub_id(weights):  # the converted copy's folder (cached by the model's loading)
+        weights = hub.resolve_weights(weights)
     p = Path(weights)
     cfg = p / "config.json" if p.is_dir() else (p.parent / "config.json" if p.suffix == ".safetensors" else None)
     if cfg is None or not cfg.is_file():
