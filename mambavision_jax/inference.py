@@ -459,8 +459,11 @@ def add_preprocessing_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_weights_arguments(args) -> None:
     """What can be checked about --weights / --checkpoint before anything is loaded."""
-    if not Path(args.weights).exists():
-        raise FileNotFoundError(f"--weights {args.weights}: no such file or folder")
+    from mambavision_jax import hub
+    from mambavision_jax.paths import is_remote
+    if not (hub.is_hub_id(args.weights) or is_remote(args.weights) or Path(args.weights).exists()):
+        raise FileNotFoundError(f"--weights {args.weights}: no such file or folder (nor a hub id such "
+                                f"as nvidia/MambaVision-T-1K)")
     if not (args.checkpoint in ("best", "latest") or args.checkpoint.isdigit()):
         raise cli.UserError(f"--checkpoint must be best, latest or a step number, got {args.checkpoint!r}")
 
