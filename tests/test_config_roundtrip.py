@@ -13,9 +13,9 @@ from mambavision_jax.convert import CheckpointError, load_checkpoint, save_check
 from mambavision_jax.models import ConfigError, MambaVisionConfig, RuntimeConfig, model_config
 
 # Every architecture field differs from mamba_vision_T's.
-CUSTOM = dict(dim=16, in_dim=8, depths=(1, 2, 3, 1), num_heads=(1, 2, 2, 4), window_size=(4, 4, 3, 2),
-              mlp_ratio=2.0, drop_path_rate=0.1, layer_scale=0.5, layer_scale_conv=0.25, in_chans=1,
-              num_classes=10)
+CUSTOM = {"dim": 16, "in_dim": 8, "depths": (1, 2, 3, 1), "num_heads": (1, 2, 2, 4),
+          "window_size": (4, 4, 3, 2), "mlp_ratio": 2.0, "drop_path_rate": 0.1, "layer_scale": 0.5,
+          "layer_scale_conv": 0.25, "in_chans": 1, "num_classes": 10}
 X = np.random.RandomState(0).randn(2, 40, 36, 1).astype(np.float32)
 
 
@@ -235,3 +235,21 @@ def test_first_orbax_format_still_reads(tmp_path):
     model.eval()
     x = jnp.asarray(np.random.RandomState(0).randn(1, 32, 32, 3), jnp.float32)
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+
+
+@pytest.mark.parametrize("value, match", [
+    ("garbage", "expected a dict of fields, got str"),
+    ({"window_size": [1, 1, 0, 1]}, "window_size must hold positive integers"),
+    ({"mlp_ratio": -1}, "mlp_ratio must be > 0"),
+])
+def test_hostile_config_in_a_pth_tar_is_a_checkpoint_error(value, match, tmp_path):
+    import torch
+
+    path = mvj.save_torch_checkpoint(_custom_model(), tmp_path / "m.pth.tar")
+    ckpt = torch.load(path, weights_only=True)
+    stored = ckpt["mambavision_jax_config"]
+    ckpt["mambavision_jax_config"] = {**stored, **value} if isinstance(value, dict) else value
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=match) as e:
+        load_checkpoint(path)
+    assert _one_line(e).startswith(f"{path}: ")

@@ -13,7 +13,12 @@ from flax import nnx
 from mambavision_jax.convert import checkpoint_io as io
 from mambavision_jax.convert.checkpoint_io import CheckpointError
 from mambavision_jax.convert.keymap import jax_to_torch_array, path_to_torch_key, torch_to_jax_array
-from mambavision_jax.convert.variants import JAX_CONFIG_KEY, candidates_for_weights, config_from_hf, infer_variant
+from mambavision_jax.convert.variants import (
+    JAX_CONFIG_KEY,
+    candidates_for_weights,
+    config_from_hf,
+    infer_variant,
+)
 from mambavision_jax.models.config import ConfigError, MambaVisionConfig
 from mambavision_jax.models.registry import CONFIGS, create_model, model_config
 from mambavision_jax.paths import atomic_write_text
@@ -102,8 +107,8 @@ def _resolve_config(path: Path, name: str | None, sd, meta) -> MambaVisionConfig
     CheckpointError naming the file and the field."""
     source = _config_source(path, meta)
     stored = meta.get(JAX_CONFIG_KEY)
-    if stored is None and JAX_CONFIG_KEY in meta.get("hf_config", {}):
-        stored = meta["hf_config"][JAX_CONFIG_KEY]
+    if stored is None and isinstance(meta.get("hf_config"), dict):
+        stored = meta["hf_config"].get(JAX_CONFIG_KEY)
     try:
         if stored is not None:
             config = MambaVisionConfig.from_dict(stored)

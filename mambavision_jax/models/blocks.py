@@ -15,8 +15,9 @@ class PatchEmbed(nnx.Module):
     """conv3x3/2 -> BN(1e-4) -> ReLU -> conv3x3/2 -> BN(1e-4) -> ReLU; indices as the official Sequential."""
 
     def __init__(self, config: MambaVisionConfig, runtime: RuntimeConfig, *, rngs: nnx.Rngs):
-        conv = dict(stride=2, bias=False, dtype=runtime.compute_dtype, conv_impl=runtime.conv_impl, rngs=rngs)
-        bn = dict(eps=1e-4, num_groups=runtime.bn_groups, dtype=runtime.compute_dtype)
+        conv = {"stride": 2, "bias": False, "dtype": runtime.compute_dtype, "conv_impl": runtime.conv_impl,
+                "rngs": rngs}
+        bn = {"eps": 1e-4, "num_groups": runtime.bn_groups, "dtype": runtime.compute_dtype}
         self.conv_down = nnx.List([
             Conv2d(config.in_chans, config.in_dim, **conv),
             BatchNorm(config.in_dim, **bn),
@@ -56,8 +57,8 @@ class ConvBlock(nnx.Module):
 
     def __init__(self, dim: int, config: MambaVisionConfig, runtime: RuntimeConfig, *,
                  drop_path: float, rng_stream, rngs: nnx.Rngs):
-        conv = dict(bias=True, dtype=runtime.compute_dtype, conv_impl=runtime.conv_impl, rngs=rngs)
-        bn = dict(eps=1e-5, num_groups=runtime.bn_groups, dtype=runtime.compute_dtype)
+        conv = {"bias": True, "dtype": runtime.compute_dtype, "conv_impl": runtime.conv_impl, "rngs": rngs}
+        bn = {"eps": 1e-5, "num_groups": runtime.bn_groups, "dtype": runtime.compute_dtype}
         self.conv1 = Conv2d(dim, dim, **conv)
         self.norm1 = BatchNorm(dim, **bn)
         self.conv2 = Conv2d(dim, dim, **conv)

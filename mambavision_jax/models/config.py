@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import numbers
 from typing import Any
 
@@ -49,7 +50,7 @@ def _float(owner: str, field: str, v) -> float:
     if not _is_real(v):
         raise ConfigError(f"{owner}.{field} must be a number, got {v!r}")
     v = float(v)
-    if v != v or v in (float("inf"), float("-inf")):
+    if not math.isfinite(v):
         raise ConfigError(f"{owner}.{field} must be finite, got {v!r}")
     return v
 

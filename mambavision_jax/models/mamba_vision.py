@@ -12,6 +12,7 @@ from mambavision_jax.models.blocks import MambaVisionLayer, PatchEmbed
 from mambavision_jax.models.config import MambaVisionConfig, RuntimeConfig
 from mambavision_jax.models.layers import BatchNorm, Linear
 
+DEFAULT_RUNTIME = RuntimeConfig()  # float32, every kernel "auto"
 # Two stride-2 convs in the stem and three downsamples: the coarsest map is 1/32 of the input.
 TOTAL_STRIDE = 32
 
@@ -23,7 +24,7 @@ class MambaVision(nnx.Module):
     >= 32. `model.train()` / `model.eval()` switch BatchNorm statistics and DropPath.
     """
 
-    def __init__(self, config: MambaVisionConfig, runtime: RuntimeConfig = RuntimeConfig(), *,
+    def __init__(self, config: MambaVisionConfig, runtime: RuntimeConfig = DEFAULT_RUNTIME, *,
                  rngs: nnx.Rngs):
         if not isinstance(config, MambaVisionConfig):
             raise TypeError(f"MambaVision(config, ...): config must be a MambaVisionConfig, got "

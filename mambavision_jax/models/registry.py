@@ -92,7 +92,7 @@ CONFIGS: dict[str, MambaVisionConfig] = {
 }
 
 # ------------------------------------------------------------------ pretrained cfgs
-_512 = dict(input_size=(3, 512, 512), crop_pct=0.93, crop_mode="squash")
+_512 = {"input_size": (3, 512, 512), "crop_pct": 0.93, "crop_mode": "squash"}
 PRETRAINED_CFGS: dict[str, PretrainedCfg] = {
     "mamba_vision_T": _cfg("MambaVision-T-1K", "mambavision_tiny_1k.pth.tar"),
     "mamba_vision_T2": _cfg("MambaVision-T2-1K", "mambavision_tiny2_1k.pth.tar", crop_pct=0.98),

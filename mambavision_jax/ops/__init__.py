@@ -5,10 +5,22 @@ gradient barrier, and the exact GELU. The model files call these and state the a
 from mambavision_jax.ops.activations import gelu_exact
 from mambavision_jax.ops.attention import ATTN_IMPLS, attention, resolve_attn_impl
 from mambavision_jax.ops.conv import CONV_IMPLS, conv_general_dilated, conv_hook, resolve_conv_impl
-from mambavision_jax.ops.dispatch import (SCAN_IMPLS, default_impl, kernel_mesh, selective_scan,
-                                          under_kernel_mesh)
+from mambavision_jax.ops.dispatch import SCAN_IMPLS, default_impl, kernel_mesh, selective_scan, under_kernel_mesh
 from mambavision_jax.ops.residual import residual_barrier
 
-__all__ = ["selective_scan", "SCAN_IMPLS", "default_impl", "kernel_mesh", "under_kernel_mesh",
-           "attention", "ATTN_IMPLS", "resolve_attn_impl", "conv_general_dilated", "conv_hook",
-           "CONV_IMPLS", "resolve_conv_impl", "residual_barrier", "gelu_exact"]
+__all__ = [
+    "ATTN_IMPLS",
+    "CONV_IMPLS",
+    "SCAN_IMPLS",
+    "attention",
+    "conv_general_dilated",
+    "conv_hook",
+    "default_impl",
+    "gelu_exact",
+    "kernel_mesh",
+    "residual_barrier",
+    "resolve_attn_impl",
+    "resolve_conv_impl",
+    "selective_scan",
+    "under_kernel_mesh",
+]

@@ -72,11 +72,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     schedule = make_schedule(config, steps_per_epoch)
     tx = make_optimizer(config, steps_per_epoch, schedule=schedule)
     train_gd, eval_gd = graphdefs(config, num_classes, bn_groups)
-    if jax.process_index() == 0:  # the architecture, for readers of the run's checkpoints
-        atomic_write_text(workdir / "model_config.json",
-                          json.dumps(model_configs(config, num_classes, bn_groups)[0].to_dict(), indent=2) + "\n")
     state, shardings = create_train_state(config, num_classes, bn_groups, tx, mesh)
     writer = MetricWriter(workdir, total_steps)
+    if jax.process_index() == 0:  # the architecture, for readers of the run (the writer made workdir)
+        atomic_write_text(workdir / "model_config.json",
+                          json.dumps(model_configs(config, num_classes, bn_groups)[0].to_dict(), indent=2) + "\n")
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
 
     start_step, data_state = 0, None
