@@ -211,7 +211,6 @@ def test_evaluate_a_real_training_run_matches_its_last_eval(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
                PYTHONPATH=str(REPO))
     run = tmp_path / "run"
-    run.mkdir()
     train = subprocess.run([sys.executable, str(REPO / "train.py"), "--config",
                             str(REPO / "tests" / "small_train_config.py"), "--workdir", str(run),
                             f"--config.data.dir={data}", "--config.total_steps=2", "--config.eval_every_steps=2",
