@@ -258,12 +258,13 @@ def load_checkpoint(path: str | os.PathLike, which: str | int = "best", ema: boo
         architecture; there `kwargs` are runtime options such as scan_impl).
     The model carries `checkpoint_info` = {"path", "step", "ema"} for a training run.
     """
-    p = Path(path)
-    if not is_training_run(p):
+    if not is_training_run(path):
         if which != "best":
-            raise ValueError(f"which={which!r} applies to training runs; {p} is a model checkpoint")
+            raise ValueError(f"which={which!r} applies to training runs; {path} is a model checkpoint")
         from mambavision_jax.convert import load_checkpoint as load_model_checkpoint
-        return load_model_checkpoint(p, name, num_classes=num_classes, dtype=dtype, **kwargs)
+        # `path` as given: a hub id or a gs:// URL is no local Path
+        return load_model_checkpoint(path, name, num_classes=num_classes, dtype=dtype, **kwargs)
+    p = Path(path)
     if kwargs.pop("use_ema", None):
         raise ValueError(f"{p} is a training run: select its EMA weights with ema=True, not use_ema")
     return _load_run(p, which, ema=ema, require_ema=False, name=name, num_classes=num_classes,

@@ -111,10 +111,39 @@ def test_create_model_overrides():
     assert custom.name is None and custom.pretrained_cfg.hf_hub_id is None
 
 
+def _training_run(model, workdir):
+    """A training workdir holding `model` as the loop writes one: the TrainState through the
+    training Checkpointer, and model_config.json from the training config's model section."""
+    import ml_collections
+
+    from mambavision_jax.train.checkpoint import Checkpointer
+    from mambavision_jax.train.state import TrainState, model_configs, split_model
+
+    config = ml_collections.ConfigDict({"model": {
+        "name": "mamba_vision_T", "drop_path_rate": -1.0, "dtype": "float32", "scan_impl": "auto",
+        "remat": False, "overrides": {k: v for k, v in CUSTOM.items() if k != "num_classes"}}})
+    arch, _ = model_configs(config, CUSTOM["num_classes"], 1)
+    assert arch == model.config  # the training config describes this very model
+    _, params, stats, rngs = split_model(model)
+    state = TrainState(step=jnp.int32(7), params=params, batch_stats=stats, rngs=rngs, opt_state={},
+                       ema_params=None, ema_batch_stats=None)
+    ckpt = Checkpointer(workdir)
+    ckpt.save(7, state)
+    ckpt.wait()
+    ckpt.close()
+    (workdir / "model_config.json").write_text(json.dumps(arch.to_dict()))  # as train/loop.py writes it
+    return workdir
+
+
 # ------------------------------------------------------------------ every writer, every reader
-@pytest.mark.parametrize("writer", ["pth", "safetensors", "hf-folder", "orbax"])
+@pytest.mark.parametrize("writer", ["pth", "safetensors", "hf-folder", "orbax", "training-run"])
 def test_custom_model_round_trips_bit_identically(writer, tmp_path):
     model = _custom_model()
+    if writer == "training-run":
+        loaded = mvj.load_checkpoint(_training_run(model, tmp_path / "run"), which="latest", ema=False)
+        assert loaded.config == model.config
+        np.testing.assert_array_equal(_logits(loaded), _logits(model))
+        return
     if writer == "orbax":
         path = save_checkpoint(model, tmp_path / "ckpt")
     elif writer == "hf-folder":
