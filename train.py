@@ -9,6 +9,7 @@ MAMBAVISION_JAX_DEBUG=1 for the traceback); 3 the loss or the weights stopped be
 checkpoint holds that state); 143 (`EXIT_PREEMPTED`) preempted by SIGTERM after writing a
 checkpoint at a step every process agreed on: run the same command to resume.
 """
+
 import difflib
 import importlib.util
 import sys
@@ -18,16 +19,24 @@ from ml_collections import config_flags
 
 from mambavision_jax.cli import EXIT_USER_ERROR, debug_requested
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard logs go "
-                               "here (a local path or gs://...); an existing workdir is resumed from "
-                               "its latest checkpoint.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file (configs/*.py).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir",
+    None,
+    "Checkpoints, metrics.jsonl and TensorBoard logs go "
+    "here (a local path or gs://...); an existing workdir is resumed from "
+    "its latest checkpoint.",
+)
 _COORD = flags.DEFINE_string("coordinator", None, "host:port of process 0 for a multi-process run.")
 _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 _PID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
-_AUTO = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with the "
-                          "cluster auto-detected (TPU pods, SLURM).")
+_AUTO = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Call jax.distributed.initialize() with the cluster auto-detected (TPU pods, SLURM).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_NON_FINITE = 3
@@ -41,7 +50,7 @@ def _fail(message: str, code: int = EXIT_USER_ERROR):
 def _config_file(argv) -> str | None:
     for i, a in enumerate(argv):
         if a.startswith("--config="):
-            return a[len("--config="):]
+            return a[len("--config=") :]
         if a == "--config" and i + 1 < len(argv):
             return argv[i + 1]
     return None
@@ -63,7 +72,7 @@ def _unknown_field_message(argv) -> str | None:
     for a in argv:
         if not a.startswith("--config."):
             continue
-        parts = a[len("--config."):].split("=", 1)[0].split(".")
+        parts = a[len("--config.") :].split("=", 1)[0].split(".")
         node = config
         for depth, key in enumerate(parts):
             if not hasattr(node, "keys"):
@@ -72,8 +81,11 @@ def _unknown_field_message(argv) -> str | None:
                 where = ".".join(["config", *parts[:depth]])
                 valid = sorted(node.keys())
                 close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-                hint = ("did you mean " + ", ".join(f"{where}.{c}" for c in close) + "?" if close
-                        else f"the fields of {where} are " + ", ".join(valid))
+                hint = (
+                    "did you mean " + ", ".join(f"{where}.{c}" for c in close) + "?"
+                    if close
+                    else f"the fields of {where} are " + ", ".join(valid)
+                )
                 return f"unknown config field {where}.{key}; {hint}"
             node = node[key]
     return None
@@ -97,9 +109,11 @@ def _parse_flags(argv):
 def main(argv):
     del argv
     from mambavision_jax import xla_cpu
+
     xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     from mambavision_jax.train.config import validate
+
     try:
         validate(_CONFIG.value)
     except ValueError as e:
@@ -107,6 +121,7 @@ def main(argv):
             raise
         _fail(e)
     import jax
+
     if _COORD.value or _NPROC.value:
         jax.distributed.initialize(_COORD.value, num_processes=_NPROC.value, process_id=_PID.value)
     elif _AUTO.value:
@@ -115,6 +130,7 @@ def main(argv):
     from mambavision_jax.train import train_and_evaluate
     from mambavision_jax.train.loop import NonFiniteLossError
     from mambavision_jax.train.preemption import EXIT_PREEMPTED, Preempted
+
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except Preempted as e:

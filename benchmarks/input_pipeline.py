@@ -17,6 +17,7 @@ process tree is measured (psutil), so a shared, noisy machine changes wall time 
 Prints a table (ms of CPU per image, images per second, ratio = timm's CPU time per image over the
 project's) and a per-op breakdown of one core's work.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,12 +33,20 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-OFFICIAL = dict(scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0), hflip=0.5,
-                auto_augment="rand-m9-mstd0.5-inc1", interpolation="random", re_prob=0.25,
-                re_mode="pixel", re_count=1)
+OFFICIAL = dict(
+    scale=(0.08, 1.0),
+    ratio=(3.0 / 4.0, 4.0 / 3.0),
+    hflip=0.5,
+    auto_augment="rand-m9-mstd0.5-inc1",
+    interpolation="random",
+    re_prob=0.25,
+    re_mode="pixel",
+    re_count=1,
+)
 
 
 # ---- data: ImageNet-size JPEGs from the photos that ship with scikit-learn / scikit-image ----
+
 
 def _source_photos() -> list[np.ndarray]:
     from sklearn.datasets import load_sample_images
@@ -46,8 +55,9 @@ def _source_photos() -> list[np.ndarray]:
     try:
         import skimage.data as sk
     except ImportError:
-        sys.exit("benchmarks/input_pipeline.py needs scikit-image for its photographs: "
-                 "pip install scikit-image")
+        sys.exit(
+            "benchmarks/input_pipeline.py needs scikit-image for its photographs: pip install scikit-image"
+        )
     for name in ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left"):
         try:
             img = getattr(sk, name)() if name != "motorcycle_left" else sk.stereo_motorcycle()[0]
@@ -87,10 +97,12 @@ def write_folder(jpegs: list[bytes], root: str, num_classes: int = 4) -> None:
 
 # ---- the two per-image transforms ----
 
+
 def _timm():
     # The PyPI torchvision may be a CUDA build whose fake-op registrations fail beside a CPU torch.
-    sys.modules.setdefault("torchvision._meta_registrations",
-                           types.ModuleType("torchvision._meta_registrations"))
+    sys.modules.setdefault(
+        "torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations")
+    )
     import timm.data
 
     return timm.data
@@ -118,11 +130,22 @@ def timm_transform(image_size: int = 224):
     td = _timm()
     _patch_timm_posterize()
     return td.create_transform(
-        image_size, is_training=True, use_prefetcher=True, scale=OFFICIAL["scale"],
-        ratio=OFFICIAL["ratio"], hflip=OFFICIAL["hflip"], vflip=0.0, color_jitter=0.4,
-        auto_augment=OFFICIAL["auto_augment"], interpolation=OFFICIAL["interpolation"],
-        re_prob=OFFICIAL["re_prob"], re_mode=OFFICIAL["re_mode"], re_count=OFFICIAL["re_count"],
-        mean=td.IMAGENET_DEFAULT_MEAN, std=td.IMAGENET_DEFAULT_STD)
+        image_size,
+        is_training=True,
+        use_prefetcher=True,
+        scale=OFFICIAL["scale"],
+        ratio=OFFICIAL["ratio"],
+        hflip=OFFICIAL["hflip"],
+        vflip=0.0,
+        color_jitter=0.4,
+        auto_augment=OFFICIAL["auto_augment"],
+        interpolation=OFFICIAL["interpolation"],
+        re_prob=OFFICIAL["re_prob"],
+        re_mode=OFFICIAL["re_mode"],
+        re_count=OFFICIAL["re_count"],
+        mean=td.IMAGENET_DEFAULT_MEAN,
+        std=td.IMAGENET_DEFAULT_STD,
+    )
 
 
 def timm_decode(data: bytes) -> Image.Image:
@@ -140,11 +163,13 @@ def ours_example(data: bytes, rng: np.random.Generator, aug, image_size: int = 2
     """One example of `make_train_iterator(normalize=False)`: what a grain worker computes."""
     from mambavision_jax.data.transforms import erasing_boxes, train_augment
 
-    return train_augment(data, rng, image_size, aug), erasing_boxes(rng, image_size, image_size,
-                                                                     aug.re_prob, max_count=aug.re_count)
+    return train_augment(data, rng, image_size, aug), erasing_boxes(
+        rng, image_size, image_size, aug.re_prob, max_count=aug.re_count
+    )
 
 
 # ---- per core ----
+
 
 def _cpu() -> float:
     t = os.times()
@@ -174,6 +199,7 @@ def per_core_timm(jpegs, transform, seed: int) -> float:
 
 # ---- with worker processes ----
 
+
 def _tree_cpu(proc) -> float:
     total = sum(proc.cpu_times()[:2])
     for child in proc.children(recursive=True):
@@ -201,9 +227,19 @@ def _measure(it, num_batches: int, batch: int):
 def workers_ours(name, data_dir, workers, threads, batch, num_batches, seed):
     from mambavision_jax.data import make_train_iterator
 
-    it = make_train_iterator(name, data_dir=data_dir, global_batch_size=batch, image_size=224,
-                             seed=seed, augment=ours_augment(), process_index=0, process_count=1,
-                             num_workers=workers, num_threads=threads, normalize=False)
+    it = make_train_iterator(
+        name,
+        data_dir=data_dir,
+        global_batch_size=batch,
+        image_size=224,
+        seed=seed,
+        augment=ours_augment(),
+        process_index=0,
+        process_count=1,
+        num_workers=workers,
+        num_threads=threads,
+        normalize=False,
+    )
     try:
         return _measure(it, num_batches, batch)
     finally:
@@ -228,8 +264,14 @@ def workers_timm(jpegs, transform, workers, batch, num_batches, seed):
 
     torch.manual_seed(seed)
     loader = torch.utils.data.DataLoader(
-        _JpegDataset(jpegs, transform), batch_size=batch, shuffle=True, num_workers=workers,
-        collate_fn=fast_collate, drop_last=True, persistent_workers=workers > 0)
+        _JpegDataset(jpegs, transform),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=fast_collate,
+        drop_last=True,
+        persistent_workers=workers > 0,
+    )
 
     def forever():
         while True:
@@ -243,6 +285,7 @@ def workers_timm(jpegs, transform, workers, batch, num_batches, seed):
 
 
 # ---- one core's time per op ----
+
 
 def breakdown_ours(jpegs, seed: int = 0) -> dict[str, float]:
     """ms per image of each stage of `train_augment` (+ the erasing boxes), on one core."""
@@ -298,6 +341,7 @@ def breakdown_timm(jpegs, transform) -> dict[str, float]:
 
 
 # ---- the approximate fast decode (TrainAugConfig.fast_decode) beside the exact path ----
+
 
 def make_large_jpegs(n: int, seed: int = 1) -> list[bytes]:
     """n JPEGs at the sample photos' native resolution (no upscaling: every pixel is real detail),
@@ -362,31 +406,44 @@ def decode_stats(jpegs: list[bytes], draws: int = 4, size: int = 224) -> dict:
     hist = lambda x, c: np.bincount(x[:, c], minlength=256) / len(x)
     tv = [0.5 * np.abs(hist(exact, c) - hist(fast, c)).sum() for c in range(3)]
     n = len(jpegs) * draws
-    out = {"crops": n, "reduced": reduced, "ms_exact": 1e3 * t_exact / n, "ms_fast": 1e3 * t_fast / n,
-           "mean_exact": exact.mean(0), "mean_fast": fast.mean(0),
-           "var_exact": exact.var(0), "var_fast": fast.var(0), "hist_tv": np.array(tv)}
+    out = {
+        "crops": n,
+        "reduced": reduced,
+        "ms_exact": 1e3 * t_exact / n,
+        "ms_fast": 1e3 * t_fast / n,
+        "mean_exact": exact.mean(0),
+        "mean_fast": fast.mean(0),
+        "var_exact": exact.var(0),
+        "var_fast": fast.var(0),
+        "hist_tv": np.array(tv),
+    }
     if diffs:
         mad = np.mean([x.mean() for x in diffs])
-        mse = np.mean([(x ** 2).mean() for x in diffs])
-        out.update(mad_reduced=mad, psnr_reduced=10 * np.log10(255.0 ** 2 / mse))
+        mse = np.mean([(x**2).mean() for x in diffs])
+        out.update(mad_reduced=mad, psnr_reduced=10 * np.log10(255.0**2 / mse))
     return out
 
 
 def print_decode_stats(label: str, r: dict) -> None:
     f3 = lambda v: "(" + ", ".join(f"{x:.2f}" for x in v) + ")"
-    print(f"\n{label}: {r['crops']} crops, {r['reduced']} ({100 * r['reduced'] / r['crops']:.0f}%) decoded "
-          f"reduced; decode+crop+resize CPU ms/img exact {r['ms_exact']:.3f}, fast {r['ms_fast']:.3f} "
-          f"({r['ms_exact'] / r['ms_fast']:.2f}x)")
+    print(
+        f"\n{label}: {r['crops']} crops, {r['reduced']} ({100 * r['reduced'] / r['crops']:.0f}%) decoded "
+        f"reduced; decode+crop+resize CPU ms/img exact {r['ms_exact']:.3f}, fast {r['ms_fast']:.3f} "
+        f"({r['ms_exact'] / r['ms_fast']:.2f}x)"
+    )
     print("| path | mean R, G, B | variance R, G, B |\n|---|---|---|")
     print(f"| exact | {f3(r['mean_exact'])} | {f3(r['var_exact'])} |")
     print(f"| fast_decode | {f3(r['mean_fast'])} | {f3(r['var_fast'])} |")
     print(f"histogram total-variation distance (R, G, B): {f3(r['hist_tv'] * 100)} %")
     if "mad_reduced" in r:
-        print(f"reduced crops only: mean |exact - fast| {r['mad_reduced']:.2f} / 255, "
-              f"PSNR {r['psnr_reduced']:.1f} dB")
+        print(
+            f"reduced crops only: mean |exact - fast| {r['mad_reduced']:.2f} / 255, "
+            f"PSNR {r['psnr_reduced']:.1f} dB"
+        )
 
 
 # ---- the demo: the training loop's img/s (data included) vs the bare jitted step's ----
+
 
 def _demo_config(steps: int):
     import importlib.util
@@ -438,15 +495,27 @@ def demo_bare_step(steps: int, data_dir: str) -> float:
     train_gd, eval_gd = graphdefs(c, info.num_classes, 1)
     state, shardings = create_train_state(c, info.num_classes, 1, tx, mesh)
     cfg = pretrained_cfg(c.model.name)
-    step = jax.jit(under_kernel_mesh(make_train_step(c, train_gd, eval_gd, tx, schedule, info.num_classes,
-                                                     spe, 1, mean=cfg.mean, std=cfg.std),
-                                     mesh, shd.BATCH_AXES),
-                   in_shardings=(shardings, shd.batch_sharding(mesh)),
-                   out_shardings=(shardings, shd.replicated(mesh)), donate_argnums=(0,))
+    step = jax.jit(
+        under_kernel_mesh(
+            make_train_step(
+                c, train_gd, eval_gd, tx, schedule, info.num_classes, spe, 1, mean=cfg.mean, std=cfg.std
+            ),
+            mesh,
+            shd.BATCH_AXES,
+        ),
+        in_shardings=(shardings, shd.batch_sharding(mesh)),
+        out_shardings=(shardings, shd.replicated(mesh)),
+        donate_argnums=(0,),
+    )
     rng = np.random.default_rng(0)
     size = c.data.image_size
-    batch = shd.global_batch({"image": rng.integers(0, 256, (c.batch_size, size, size, 3), np.uint8),
-                              "label": rng.integers(0, info.num_classes, c.batch_size, np.int32)}, mesh)
+    batch = shd.global_batch(
+        {
+            "image": rng.integers(0, 256, (c.batch_size, size, size, 3), np.uint8),
+            "label": rng.integers(0, info.num_classes, c.batch_size, np.int32),
+        },
+        mesh,
+    )
     for _ in range(3):
         state, m = step(state, batch)
     jax.block_until_ready(m)
@@ -468,9 +537,11 @@ def demo_report(rounds: int, steps: int) -> None:
             loop.append(demo_loop(os.path.join(tmp, f"run{r}"), steps, data_dir))
             bare.append(demo_bare_step(steps, data_dir))
     print(f"\ndemo (configs/demo.py, batch 64, 64 px), alternating, {rounds} rounds:")
-    print(f"loop img/s {np.median(loop):.1f} (runs: {', '.join(f'{v:.0f}' for v in loop)}), bare step "
-          f"img/s {np.median(bare):.1f} (runs: {', '.join(f'{v:.0f}' for v in bare)}), loop / step "
-          f"{np.median(loop) / np.median(bare):.3f}")
+    print(
+        f"loop img/s {np.median(loop):.1f} (runs: {', '.join(f'{v:.0f}' for v in loop)}), bare step "
+        f"img/s {np.median(bare):.1f} (runs: {', '.join(f'{v:.0f}' for v in bare)}), loop / step "
+        f"{np.median(loop) / np.median(bare):.3f}"
+    )
 
 
 def main(argv=None) -> int:
@@ -482,11 +553,17 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=int, default=12, help="measured batches per worker run")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
     p.add_argument("--skip_workers", action="store_true")
-    p.add_argument("--demo", action="store_true",
-                   help="only the demo's loop img/s vs its bare step img/s (--rounds, --demo_steps)")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="only the demo's loop img/s vs its bare step img/s (--rounds, --demo_steps)",
+    )
     p.add_argument("--demo_steps", type=int, default=60)
-    p.add_argument("--decode_stats", action="store_true",
-                   help="only TrainAugConfig.fast_decode's statistics and cost beside the exact path")
+    p.add_argument(
+        "--decode_stats",
+        action="store_true",
+        help="only TrainAugConfig.fast_decode's statistics and cost beside the exact path",
+    )
     args = p.parse_args(argv)
     if args.demo:
         demo_report(args.rounds, args.demo_steps)
@@ -501,8 +578,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     jpegs = make_jpegs(args.num_images)
     sizes = [Image.open(io.BytesIO(d)).size for d in jpegs]
-    print(f"{len(jpegs)} JPEGs, mean {np.mean([s[0] for s in sizes]):.0f} x {np.mean([s[1] for s in sizes]):.0f} "
-          f"px, {np.mean([len(d) for d in jpegs]) / 1024:.0f} KB; {os.cpu_count()} CPU cores")
+    print(
+        f"{len(jpegs)} JPEGs, mean {np.mean([s[0] for s in sizes]):.0f} x {np.mean([s[1] for s in sizes]):.0f} "
+        f"px, {np.mean([len(d) for d in jpegs]) / 1024:.0f} KB; {os.cpu_count()} CPU cores"
+    )
     transform = timm_transform()
 
     rows = {}
@@ -522,21 +601,32 @@ def main(argv=None) -> int:
             pc_ours.append(per_core_ours(jpegs, r))
             pc_timm.append(per_core_timm(jpegs, transform, r))
             if not args.skip_workers:
-                w_ours.append(workers_ours("bench_jpegs", data_dir, workers, threads, args.batch,
-                                           args.batches, r))
+                w_ours.append(
+                    workers_ours("bench_jpegs", data_dir, workers, threads, args.batch, args.batches, r)
+                )
                 w_timm.append(workers_timm(jpegs, transform, workers, args.batch, args.batches, r))
     rows["per core (0 workers, 1 thread)"] = (np.median(pc_ours), np.median(pc_timm))
     if not args.skip_workers:
         rows[f"{workers} workers (grain: {threads} threads each)"] = (
-            np.median([o[0] for o in w_ours]), np.median([t[0] for t in w_timm]),
-            np.median([o[1] for o in w_ours]), np.median([t[1] for t in w_timm]))
-    print("per round, CPU ms/img project / timm: per core " + ", ".join(
-        f"{1e3 * a:.2f}/{1e3 * b:.2f}" for a, b in zip(pc_ours, pc_timm))
-        + ("; workers " + ", ".join(f"{1e3 * a[0]:.2f}/{1e3 * b[0]:.2f}" for a, b in zip(w_ours, w_timm))
-           if w_ours else ""))
+            np.median([o[0] for o in w_ours]),
+            np.median([t[0] for t in w_timm]),
+            np.median([o[1] for o in w_ours]),
+            np.median([t[1] for t in w_timm]),
+        )
+    print(
+        "per round, CPU ms/img project / timm: per core "
+        + ", ".join(f"{1e3 * a:.2f}/{1e3 * b:.2f}" for a, b in zip(pc_ours, pc_timm))
+        + (
+            "; workers " + ", ".join(f"{1e3 * a[0]:.2f}/{1e3 * b[0]:.2f}" for a, b in zip(w_ours, w_timm))
+            if w_ours
+            else ""
+        )
+    )
 
-    print("\n| setting | project CPU ms/img | timm CPU ms/img | project img/s | timm img/s | "
-          "ratio (timm / project CPU) |")
+    print(
+        "\n| setting | project CPU ms/img | timm CPU ms/img | project img/s | timm img/s | "
+        "ratio (timm / project CPU) |"
+    )
     print("|---|---|---|---|---|---|")
     for label, v in rows.items():
         o, t = 1e3 * v[0], 1e3 * v[1]

@@ -15,6 +15,7 @@ The official model's scan needs mamba_ssm's CUDA kernel; on a CPU a pure-PyTorch
 (--torch-scan: `loop`, the faster one from benchmarks/throughput.py, or `ref`, mamba_ssm's own
 selective_scan_ref).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,9 @@ def build_backends(a, tmp: str):
     jax_fn = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
 
     t = time.perf_counter()
-    path = ex.export_onnx(model, os.path.join(tmp, "model.onnx"), batch_size=None,
-                          image_size=a.resolution, check=False)
+    path = ex.export_onnx(
+        model, os.path.join(tmp, "model.onnx"), batch_size=None, image_size=a.resolution, check=False
+    )
     print(f"ONNX export: {time.perf_counter() - t:.0f} s", file=sys.stderr)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = cores
@@ -62,6 +64,7 @@ def build_backends(a, tmp: str):
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from official import build_official, official_module
+
     torch.set_num_threads(cores)
     tm = build_official(a.model, randomize=False)
     if a.torch_scan == "loop":
@@ -81,10 +84,18 @@ def build_backends(a, tmp: str):
         with torch.inference_mode():
             return tm(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
 
-    info = {"cpu": cpu_name(), "cores": cores, "jax": jax.__version__, "ort": ort.__version__,
-            "torch": torch.__version__.split("+")[0]}
-    return {f"onnxruntime {ort.__version__}": run_ort, f"jax {jax.__version__} (jit)": run_jax,
-            f"torch {info['torch']} official model ({a.torch_scan} scan)": run_torch}, info
+    info = {
+        "cpu": cpu_name(),
+        "cores": cores,
+        "jax": jax.__version__,
+        "ort": ort.__version__,
+        "torch": torch.__version__.split("+")[0],
+    }
+    return {
+        f"onnxruntime {ort.__version__}": run_ort,
+        f"jax {jax.__version__} (jit)": run_jax,
+        f"torch {info['torch']} official model ({a.torch_scan} scan)": run_torch,
+    }, info
 
 
 def measure(backends, batch: int, a) -> dict[str, list[float]]:
@@ -104,7 +115,7 @@ def measure(backends, batch: int, a) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {n: [] for n in backends}
     names = list(backends)
     for r in range(a.repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
             backends[name](x)
             times[name].append(time.perf_counter() - t0)
@@ -125,15 +136,19 @@ def main(argv=None):
         backends, info = build_backends(a, tmp)
         results = {b: measure(backends, b, a) for b in batches}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"{a.model} at {a.resolution}, float32, {info['cpu']}, {info['cores']} cores; median (min) ms "
-          f"per call over {a.repeats} alternating rounds after {a.warmup} warm-up calls; "
-          f"1-min load average at the end: {load:.1f}")
+    print(
+        f"{a.model} at {a.resolution}, float32, {info['cpu']}, {info['cores']} cores; median (min) ms "
+        f"per call over {a.repeats} alternating rounds after {a.warmup} warm-up calls; "
+        f"1-min load average at the end: {load:.1f}"
+    )
     cols = ["backend"] + [f"batch {b}: ms" for b in batches] + [f"batch {b}: img/s" for b in batches]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for name in backends:
-        ms = [f"{statistics.median(results[b][name]) * 1e3:.1f} ({min(results[b][name]) * 1e3:.1f})"
-              for b in batches]
+        ms = [
+            f"{statistics.median(results[b][name]) * 1e3:.1f} ({min(results[b][name]) * 1e3:.1f})"
+            for b in batches
+        ]
         ips = [f"{b / statistics.median(results[b][name]):.1f}" for b in batches]
         print("| " + " | ".join([name, *ms, *ips]) + " |")
 

@@ -89,6 +89,7 @@ def temp_mib(fn, args):
 
 def main(argv=None):
     from mambavision_jax import xla_cpu
+
     xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--batch", type=int, default=8)
@@ -129,25 +130,44 @@ def main(argv=None):
                     bwd_mem=temp_mib(fwd_bwd, args),
                 )
             except Exception as e:  # noqa: BLE001 - report and keep going
-                print(f"{impl} (L {length}): failed: {type(e).__name__}: "
-                      f"{str(e).splitlines()[0][:300] if str(e) else ''}")
+                print(
+                    f"{impl} (L {length}): failed: {type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:300] if str(e) else ''}"
+                )
                 continue
             rows.append(row)
     print_table(rows)
 
 
 def print_table(rows):
-    cols = ["impl", "L", "fwd ms", "fwd+bwd ms", "fwd temp MiB", "fwd+bwd temp MiB",
-            "fwd speedup", "fwd+bwd speedup"]
+    cols = [
+        "impl",
+        "L",
+        "fwd ms",
+        "fwd+bwd ms",
+        "fwd temp MiB",
+        "fwd+bwd temp MiB",
+        "fwd speedup",
+        "fwd+bwd speedup",
+    ]
     table = []
     for r in rows:
         ref = next((x for x in rows if x["impl"] == "associative" and x["L"] == r["L"]), None)
         sf = f"{ref['fwd'] / r['fwd']:.2f}x" if ref else "-"
         sb = f"{ref['bwd'] / r['bwd']:.2f}x" if ref else "-"
-        table.append([r["impl"], str(r["L"]), f"{r['fwd']:.3f}", f"{r['bwd']:.3f}",
-                      f"{r['fwd_mem']:.2f}", f"{r['bwd_mem']:.2f}", sf, sb])
-    widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c)
-              for i, c in enumerate(cols)]
+        table.append(
+            [
+                r["impl"],
+                str(r["L"]),
+                f"{r['fwd']:.3f}",
+                f"{r['bwd']:.3f}",
+                f"{r['fwd_mem']:.2f}",
+                f"{r['bwd_mem']:.2f}",
+                sf,
+                sb,
+            ]
+        )
+    widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(cols)]
     line = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     print(line(cols))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")

@@ -25,6 +25,7 @@ stands in, and the table's note says which (--torch-scan): `ref`, mamba_ssm's ow
 faster loop written here (the stronger baseline). The JAX worker calls
 `mambavision_jax.xla_cpu.use_eigen_convolutions()` before JAX starts, as the package's entry points do.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,11 +77,17 @@ def time_steps(run, a, sync=lambda: None) -> list[float]:
 
 def summarize(times_s, batch):
     med = statistics.median(times_s)
-    return dict(ms=med * 1e3, img_s=batch / med, img_s_min=batch / max(times_s),
-                img_s_max=batch / min(times_s), n=len(times_s))
+    return dict(
+        ms=med * 1e3,
+        img_s=batch / med,
+        img_s_min=batch / max(times_s),
+        img_s_max=batch / min(times_s),
+        n=len(times_s),
+    )
 
 
 # ----------------------------------------------------------------------------------------- JAX
+
 
 def run_jax(a) -> list[dict]:
     import jax
@@ -104,12 +111,21 @@ def run_jax(a) -> list[dict]:
     x = jnp.asarray(rng.standard_normal((a.batch, a.resolution, a.resolution, 3)), dtype)
     y = jnp.asarray(rng.integers(0, model.num_classes, (a.batch,)), jnp.int32)
     from mambavision_jax.ops import default_impl
+
     scan = a.scan_impl if a.scan_impl != "auto" else default_impl()
     from mambavision_jax.ops import resolve_attn_impl
+
     head_dim = model.stage_dims[2] // model.config.num_heads[2]
     attn = resolve_attn_impl(a.attn_impl, dtype, head_dim)
-    common = dict(device=device, framework=f"jax {jax.__version__}", model=a.model, batch=a.batch,
-                  resolution=a.resolution, dtype=a.dtype, note=f"scan={scan}, attention={attn}")
+    common = dict(
+        device=device,
+        framework=f"jax {jax.__version__}",
+        model=a.model,
+        batch=a.batch,
+        resolution=a.resolution,
+        dtype=a.dtype,
+        note=f"scan={scan}, attention={attn}",
+    )
     rows = []
 
     if "eval" in a.modes:
@@ -135,8 +151,7 @@ def run_jax(a) -> list[dict]:
             def loss_fn(p):
                 m = nnx.merge(graphdef, p, rest, copy=True)
                 logits = m(x)
-                loss = optax.softmax_cross_entropy_with_integer_labels(
-                    logits.astype(jnp.float32), y).mean()
+                loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y).mean()
                 return loss, nnx.state(m, nnx.Not(nnx.Param))
 
             (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -157,6 +172,7 @@ def run_jax(a) -> list[dict]:
 
 # ------------------------------------------------------------------------------------- PyTorch
 
+
 def run_torch(a, which: str) -> list[dict]:
     import torch
     import torch.nn.functional as F
@@ -171,11 +187,13 @@ def run_torch(a, which: str) -> list[dict]:
     if which == "official":
         try:
             import mamba_ssm.ops.selective_scan_interface  # noqa: F401
+
             note = "scan=mamba_ssm (CUDA)"
         except Exception:  # CPU, or no CUDA build: a pure-PyTorch scan stands in
             note = None
         sys.path.insert(0, os.path.join(ROOT, "tests"))
         from official import build_official, official_module
+
         model = build_official(a.model, seed=0, randomize=False)
         if note is None:
             if a.torch_scans[0] == "loop":
@@ -186,9 +204,12 @@ def run_torch(a, which: str) -> list[dict]:
         name = a.model
     else:
         import types
-        sys.modules.setdefault("torchvision._meta_registrations",
-                               types.ModuleType("torchvision._meta_registrations"))
+
+        sys.modules.setdefault(
+            "torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations")
+        )
         import timm
+
         name = TIMM_MODELS[which]
         size = {"img_size": a.resolution} if which == "swin_t" else {}  # Swin fixes its input size
         model = timm.create_model(name, pretrained=False, **size)
@@ -200,9 +221,15 @@ def run_torch(a, which: str) -> list[dict]:
     bf16 = a.dtype == "bfloat16"
     autocast = lambda: torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    common = dict(device=device, framework=f"torch {torch.__version__.split('+')[0]}", model=name,
-                  batch=a.batch, resolution=a.resolution, dtype=a.dtype,
-                  note=("autocast bf16; " if bf16 else "") + note)
+    common = dict(
+        device=device,
+        framework=f"torch {torch.__version__.split('+')[0]}",
+        model=name,
+        batch=a.batch,
+        resolution=a.resolution,
+        dtype=a.dtype,
+        note=("autocast bf16; " if bf16 else "") + note,
+    )
     rows = []
 
     if "eval" in a.modes:
@@ -229,8 +256,9 @@ def run_torch(a, which: str) -> list[dict]:
     return rows
 
 
-def selective_scan_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                        return_last_state=False):
+def selective_scan_loop(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
+):
     """`mamba_ssm`'s selective_scan_fn contract ((b, d, l) layout, real A, B/C (b, n, l)) in plain
     PyTorch, written for speed: the discretisation is vectorised and the recurrence is one
     addcmul per token over `unbind` views (the reference's per-token indexing and einsum cost
@@ -261,6 +289,7 @@ def selective_scan_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
 
 # ---------------------------------------------------------------------------------------- main
 
+
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="mamba_vision_T", help="any MambaVision variant name")
@@ -271,21 +300,33 @@ def parse(argv=None):
     p.add_argument("--repeats", type=int, default=10, help="timed steps; the median is reported")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation included)")
     p.add_argument("--torch", action="store_true", help="also the official PyTorch model")
-    p.add_argument("--timm", action="store_true",
-                   help="also timm's Swin-T and ConvNeXt-T (PyTorch, pretrained=False)")
-    p.add_argument("--torch-scan", default="loop",
-                   help="where mamba_ssm's CUDA kernel is missing (any CPU), the official model's scan;\n"
-                        "comma-separated to time several (one official row each, the first is the\n"
-                        "'vs official' baseline):\n"
-                        "loop = a fast pure-PyTorch loop written here (default, the stronger baseline);\n"
-                        "ref = mamba_ssm's own selective_scan_ref, as tests/official.py installs it")
+    p.add_argument(
+        "--timm", action="store_true", help="also timm's Swin-T and ConvNeXt-T (PyTorch, pretrained=False)"
+    )
+    p.add_argument(
+        "--torch-scan",
+        default="loop",
+        help="where mamba_ssm's CUDA kernel is missing (any CPU), the official model's scan;\n"
+        "comma-separated to time several (one official row each, the first is the\n"
+        "'vs official' baseline):\n"
+        "loop = a fast pure-PyTorch loop written here (default, the stronger baseline);\n"
+        "ref = mamba_ssm's own selective_scan_ref, as tests/official.py installs it",
+    )
     p.add_argument("--no-jax", action="store_true", help="skip this project's JAX model")
-    p.add_argument("--scan-impl", default="auto",
-                   help="selective_scan impl for the JAX model (auto, sequential, associative, ...)")
-    p.add_argument("--attn-impl", default="auto",
-                   help="window attention for the JAX model (auto, xla, cudnn, bhnd)")
-    p.add_argument("--timeout", type=float, default=None,
-                   help="seconds each framework's worker may run before it is stopped")
+    p.add_argument(
+        "--scan-impl",
+        default="auto",
+        help="selective_scan impl for the JAX model (auto, sequential, associative, ...)",
+    )
+    p.add_argument(
+        "--attn-impl", default="auto", help="window attention for the JAX model (auto, xla, cudnn, bhnd)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds each framework's worker may run before it is stopped",
+    )
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # jax | official | swin_t | convnext_t
     a = p.parse_args(argv)
@@ -302,8 +343,7 @@ def parse(argv=None):
 def spawn(worker: str, argv: list[str], timeout: float | None = None) -> list[dict]:
     cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker", worker]
     try:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         print(f"[{worker}] stopped after {timeout:.0f} s (--timeout)", file=sys.stderr)
         return []
@@ -324,14 +364,39 @@ def print_table(rows: list[dict]) -> None:
         if r["framework"].startswith("torch") and r["model"].startswith("mamba_vision"):
             base.setdefault(r["mode"], r)
     swin = {r["mode"]: r for r in rows if r["model"] == TIMM_MODELS["swin_t"]}
-    cols = ["device", "framework", "variant", "batch", "res", "dtype", "mode", "img/s", "ms/step",
-            "vs official", "vs Swin-T", "note"]
+    cols = [
+        "device",
+        "framework",
+        "variant",
+        "batch",
+        "res",
+        "dtype",
+        "mode",
+        "img/s",
+        "ms/step",
+        "vs official",
+        "vs Swin-T",
+        "note",
+    ]
     table = []
     ratio = lambda r, b: f"{r['img_s'] / b['img_s']:.2f}x" if b else "-"  # noqa: E731
     for r in rows:
-        table.append([r["device"], r["framework"], r["model"], str(r["batch"]), str(r["resolution"]),
-                      r["dtype"], r["mode"], f"{r['img_s']:.1f}", f"{r['ms']:.1f}",
-                      ratio(r, base.get(r["mode"])), ratio(r, swin.get(r["mode"])), r["note"]])
+        table.append(
+            [
+                r["device"],
+                r["framework"],
+                r["model"],
+                str(r["batch"]),
+                str(r["resolution"]),
+                r["dtype"],
+                r["mode"],
+                f"{r['img_s']:.1f}",
+                f"{r['ms']:.1f}",
+                ratio(r, base.get(r["mode"])),
+                ratio(r, swin.get(r["mode"])),
+                r["note"],
+            ]
+        )
     widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     print(line(cols))
@@ -351,17 +416,19 @@ def main(argv=None):
     for opt in ("--timeout", "--torch-scan"):  # set per worker below / enforced here
         if opt in passthrough:
             i = passthrough.index(opt)
-            del passthrough[i:i + 2]
-    workers = ([] if a.no_jax else [("jax", [])])
+            del passthrough[i : i + 2]
+    workers = [] if a.no_jax else [("jax", [])]
     workers += [("official", ["--torch-scan", t]) for t in (a.torch_scans if a.torch else [])]
     workers += [(w, []) for w in (TIMM_MODELS if a.timm else [])]
     rows = []
     for w, extra in workers:
         print(f"running {w} {' '.join(extra)}...", file=sys.stderr, flush=True)
         rows += spawn(w, passthrough + extra, a.timeout)
-    print(f"{a.repeats} timed steps after {a.warmup} warm-up steps, median; {num_cores()} cores "
-          f"visible; 'vs official' / 'vs Swin-T' = img/s over the official PyTorch MambaVision's / timm "
-          f"Swin-T's img/s in the same mode")
+    print(
+        f"{a.repeats} timed steps after {a.warmup} warm-up steps, median; {num_cores()} cores "
+        f"visible; 'vs official' / 'vs Swin-T' = img/s over the official PyTorch MambaVision's / timm "
+        f"Swin-T's img/s in the same mode"
+    )
     print_table(rows)
     if a.json:
         with open(a.json, "w") as f:

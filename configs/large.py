@@ -1,4 +1,5 @@
 """MambaVision-L on ImageNet-1K, the official recipe (wd 0.12, mesa 6.0); remat to fit memory."""
+
 from mambavision_jax.train.config import imagenet_config
 
 

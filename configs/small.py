@@ -1,4 +1,5 @@
 """MambaVision-S on ImageNet-1K, the official recipe."""
+
 from mambavision_jax.train.config import imagenet_config
 
 

@@ -2,6 +2,7 @@
 
 python train.py --config configs/tiny.py --workdir runs/tiny --config.data.dir=$TFDS_DATA_DIR
 """
+
 from mambavision_jax.train.config import imagenet_config
 
 

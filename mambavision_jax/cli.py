@@ -6,6 +6,7 @@ image) ends the command with `error: <what is wrong and how to fix it>` on stder
 no traceback. `--debug` on the command line, or MAMBAVISION_JAX_DEBUG=1, shows the traceback.
 Anything else (a bug) keeps its traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,10 +23,18 @@ class UserError(ValueError):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     # Imported lazily: a CLI's --help must not pay for torch / orbax imports.
-    errors: list[type[BaseException]] = [UserError, ValueError, FileNotFoundError, FileExistsError,
-                                         IsADirectoryError, NotADirectoryError, PermissionError]
+    errors: list[type[BaseException]] = [
+        UserError,
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        IsADirectoryError,
+        NotADirectoryError,
+        PermissionError,
+    ]
     try:
         from mambavision_jax.images import ImageReadError
+
         errors.append(ImageReadError)
     except ImportError:  # pragma: no cover - PIL missing
         pass
@@ -67,8 +76,9 @@ def _number(kind, minimum=None, maximum=None, *, min_inclusive=True, max_inclusi
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
-                                             f"got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
         if kind is float and value != value:  # NaN
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
         low_ok = minimum is None or (value >= minimum if min_inclusive else value > minimum)
@@ -78,6 +88,7 @@ def _number(kind, minimum=None, maximum=None, *, min_inclusive=True, max_inclusi
             hi = "" if maximum is None else f"{'<=' if max_inclusive else '<'} {maximum}"
             raise argparse.ArgumentTypeError(f"must be {' and '.join(s for s in (lo, hi) if s)}, got {text}")
         return value
+
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
 
@@ -97,8 +108,13 @@ def int_range(minimum: int | None = None, maximum: int | None = None):
     return _number(int, minimum, maximum)
 
 
-def float_range(minimum: float | None = None, maximum: float | None = None, *,
-                min_inclusive: bool = True, max_inclusive: bool = True):
+def float_range(
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    min_inclusive: bool = True,
+    max_inclusive: bool = True,
+):
     """argparse type: a finite float in the range (bounds inclusive unless told otherwise)."""
     return _number(float, minimum, maximum, min_inclusive=min_inclusive, max_inclusive=max_inclusive)
 

@@ -11,6 +11,7 @@ exactly once. The metrics are `mambavision_jax.metrics.classification_metrics`, 
 
 Python: `evaluate(model, batches)` takes any iterable of {"image", "label"[, "mask"]} batches.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,13 +63,21 @@ def _sum_over_processes(totals: dict[str, float]) -> dict[str, float]:
     if jax.process_count() == 1:
         return totals
     from jax.experimental import multihost_utils
+
     keys = sorted(totals)
     g = multihost_utils.process_allgather(np.array([totals[k] for k in keys], np.float64))
     return dict(zip(keys, np.asarray(g).reshape(-1, len(keys)).sum(0).tolist()))
 
 
-def evaluate(model, batches: Iterable[dict[str, Any]], *, num_batches: int | None = None,
-             mesh=None, progress: bool = True, desc: str = "eval") -> dict[str, Any]:
+def evaluate(
+    model,
+    batches: Iterable[dict[str, Any]],
+    *,
+    num_batches: int | None = None,
+    mesh=None,
+    progress: bool = True,
+    desc: str = "eval",
+) -> dict[str, Any]:
     """Top-1 / top-5 accuracy (in %) and the mean cross-entropy of `model` over `batches`.
 
     model: an NNX model or a `Runner`. batches: an iterable of dicts with "image" (B, H, W, 3)
@@ -90,6 +99,7 @@ def evaluate(model, batches: Iterable[dict[str, Any]], *, num_batches: int | Non
     bar = None
     if progress:
         from tqdm import tqdm
+
         bar = tqdm(total=num_batches, desc=desc, unit="batch", dynamic_ncols=True, file=sys.stderr)
     start = time.perf_counter()
     warm = None  # (time, images) when the first batch was done: compilation and warm-up end there
@@ -100,8 +110,9 @@ def evaluate(model, batches: Iterable[dict[str, Any]], *, num_batches: int | Non
                 break
             labels = np.asarray(batch["label"])
             if runner.num_classes and labels.size and int(labels.max()) >= runner.num_classes:
-                raise ValueError(f"label {int(labels.max())} is out of range for a model with "
-                                 f"{runner.num_classes} classes")
+                raise ValueError(
+                    f"label {int(labels.max())} is out of range for a model with {runner.num_classes} classes"
+                )
             out = runner.dispatch_metrics(batch)
             if pending is not None:
                 _accumulate(totals, pending)
@@ -127,8 +138,9 @@ def evaluate(model, batches: Iterable[dict[str, Any]], *, num_batches: int | Non
         images_per_sec = totals["count"] / seconds if seconds > 0 else float("nan")
     totals = _sum_over_processes(totals)
     if not math.isfinite(totals["loss_sum"]):
-        raise NonFiniteOutputError("the model's outputs are NaN or infinite: its weights cannot be right "
-                                   "(check the checkpoint)")
+        raise NonFiniteOutputError(
+            "the model's outputs are NaN or infinite: its weights cannot be right (check the checkpoint)"
+        )
     return {
         **summarize(totals),
         "n": int(round(totals["count"])),
@@ -144,8 +156,9 @@ def _accumulate(totals, out):
 
 
 # ----------------------------------------------------------------------------- folder input
-def folder_examples(root: str | os.PathLike, *, num_classes: int | None = None,
-                    label_map: str = "auto") -> tuple[list[str], list[int], list[str]]:
+def folder_examples(
+    root: str | os.PathLike, *, num_classes: int | None = None, label_map: str = "auto"
+) -> tuple[list[str], list[int], list[str]]:
     """(image paths, labels, class names) of ROOT/<class>/**/<image>, each file once (the walk of
     `mambavision_jax.data.folder`, which also builds TFDS data sets from such folders).
 
@@ -168,14 +181,18 @@ def folder_examples(root: str | os.PathLike, *, num_classes: int | None = None,
         raise ValueError(f"{root} has no class sub-folders (expected ROOT/<class>/<images>)")
     if label_map != "sorted":
         from mambavision_jax.labels import imagenet_synsets
+
         index = {s: i for i, s in enumerate(imagenet_synsets())}
         all_synsets = all(c in index for c in classes)
         if label_map == "imagenet" and not all_synsets:
             bad = [c for c in classes if c not in index][:5]
             raise ValueError(f"label_map='imagenet' but these folders are not ImageNet-1k synsets: {bad}")
-        label_map = "imagenet" if (all_synsets and (label_map == "imagenet" or num_classes == 1000)) else "sorted"
-    label_of = ({c: index[c] for c in classes} if label_map == "imagenet"
-                else {c: i for i, c in enumerate(classes)})
+        label_map = (
+            "imagenet" if (all_synsets and (label_map == "imagenet" or num_classes == 1000)) else "sorted"
+        )
+    label_of = (
+        {c: index[c] for c in classes} if label_map == "imagenet" else {c: i for i, c in enumerate(classes)}
+    )
     paths, labels = [], []
     for c in classes:
         for path in _list_files(os.path.join(root, c)):
@@ -189,10 +206,17 @@ def folder_examples(root: str | os.PathLike, *, num_classes: int | None = None,
     return paths, labels, classes
 
 
-def folder_batches(paths: Sequence[str], labels: Sequence[int], batch_size: int,
-                   preprocess: Preprocessing, *, num_workers: int | None = None,
-                   skip_unreadable: bool = False, skipped: list | None = None,
-                   max_pixels: int | None = None) -> Iterator[dict]:
+def folder_batches(
+    paths: Sequence[str],
+    labels: Sequence[int],
+    batch_size: int,
+    preprocess: Preprocessing,
+    *,
+    num_workers: int | None = None,
+    skip_unreadable: bool = False,
+    skipped: list | None = None,
+    max_pixels: int | None = None,
+) -> Iterator[dict]:
     """Batches {"image", "label", "mask"} of the files, read and preprocessed by a thread pool,
     one batch ahead. Images are read as the official evaluation and the TFDS folder builder read
     them (alpha dropped, EXIF orientation ignored). The last batch is padded (mask False). An
@@ -218,7 +242,7 @@ def folder_batches(paths: Sequence[str], labels: Sequence[int], batch_size: int,
     starts = range(0, len(paths), batch_size)
 
     def submit(pool, s):
-        return [pool.submit(one, p) for p in paths[s:s + batch_size]]
+        return [pool.submit(one, p) for p in paths[s : s + batch_size]]
 
     with cf.ThreadPoolExecutor(workers) as pool:
         ahead = submit(pool, 0) if len(paths) else []
@@ -245,54 +269,94 @@ def _parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(
         prog="python -m mambavision_jax.evaluate",
         description="Top-1 / top-5 accuracy of a MambaVision checkpoint with the variant's official "
-                    "eval preprocessing, on a prepared TFDS split or a folder of class sub-folders.",
+        "eval preprocessing, on a prepared TFDS split or a folder of class sub-folders.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-               "  python -m mambavision_jax.evaluate --weights mambavision_tiny_1k.pth.tar \\\n"
-               "      --tfds imagenet2012 --split validation --data_dir ~/tensorflow_datasets\n"
-               "  python -m mambavision_jax.evaluate --weights nvidia_MambaVision-T-1K/ --folder val/ "
-               "--json t.json\n"
-               "  python -m mambavision_jax.evaluate --weights runs/demo --tfds mv_digits   "
-               "# a training run's best checkpoint\n"
-               "A folder dataset can be made a TFDS dataset once with\n"
-               "  python -m mambavision_jax.data.make_folder_dataset --src DIR --name NAME --data_dir D")
+        "  python -m mambavision_jax.evaluate --weights mambavision_tiny_1k.pth.tar \\\n"
+        "      --tfds imagenet2012 --split validation --data_dir ~/tensorflow_datasets\n"
+        "  python -m mambavision_jax.evaluate --weights nvidia_MambaVision-T-1K/ --folder val/ "
+        "--json t.json\n"
+        "  python -m mambavision_jax.evaluate --weights runs/demo --tfds mv_digits   "
+        "# a training run's best checkpoint\n"
+        "A folder dataset can be made a TFDS dataset once with\n"
+        "  python -m mambavision_jax.data.make_folder_dataset --src DIR --name NAME --data_dir D",
+    )
     add_weights_arguments(p)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--tfds", metavar="NAME",
-                     help="a TFDS dataset prepared as array_record in --data_dir, e.g. imagenet2012 "
-                          "or a dataset made by mambavision_jax.data.make_folder_dataset")
-    src.add_argument("--folder", metavar="DIR",
-                     help="a folder of class sub-folders of images (e.g. ImageNet val/n01440764/"
-                          "*.JPEG); needs no TFDS")
-    p.add_argument("--split", default=None,
-                   help="TFDS split, any split string such as 'validation' or 'validation[:1000]' "
-                        "(default: 'validation', else 'test')")
-    p.add_argument("--data_dir", default=None,
-                   help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    p.add_argument("--batch_size", type=cli.positive_int, default=64,
-                   help="global batch size, split over the local devices (default 64)")
+    src.add_argument(
+        "--tfds",
+        metavar="NAME",
+        help="a TFDS dataset prepared as array_record in --data_dir, e.g. imagenet2012 "
+        "or a dataset made by mambavision_jax.data.make_folder_dataset",
+    )
+    src.add_argument(
+        "--folder",
+        metavar="DIR",
+        help="a folder of class sub-folders of images (e.g. ImageNet val/n01440764/*.JPEG); needs no TFDS",
+    )
+    p.add_argument(
+        "--split",
+        default=None,
+        help="TFDS split, any split string such as 'validation' or 'validation[:1000]' "
+        "(default: 'validation', else 'test')",
+    )
+    p.add_argument(
+        "--data_dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)"
+    )
+    p.add_argument(
+        "--batch_size",
+        type=cli.positive_int,
+        default=64,
+        help="global batch size, split over the local devices (default 64)",
+    )
     add_preprocessing_arguments(p)
-    p.add_argument("--label_map", choices=("auto", "sorted", "imagenet"), default="auto",
-                   help="--folder only: how folder names become labels: sorted names -> 0..K-1, or "
-                        "ImageNet synset ids -> their ImageNet index; auto picks imagenet when every "
-                        "folder is a synset and the model has 1000 classes (default auto)")
-    p.add_argument("--skip_unreadable", action="store_true",
-                   help="--folder only: leave out files that cannot be decoded (listed in the JSON) "
-                        "instead of stopping")
-    p.add_argument("--max_pixels", type=cli.non_negative_int, default=DEFAULT_MAX_PIXELS,
-                   help=f"--folder only: refuse images with more pixels (a decompression-bomb guard; "
-                        f"JPEGs are decoded downscaled instead where that fits); 0: no limit "
-                        f"(default {DEFAULT_MAX_PIXELS:,})")
-    p.add_argument("--num_workers", type=cli.non_negative_int, default=0,
-                   help="TFDS: grain worker processes for preprocessing (default 0: threads only); "
-                        "folder: reader threads (default: min(8, cores + 2))")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                   help="compute dtype of the model (default float32, as the reported numbers)")
-    p.add_argument("--scan_impl", default="auto", choices=("auto", *SCAN_IMPLS),
-                   help="selective-scan implementation (default auto: the backend's best)")
-    p.add_argument("--json", metavar="FILE", default=None,
-                   help="also write the summary (top1, top5, n, model, weights, seconds, img/s, "
-                        "preprocessing) as JSON to FILE ('-' for stdout)")
+    p.add_argument(
+        "--label_map",
+        choices=("auto", "sorted", "imagenet"),
+        default="auto",
+        help="--folder only: how folder names become labels: sorted names -> 0..K-1, or "
+        "ImageNet synset ids -> their ImageNet index; auto picks imagenet when every "
+        "folder is a synset and the model has 1000 classes (default auto)",
+    )
+    p.add_argument(
+        "--skip_unreadable",
+        action="store_true",
+        help="--folder only: leave out files that cannot be decoded (listed in the JSON) instead of stopping",
+    )
+    p.add_argument(
+        "--max_pixels",
+        type=cli.non_negative_int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"--folder only: refuse images with more pixels (a decompression-bomb guard; "
+        f"JPEGs are decoded downscaled instead where that fits); 0: no limit "
+        f"(default {DEFAULT_MAX_PIXELS:,})",
+    )
+    p.add_argument(
+        "--num_workers",
+        type=cli.non_negative_int,
+        default=0,
+        help="TFDS: grain worker processes for preprocessing (default 0: threads only); "
+        "folder: reader threads (default: min(8, cores + 2))",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="compute dtype of the model (default float32, as the reported numbers)",
+    )
+    p.add_argument(
+        "--scan_impl",
+        default="auto",
+        choices=("auto", *SCAN_IMPLS),
+        help="selective-scan implementation (default auto: the backend's best)",
+    )
+    p.add_argument(
+        "--json",
+        metavar="FILE",
+        default=None,
+        help="also write the summary (top1, top5, n, model, weights, seconds, img/s, "
+        "preprocessing) as JSON to FILE ('-' for stdout)",
+    )
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     cli.add_debug_flag(p)
     return p
@@ -300,6 +364,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from mambavision_jax import xla_cpu
+
     xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     from mambavision_jax.images import ImageReadError
 
@@ -309,29 +374,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise FileNotFoundError(f"--folder {args.folder}: no such folder")
     if args.json and args.json != "-":
         check_output_file("--json", args.json)
-    model = load_model(args.weights, args.model, dtype=args.dtype, ema=args.ema,
-                       scan_impl=args.scan_impl, which=args.checkpoint)
-    pre = preprocessing_for(model, args.weights, image_size=args.image_size, crop_pct=args.crop_pct,
-                            crop_mode=args.crop_mode)
+    model = load_model(
+        args.weights,
+        args.model,
+        dtype=args.dtype,
+        ema=args.ema,
+        scan_impl=args.scan_impl,
+        which=args.checkpoint,
+    )
+    pre = preprocessing_for(
+        model, args.weights, image_size=args.image_size, crop_pct=args.crop_pct, crop_mode=args.crop_mode
+    )
     skipped: list = []
     if args.folder:
-        paths, labels, classes = folder_examples(args.folder, num_classes=model.num_classes,
-                                                 label_map=args.label_map)
-        batches = folder_batches(paths, labels, args.batch_size, pre,
-                                 num_workers=args.num_workers or None, max_pixels=args.max_pixels,
-                                 skip_unreadable=args.skip_unreadable, skipped=skipped)
+        paths, labels, classes = folder_examples(
+            args.folder, num_classes=model.num_classes, label_map=args.label_map
+        )
+        batches = folder_batches(
+            paths,
+            labels,
+            args.batch_size,
+            pre,
+            num_workers=args.num_workers or None,
+            max_pixels=args.max_pixels,
+            skip_unreadable=args.skip_unreadable,
+            skipped=skipped,
+        )
         num_batches = math.ceil(len(paths) / args.batch_size)
         source = {"folder": os.path.abspath(args.folder), "classes": len(classes)}
     else:
         from mambavision_jax.data import eval_num_batches, make_eval_iterator
         from mambavision_jax.data.sources import default_eval_split, open_source
+
         split = args.split or default_eval_split(args.tfds, args.data_dir)
         n_examples = len(open_source(args.tfds, split, args.data_dir))
         batches = make_eval_iterator(
-            args.tfds, global_batch_size=args.batch_size, image_size=pre.image_size,
-            crop_pct=pre.crop_pct, crop_mode=pre.crop_mode, interpolation=pre.interpolation,
-            data_dir=args.data_dir, split=split, mean=pre.mean, std=pre.std,
-            num_workers=args.num_workers)
+            args.tfds,
+            global_batch_size=args.batch_size,
+            image_size=pre.image_size,
+            crop_pct=pre.crop_pct,
+            crop_mode=pre.crop_mode,
+            interpolation=pre.interpolation,
+            data_dir=args.data_dir,
+            split=split,
+            mean=pre.mean,
+            std=pre.std,
+            num_workers=args.num_workers,
+        )
         num_batches = eval_num_batches(n_examples, args.batch_size, jax.process_count())
         source = {"tfds": args.tfds, "split": split, "data_dir": args.data_dir}
     runner = Runner(model)
@@ -340,27 +429,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImageReadError as e:
         raise ImageReadError(f"{e}; pass --skip_unreadable to leave unreadable files out") from e
     summary = {
-        "top1": result["top1"], "top5": result["top5"], "n": result["n"],
-        "model": getattr(model, "name", None), "weights": os.fspath(args.weights),
+        "top1": result["top1"],
+        "top5": result["top5"],
+        "n": result["n"],
+        "model": getattr(model, "name", None),
+        "weights": os.fspath(args.weights),
         **({"checkpoint": model.checkpoint_info} if hasattr(model, "checkpoint_info") else {}),
-        "seconds": result["seconds"], "images_per_sec": result["images_per_sec"],
+        "seconds": result["seconds"],
+        "images_per_sec": result["images_per_sec"],
         "warmup_seconds": result["warmup_seconds"],
-        "loss": result["loss"], **source,
-        "preprocessing": dataclasses.asdict(pre), "batch_size": args.batch_size,
-        "dtype": args.dtype, "devices": [str(d) for d in runner.mesh.devices.flat],
+        "loss": result["loss"],
+        **source,
+        "preprocessing": dataclasses.asdict(pre),
+        "batch_size": args.batch_size,
+        "dtype": args.dtype,
+        "devices": [str(d) for d in runner.mesh.devices.flat],
     }
     if skipped:
         summary["skipped"] = [{"path": p, "reason": r} for p, r in skipped]
-    print(f"{summary['model']}  {summary['weights']}\n"
-          f"  top-1 {summary['top1']:.3f}%  top-5 {summary['top5']:.3f}%  on {summary['n']} images  "
-          f"({summary['seconds']:.1f} s, {summary['images_per_sec']:.1f} img/s after the first batch)"
-          + (f"  skipped {len(skipped)} unreadable files" if skipped else ""))
+    print(
+        f"{summary['model']}  {summary['weights']}\n"
+        f"  top-1 {summary['top1']:.3f}%  top-5 {summary['top5']:.3f}%  on {summary['n']} images  "
+        f"({summary['seconds']:.1f} s, {summary['images_per_sec']:.1f} img/s after the first batch)"
+        + (f"  skipped {len(skipped)} unreadable files" if skipped else "")
+    )
     if args.json:
         text = json.dumps(summary, indent=2) + "\n"
         if args.json == "-":
             sys.stdout.write(text)
         else:
             from mambavision_jax.paths import atomic_write_text
+
             atomic_write_text(args.json, text)
     return 0
 

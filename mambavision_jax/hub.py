@@ -14,6 +14,7 @@ keyed by the resolved commit and the package version, so a later call neither do
 folder and renamed into place: a reader sees a whole entry or none, and two processes racing to
 build the same one both end up loading the one that was renamed first.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -29,8 +30,7 @@ import jax.numpy as jnp
 
 from mambavision_jax.convert.checkpoint_io import HF_CONFIG, HF_WEIGHTS, CheckpointError
 
-__all__ = ["HubError", "cache_root", "create_pretrained", "from_pretrained", "is_hub_id",
-           "resolve_weights"]
+__all__ = ["HubError", "cache_root", "create_pretrained", "from_pretrained", "is_hub_id", "resolve_weights"]
 
 CACHE_ENV = "MAMBAVISION_JAX_CACHE"
 HUB_PREFIX = "hf-hub:"  # timm's spelling, accepted for familiarity
@@ -61,6 +61,7 @@ def is_hub_id(spec) -> bool:
 def _official_ids() -> dict[str, str]:
     """{hub id: variant name} for the 11 official variants."""
     from mambavision_jax.models.registry import VARIANTS
+
     return {cfg.hf_hub_id: name for name, (_, cfg) in VARIANTS.items()}
 
 
@@ -78,8 +79,10 @@ def _resolve_spec(spec: str) -> tuple[str, str | None]:
         if spec.lower() == repo_id.lower():  # the hub's ids are case-insensitive; the cache's are not
             return repo_id, name
     if not _REPO_ID.match(spec):
-        raise HubError(f"unknown model {spec!r}{_suggest(spec)}: pass a name from list_models() or a hub "
-                       f"id such as nvidia/MambaVision-T-1K")
+        raise HubError(
+            f"unknown model {spec!r}{_suggest(spec)}: pass a name from list_models() or a hub "
+            f"id such as nvidia/MambaVision-T-1K"
+        )
     return spec, None
 
 
@@ -97,16 +100,19 @@ def cache_root() -> Path:
     if os.environ.get(CACHE_ENV):
         return Path(os.path.expanduser(os.environ[CACHE_ENV]))
     from huggingface_hub import constants
+
     return Path(constants.HF_HOME) / "mambavision_jax"
 
 
 def _hub_cache(cache_dir) -> Path:
     from huggingface_hub import constants
+
     return Path(cache_dir if cache_dir is not None else constants.HF_HUB_CACHE)
 
 
 def _offline() -> bool:
     from huggingface_hub import constants
+
     return bool(constants.HF_HUB_OFFLINE)
 
 
@@ -116,6 +122,7 @@ def _repo_folder(repo_id: str) -> str:
 
 def _entry_dir(repo_id: str, commit: str) -> Path:
     from mambavision_jax import __version__
+
     return cache_root() / _repo_folder(repo_id) / commit / f"v{__version__}"
 
 
@@ -135,28 +142,43 @@ def _download(repo_id: str, filename: str, *, revision, cache_dir, token, known:
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
+
     try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, token=token,
-                                    library_name="mambavision-jax"))
+        return Path(
+            hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                cache_dir=cache_dir,
+                token=token,
+                library_name="mambavision-jax",
+            )
+        )
     except GatedRepoError as e:
-        raise HubError(f"{repo_id} is gated: accept its terms on huggingface.co and pass token= (or run "
-                       f"`hf auth login`)") from e
+        raise HubError(
+            f"{repo_id} is gated: accept its terms on huggingface.co and pass token= (or run `hf auth login`)"
+        ) from e
     except RepositoryNotFoundError as e:
         hint = "" if known else _suggest(repo_id)
-        raise HubError(f"no hub repo {repo_id!r}{hint} (nor a local file or folder of that name); a private "
-                       f"repo needs token= or `hf auth login`") from e
+        raise HubError(
+            f"no hub repo {repo_id!r}{hint} (nor a local file or folder of that name); a private "
+            f"repo needs token= or `hf auth login`"
+        ) from e
     except RevisionNotFoundError as e:
         raise HubError(f"{repo_id} has no revision {revision!r} (a branch, tag or commit hash)") from e
     except LocalEntryNotFoundError as e:
         why = "HF_HUB_OFFLINE is set" if _offline() else "the hub could not be reached"
         hint = "" if known else _suggest(repo_id)
-        raise HubError(f"{repo_id}{hint}: {filename} is not in the Hugging Face cache "
-                       f"({_hub_cache(cache_dir)}) and {why}; fetch it once with network access: "
-                       f"`{_fetch_command(repo_id, revision)}` (or unset HF_HUB_OFFLINE)") from e
+        raise HubError(
+            f"{repo_id}{hint}: {filename} is not in the Hugging Face cache "
+            f"({_hub_cache(cache_dir)}) and {why}; fetch it once with network access: "
+            f"`{_fetch_command(repo_id, revision)}` (or unset HF_HUB_OFFLINE)"
+        ) from e
     except EntryNotFoundError as e:
         what = "not a MambaVision model repo" if filename == HF_CONFIG else "no converted weights there"
-        raise HubError(f"{repo_id} has no {filename} ({what}); official repos: "
-                       f"{', '.join(_official_ids())}") from e
+        raise HubError(
+            f"{repo_id} has no {filename} ({what}); official repos: {', '.join(_official_ids())}"
+        ) from e
 
 
 def _cached_commit(repo_id: str, revision: str | None, cache_dir) -> str | None:
@@ -177,9 +199,11 @@ def check_mambavision_config(config: dict[str, Any], repo_id: str) -> None:
     archs = " ".join(config.get("architectures") or [])
     if model_type == "mambavision" or (model_type is None and "MambaVision" in archs):
         return
-    raise HubError(f"{repo_id} is not a MambaVision repo (config.json model_type={model_type!r}, "
-                   f"architectures={config.get('architectures')}); official repos: "
-                   f"{', '.join(_official_ids())}")
+    raise HubError(
+        f"{repo_id} is not a MambaVision repo (config.json model_type={model_type!r}, "
+        f"architectures={config.get('architectures')}); official repos: "
+        f"{', '.join(_official_ids())}"
+    )
 
 
 # ----------------------------------------------------------------------------- conversion cache
@@ -199,13 +223,18 @@ def _name_override(config: dict[str, Any], official_name: str | None, repo_id: s
         cfg = config_from_hf(config)
     except ConfigError as e:
         raise HubError(f"{repo_id}: config.json: {e}") from None
-    if official_name is not None and cfg.name != official_name and _same_architecture(cfg, model_config(official_name)):
+    if (
+        official_name is not None
+        and cfg.name != official_name
+        and _same_architecture(cfg, model_config(official_name))
+    ):
         return {"name": official_name}
     return {}
 
 
 def _convert(folder: Path, overrides: dict[str, Any]):
     from mambavision_jax.convert.api import load_torch_checkpoint
+
     return load_torch_checkpoint(folder, **overrides)
 
 
@@ -229,7 +258,9 @@ def _build_entry(repo_id: str, commit: str, official_name: str | None, *, cache_
     if (final / ORBAX_META).is_file():
         return final
     known = official_name is not None
-    config_path = _download(repo_id, HF_CONFIG, revision=commit, cache_dir=cache_dir, token=token, known=known)
+    config_path = _download(
+        repo_id, HF_CONFIG, revision=commit, cache_dir=cache_dir, token=token, known=known
+    )
     config = read_hf_config(config_path)
     check_mambavision_config(config, repo_id)
     _download(repo_id, HF_WEIGHTS, revision=commit, cache_dir=cache_dir, token=token, known=known)
@@ -255,8 +286,14 @@ def _ensure_entry(spec: str, *, revision=None, cache_dir=None, token=None) -> tu
     if commit is None:
         # Online (or offline with no ref): resolve the revision through huggingface_hub, which
         # checks the hub for a moved branch and otherwise fails with its own offline error.
-        path = _download(repo_id, HF_CONFIG, revision=revision, cache_dir=cache_dir, token=token,
-                         known=official_name is not None)
+        path = _download(
+            repo_id,
+            HF_CONFIG,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            known=official_name is not None,
+        )
         commit = path.parent.name  # .../snapshots/<commit>/config.json
     return _build_entry(repo_id, commit, official_name, cache_dir=cache_dir, token=token), official_name
 
@@ -271,8 +308,16 @@ def resolve_weights(spec, *, revision: str | None = None, cache_dir=None, token=
     return _ensure_entry(spec, revision=revision, cache_dir=cache_dir, token=token)[0]
 
 
-def from_pretrained(name_or_repo_id: str, *, revision: str | None = None, num_classes: int | None = None,
-                    dtype=jnp.float32, cache_dir=None, token=None, **overrides):
+def from_pretrained(
+    name_or_repo_id: str,
+    *,
+    revision: str | None = None,
+    num_classes: int | None = None,
+    dtype=jnp.float32,
+    cache_dir=None,
+    token=None,
+    **overrides,
+):
     """An official MambaVision with its Hugging Face weights, in eval mode.
 
     name_or_repo_id: a `list_models()` name ("mamba_vision_T") or a hub id ("nvidia/MambaVision-T-1K",
@@ -287,18 +332,33 @@ def from_pretrained(name_or_repo_id: str, *, revision: str | None = None, num_cl
     return load_checkpoint(entry, num_classes=num_classes, dtype=dtype, **overrides)
 
 
-def create_pretrained(name: str, *, num_classes: int | None = None, dtype=jnp.float32,
-                      features_only: bool = False, out_indices=(0, 1, 2, 3), **kwargs):
+def create_pretrained(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    dtype=jnp.float32,
+    features_only: bool = False,
+    out_indices=(0, 1, 2, 3),
+    **kwargs,
+):
     """`create_model(name, pretrained=True, ...)`: `from_pretrained`, optionally as a feature extractor."""
     model = from_pretrained(name, num_classes=num_classes, dtype=dtype, **kwargs)
     if features_only:
         from mambavision_jax.models.features import FeatureExtractor
+
         return FeatureExtractor(model, out_indices=out_indices)
     return model
 
 
-def load_checkpoint(spec: str, name: str | None = None, *, num_classes: int | None = None,
-                    use_ema: bool = False, dtype=jnp.float32, **kwargs):
+def load_checkpoint(
+    spec: str,
+    name: str | None = None,
+    *,
+    num_classes: int | None = None,
+    use_ema: bool = False,
+    dtype=jnp.float32,
+    **kwargs,
+):
     """`convert.load_checkpoint` for a hub id (its hook calls this)."""
     if use_ema:
         raise HubError(f"{spec}: the hub weights hold one set of weights (no EMA); drop use_ema / --ema")

@@ -21,6 +21,7 @@
 Every failure (missing file, not an image, truncated or corrupt data, too large) raises
 `ImageReadError` (an OSError) whose message names the file.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,15 +32,38 @@ from pathlib import Path
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageReadError", "ImageTooLargeError", "IMAGE_EXTENSIONS",
-           "load_image", "to_rgb", "is_image_file"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageReadError",
+    "ImageTooLargeError",
+    "IMAGE_EXTENSIONS",
+    "load_image",
+    "to_rgb",
+    "is_image_file",
+]
 
 # PIL warns above Image.MAX_IMAGE_PIXELS (89,478,485 by default) and raises above twice that.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 
 # What folder evaluation picks up (lower case); other files in class folders are ignored.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                    ".pgm", ".pbm", ".pnm", ".jfif", ".jpe", ".ico", ".tga")
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+    ".jfif",
+    ".jpe",
+    ".ico",
+    ".tga",
+)
 
 _WHITE = (255, 255, 255)
 _PIL_LIMIT_LOCK = threading.Lock()
@@ -97,7 +121,8 @@ def _background(alpha) -> tuple[int, int, int] | None:
 
 def _has_alpha(img: Image.Image) -> bool:
     return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        img.mode in ("P", "L", "RGB") and "transparency" in img.info)
+        img.mode in ("P", "L", "RGB") and "transparency" in img.info
+    )
 
 
 def to_rgb(img: Image.Image, alpha="white") -> Image.Image:
@@ -130,8 +155,14 @@ def _draft_scale(img: Image.Image, max_pixels: int) -> Image.Image | None:
     return None
 
 
-def load_image(path: str | os.PathLike, *, alpha="white", exif_transpose: bool = True,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS, allow_truncated: bool = False) -> Image.Image:
+def load_image(
+    path: str | os.PathLike,
+    *,
+    alpha="white",
+    exif_transpose: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    allow_truncated: bool = False,
+) -> Image.Image:
     """Read an image file as an 8-bit RGB PIL image (fully decoded).
 
     alpha: 'white' (default) / 'black' / (r, g, b): composite transparent pixels on that colour;
@@ -157,7 +188,8 @@ def load_image(path: str | os.PathLike, *, alpha="white", exif_transpose: bool =
                 raise ImageTooLargeError(
                     f"{path}: {w}x{h} = {w * h:,} pixels is above the limit of {max_pixels:,} "
                     f"(a decompression-bomb guard); to read it, raise the limit (--max_pixels N, 0 for "
-                    f"none, on the command line; max_pixels=N or None in Python) or downscale the file")
+                    f"none, on the command line; max_pixels=N or None in Python) or downscale the file"
+                )
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
             if allow_truncated:

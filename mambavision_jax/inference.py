@@ -11,6 +11,7 @@ sharded runner. `evaluate`, `predict` and `export` are built on this module.
 - `Runner(model)`: the model jitted once, the batch split over the local devices (the training
   mesh's axes, `train/sharding.py`), the weights replicated; `logits`, `topk_probs`, `metrics`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,6 +59,7 @@ class NonFiniteOutputError(ValueError):
 class Preprocessing:
     """The eval transform: bicubic resize (short side to floor(image_size / crop_pct) for 'center',
     both sides for 'squash'), center crop to image_size, normalise with mean / std."""
+
     image_size: int = 224
     crop_pct: float = 1.0
     crop_mode: str = "center"
@@ -68,8 +70,10 @@ class Preprocessing:
     def __call__(self, img) -> np.ndarray:
         """A PIL image / encoded bytes / uint8 array -> float32 (image_size, image_size, 3)."""
         from mambavision_jax.data.transforms import eval_transform
-        return eval_transform(img, self.image_size, self.crop_pct, self.crop_mode, self.mean,
-                              self.std, self.interpolation)
+
+        return eval_transform(
+            img, self.image_size, self.crop_pct, self.crop_mode, self.mean, self.std, self.interpolation
+        )
 
 
 def weights_config(weights: str | os.PathLike | None) -> dict[str, Any] | None:
@@ -78,10 +82,15 @@ def weights_config(weights: str | os.PathLike | None) -> dict[str, Any] | None:
     if weights is None or is_training_run(weights):  # a run's config.json is its training config
         return None
     from mambavision_jax import hub
+
     if hub.is_hub_id(weights):  # the converted copy's folder (cached by the model's loading)
         weights = hub.resolve_weights(weights)
     p = Path(weights)
-    cfg = p / "config.json" if p.is_dir() else (p.parent / "config.json" if p.suffix == ".safetensors" else None)
+    cfg = (
+        p / "config.json"
+        if p.is_dir()
+        else (p.parent / "config.json" if p.suffix == ".safetensors" else None)
+    )
     if cfg is None or not cfg.is_file():
         return None
     try:
@@ -109,26 +118,47 @@ def training_run_preprocessing(weights: str | os.PathLike | None) -> dict[str, A
     return out
 
 
-def preprocessing_for(model, weights, *, image_size: int | None = None, crop_pct: float | None = None,
-                      crop_mode: str | None = None) -> Preprocessing:
+def preprocessing_for(
+    model,
+    weights,
+    *,
+    image_size: int | None = None,
+    crop_pct: float | None = None,
+    crop_mode: str | None = None,
+) -> Preprocessing:
     """The command lines' preprocessing: the variant's, then what the weights say (a Hugging Face
     config.json, or a training run's data config), then the explicit arguments."""
     run = training_run_preprocessing(weights)
     explicit = {"image_size": image_size, "crop_pct": crop_pct, "crop_mode": crop_mode}
-    return resolve_preprocessing(model, hf_config=weights_config(weights),
-                                 **{k: v if v is not None else run.get(k) for k, v in explicit.items()})
+    return resolve_preprocessing(
+        model,
+        hf_config=weights_config(weights),
+        **{k: v if v is not None else run.get(k) for k, v in explicit.items()},
+    )
 
 
-def resolve_preprocessing(model=None, *, image_size: int | None = None, crop_pct: float | None = None,
-                          crop_mode: str | None = None, hf_config: dict | None = None) -> Preprocessing:
+def resolve_preprocessing(
+    model=None,
+    *,
+    image_size: int | None = None,
+    crop_pct: float | None = None,
+    crop_mode: str | None = None,
+    hf_config: dict | None = None,
+) -> Preprocessing:
     """The model's official eval preprocessing (from `model.pretrained_cfg`, set by create_model /
     load_checkpoint), then the fields of a Hugging Face config (crop_pct, crop_mode, mean, std), then
     the explicit arguments, each overriding the one before."""
     cfg = getattr(model, "pretrained_cfg", None)
     kw: dict[str, Any] = {}
     if cfg is not None:
-        kw = dict(image_size=int(cfg.input_size[-1]), crop_pct=float(cfg.crop_pct), crop_mode=cfg.crop_mode,
-                  mean=tuple(cfg.mean), std=tuple(cfg.std), interpolation=cfg.interpolation)
+        kw = dict(
+            image_size=int(cfg.input_size[-1]),
+            crop_pct=float(cfg.crop_pct),
+            crop_mode=cfg.crop_mode,
+            mean=tuple(cfg.mean),
+            std=tuple(cfg.std),
+            interpolation=cfg.interpolation,
+        )
     for key in ("crop_pct", "crop_mode", "mean", "std"):
         if hf_config and hf_config.get(key) is not None:
             kw[key] = tuple(hf_config[key]) if key in ("mean", "std") else hf_config[key]
@@ -166,14 +196,18 @@ def _run_step_dir(workdir: Path, which: str | int) -> Path:
         for d in ("checkpoints", "best"):
             if (workdir / d / str(step)).is_dir():
                 return workdir / d / str(step)
-        raise FileNotFoundError(f"{workdir} has no checkpoint of step {step} (steps: "
-                                f"{_steps(workdir / 'checkpoints') or 'none'})")
+        raise FileNotFoundError(
+            f"{workdir} has no checkpoint of step {step} (steps: {_steps(workdir / 'checkpoints') or 'none'})"
+        )
     if which not in _RUN_DIRS:
         raise ValueError(f"which must be 'best', 'latest' or a step number, got {which!r}")
     steps = _steps(workdir / _RUN_DIRS[which])
     if not steps:
-        hint = (" (best/ is written at the first evaluation; pick which='latest', --checkpoint latest)"
-                if which == "best" and _steps(workdir / "checkpoints") else "")
+        hint = (
+            " (best/ is written at the first evaluation; pick which='latest', --checkpoint latest)"
+            if which == "best" and _steps(workdir / "checkpoints")
+            else ""
+        )
         raise FileNotFoundError(f"{workdir}: no {which} checkpoint in {workdir / _RUN_DIRS[which]}{hint}")
     return workdir / _RUN_DIRS[which] / str(steps[-1])
 
@@ -186,8 +220,10 @@ def _run_model(workdir: Path, dtype, **runtime):
 
     path = workdir / RUN_MODEL_CONFIG
     if not path.is_file():
-        raise FileNotFoundError(f"{workdir} is a training run without {RUN_MODEL_CONFIG} (written by the "
-                                f"training loop): the architecture of its checkpoints is unknown")
+        raise FileNotFoundError(
+            f"{workdir} is a training run without {RUN_MODEL_CONFIG} (written by the "
+            f"training loop): the architecture of its checkpoints is unknown"
+        )
     try:
         config = MambaVisionConfig.from_dict(json.loads(path.read_text()))
     except ValueError as e:  # not JSON, or a field missing / unknown / out of range (ConfigError)
@@ -209,14 +245,17 @@ def _restore_run_weights(step_dir: Path, model, ema: bool, require_ema: bool) ->
         try:
             saved = handler.metadata(item_dir).tree
         except Exception as e:  # noqa: BLE001 - whatever orbax raises, the user gets one line
-            raise ValueError(f"{step_dir}: not a readable training checkpoint ({type(e).__name__}: "
-                             f"{_first_line(e)})") from None
+            raise ValueError(
+                f"{step_dir}: not a readable training checkpoint ({type(e).__name__}: {_first_line(e)})"
+            ) from None
         if not isinstance(saved, dict) or "params" not in saved:
             raise ValueError(f"{step_dir}: not a training checkpoint (no 'params' in it)")
         has_ema = bool(saved.get("ema_params"))
         if require_ema and not has_ema:
-            raise ValueError(f"{step_dir}: the run kept no EMA weights (config.ema.enabled was off); "
-                             f"leave out --ema to use its weights")
+            raise ValueError(
+                f"{step_dir}: the run kept no EMA weights (config.ema.enabled was off); "
+                f"leave out --ema to use its weights"
+            )
         use_ema = ema and has_ema
         prefix = "ema_" if use_ema else ""
         _, params, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
@@ -225,11 +264,15 @@ def _restore_run_weights(step_dir: Path, model, ema: bool, require_ema: bool) ->
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), target)
         restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), abstract)
         try:
-            restored = handler.restore(item_dir, args=ocp.args.PyTreeRestore(
-                item=abstract, restore_args=restore_args, partial_restore=True))
+            restored = handler.restore(
+                item_dir,
+                args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True),
+            )
         except Exception as e:  # noqa: BLE001 - a mismatched or corrupt checkpoint: one line
-            raise ValueError(f"{step_dir}: cannot restore the model's weights ({type(e).__name__}: "
-                             f"{_first_line(e)}); is {RUN_MODEL_CONFIG} the run's own?") from None
+            raise ValueError(
+                f"{step_dir}: cannot restore the model's weights ({type(e).__name__}: "
+                f"{_first_line(e)}); is {RUN_MODEL_CONFIG} the run's own?"
+            ) from None
     finally:
         handler.close()
     return restored[prefix + "params"], restored[prefix + "batch_stats"], use_ema
@@ -240,9 +283,16 @@ def _first_line(e: BaseException, limit: int = 300) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
-def load_checkpoint(path: str | os.PathLike, which: str | int = "best", ema: bool = True, *,
-                    name: str | None = None, num_classes: int | None = None, dtype=jnp.float32,
-                    **kwargs):
+def load_checkpoint(
+    path: str | os.PathLike,
+    which: str | int = "best",
+    ema: bool = True,
+    *,
+    name: str | None = None,
+    num_classes: int | None = None,
+    dtype=jnp.float32,
+    **kwargs,
+):
     """A model (eval mode) from a training run or a model checkpoint.
 
     path: a training workdir (with `checkpoints/`, `best/` and `model_config.json`, as
@@ -262,17 +312,20 @@ def load_checkpoint(path: str | os.PathLike, which: str | int = "best", ema: boo
         if which != "best":
             raise ValueError(f"which={which!r} applies to training runs; {path} is a model checkpoint")
         from mambavision_jax.convert import load_checkpoint as load_model_checkpoint
+
         # `path` as given: a hub id or a gs:// URL is no local Path
         return load_model_checkpoint(path, name, num_classes=num_classes, dtype=dtype, **kwargs)
     p = Path(path)
     if kwargs.pop("use_ema", None):
         raise ValueError(f"{p} is a training run: select its EMA weights with ema=True, not use_ema")
-    return _load_run(p, which, ema=ema, require_ema=False, name=name, num_classes=num_classes,
-                     dtype=dtype, **kwargs)
+    return _load_run(
+        p, which, ema=ema, require_ema=False, name=name, num_classes=num_classes, dtype=dtype, **kwargs
+    )
 
 
-def _load_run(workdir, which, *, ema: bool, require_ema: bool, name=None, num_classes=None,
-              dtype=jnp.float32, **runtime):
+def _load_run(
+    workdir, which, *, ema: bool, require_ema: bool, name=None, num_classes=None, dtype=jnp.float32, **runtime
+):
     workdir = Path(workdir).absolute()
     step_dir = _run_step_dir(workdir, which)
     model = _run_model(workdir, jnp.dtype(dtype), **runtime)
@@ -287,8 +340,15 @@ def _load_run(workdir, which, *, ema: bool, require_ema: bool, name=None, num_cl
     return model
 
 
-def load_model(weights, model_name: str | None = None, *, dtype: str = "float32",
-               ema: bool | None = None, scan_impl: str | None = None, which: str = "best"):
+def load_model(
+    weights,
+    model_name: str | None = None,
+    *,
+    dtype: str = "float32",
+    ema: bool | None = None,
+    scan_impl: str | None = None,
+    which: str = "best",
+):
     """`load_checkpoint` with the command lines' arguments; the model is in eval mode.
 
     ema: None: a training run's EMA weights when it kept them, a file's main weights; True: the
@@ -298,15 +358,24 @@ def load_model(weights, model_name: str | None = None, *, dtype: str = "float32"
     if scan_impl and scan_impl != "auto":
         kwargs["scan_impl"] = scan_impl
     if is_training_run(weights):
-        model = _load_run(weights, which, ema=ema is not False, require_ema=ema is True,
-                          name=model_name, dtype=dtype, **kwargs)
+        model = _load_run(
+            weights,
+            which,
+            ema=ema is not False,
+            require_ema=ema is True,
+            name=model_name,
+            dtype=dtype,
+            **kwargs,
+        )
     else:
         if which != "best":
-            raise ValueError(f"--checkpoint {which} applies to a training workdir; {weights} is a model "
-                             f"checkpoint")
+            raise ValueError(
+                f"--checkpoint {which} applies to a training workdir; {weights} is a model checkpoint"
+            )
         if ema:
             kwargs["use_ema"] = True
         from mambavision_jax.convert import load_checkpoint as load_model_checkpoint
+
         model = load_model_checkpoint(weights, model_name, dtype=jnp.dtype(dtype), **kwargs)
     model.eval()
     return model
@@ -317,6 +386,7 @@ def local_mesh(devices=None):
     """The training mesh's layout (axes 'data', 'fsdp') over this process's devices: the batch is
     split over all of them."""
     from mambavision_jax.train.sharding import make_mesh
+
     return make_mesh(-1, 1, devices=list(devices or jax.local_devices()))
 
 
@@ -362,9 +432,11 @@ def _make_programs(graphdef, k: int, mesh):
         return jax.lax.top_k(probs, k)
 
     per_device = lambda fn: under_kernel_mesh(fn, mesh, BATCH_AXES)
-    return (jax.jit(per_device(logits_fn), in_shardings=(rep, bat), out_shardings=bat),
-            jax.jit(per_device(metrics_fn), in_shardings=(rep, bat, bat, bat), out_shardings=rep),
-            jax.jit(per_device(probs_fn), in_shardings=(rep, bat), out_shardings=bat))
+    return (
+        jax.jit(per_device(logits_fn), in_shardings=(rep, bat), out_shardings=bat),
+        jax.jit(per_device(metrics_fn), in_shardings=(rep, bat, bat, bat), out_shardings=rep),
+        jax.jit(per_device(probs_fn), in_shardings=(rep, bat), out_shardings=bat),
+    )
 
 
 class Runner:
@@ -381,6 +453,7 @@ class Runner:
         self.n_dev = self.mesh.devices.size
         graphdef, state = nnx.split(_eval_copy(model))
         from mambavision_jax.train.sharding import batch_sharding, replicated
+
         self.batch_sharding = batch_sharding(self.mesh)
         self.state = jax.device_put(state, replicated(self.mesh))
         self.num_classes = int(getattr(model, "num_classes", 0))
@@ -405,8 +478,12 @@ class Runner:
         n = images.shape[0]
         size = self._pad_to(n)
         mask = np.asarray(batch["mask"], bool) if "mask" in batch else np.ones((n,), bool)
-        return self._metrics(self.state, self._put(images, size),
-                             self._put(np.asarray(batch["label"], np.int32), size), self._put(mask, size))
+        return self._metrics(
+            self.state,
+            self._put(images, size),
+            self._put(np.asarray(batch["label"], np.int32), size),
+            self._put(mask, size),
+        )
 
     def metrics(self, images, labels, mask=None) -> dict[str, float]:
         batch = {"image": images, "label": labels}
@@ -429,42 +506,77 @@ class Runner:
 # The arguments evaluate, predict and export share, and the checks made before any work.
 def add_weights_arguments(p: argparse.ArgumentParser) -> None:
     """--weights, --model, --checkpoint, --ema / --no_ema: shared by evaluate, predict and export."""
-    p.add_argument("--weights", required=True,
-                   help="checkpoint: official .pth.tar, .safetensors, Hugging Face model folder "
-                        "(config.json + model.safetensors), an orbax folder from "
-                        "mambavision_jax.convert, or a training run's workdir")
-    p.add_argument("--model", default=None,
-                   help="variant name, e.g. mamba_vision_T (default: inferred from the weights or "
-                        "config.json; needed where the weights are ambiguous, e.g. L2 vs L2_512_21k)")
-    p.add_argument("--checkpoint", default="best", metavar="{best,latest,STEP}",
-                   help="a training workdir's checkpoint: best (best validation top-1), latest, or a "
-                        "step number (default best)")
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="checkpoint: official .pth.tar, .safetensors, Hugging Face model folder "
+        "(config.json + model.safetensors), an orbax folder from "
+        "mambavision_jax.convert, or a training run's workdir",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="variant name, e.g. mamba_vision_T (default: inferred from the weights or "
+        "config.json; needed where the weights are ambiguous, e.g. L2 vs L2_512_21k)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default="best",
+        metavar="{best,latest,STEP}",
+        help="a training workdir's checkpoint: best (best validation top-1), latest, or a "
+        "step number (default best)",
+    )
     ema = p.add_mutually_exclusive_group()
-    ema.add_argument("--ema", dest="ema", action="store_const", const=True, default=None,
-                     help="the EMA weights: an official .pth.tar's state_dict_ema, a training run's EMA "
-                          "(a training run's EMA weights are used by default when it kept them)")
-    ema.add_argument("--no_ema", dest="ema", action="store_const", const=False,
-                     help="a training run's raw weights instead of its EMA")
+    ema.add_argument(
+        "--ema",
+        dest="ema",
+        action="store_const",
+        const=True,
+        default=None,
+        help="the EMA weights: an official .pth.tar's state_dict_ema, a training run's EMA "
+        "(a training run's EMA weights are used by default when it kept them)",
+    )
+    ema.add_argument(
+        "--no_ema",
+        dest="ema",
+        action="store_const",
+        const=False,
+        help="a training run's raw weights instead of its EMA",
+    )
 
 
 def add_preprocessing_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--image_size", type=cli.positive_int, default=None,
-                   help="crop size (default: the variant's, e.g. 224; 512 for the *_512_21k models)")
-    p.add_argument("--crop_pct", type=cli.float_range(0, 1, min_inclusive=False), default=None,
-                   help="in (0, 1]: resize to floor(image_size / crop_pct) before the center crop "
-                        "(default: the variant's, e.g. 1.0 for T, 0.98 T2, 0.93 S)")
-    p.add_argument("--crop_mode", choices=("center", "squash"), default=None,
-                   help="'center': resize the short side, keep the aspect ratio; 'squash': resize "
-                        "both sides (default: the variant's)")
+    p.add_argument(
+        "--image_size",
+        type=cli.positive_int,
+        default=None,
+        help="crop size (default: the variant's, e.g. 224; 512 for the *_512_21k models)",
+    )
+    p.add_argument(
+        "--crop_pct",
+        type=cli.float_range(0, 1, min_inclusive=False),
+        default=None,
+        help="in (0, 1]: resize to floor(image_size / crop_pct) before the center crop "
+        "(default: the variant's, e.g. 1.0 for T, 0.98 T2, 0.93 S)",
+    )
+    p.add_argument(
+        "--crop_mode",
+        choices=("center", "squash"),
+        default=None,
+        help="'center': resize the short side, keep the aspect ratio; 'squash': resize "
+        "both sides (default: the variant's)",
+    )
 
 
 def check_weights_arguments(args) -> None:
     """What can be checked about --weights / --checkpoint before anything is loaded."""
     from mambavision_jax import hub
     from mambavision_jax.paths import is_remote
+
     if not (hub.is_hub_id(args.weights) or is_remote(args.weights) or Path(args.weights).exists()):
-        raise FileNotFoundError(f"--weights {args.weights}: no such file or folder (nor a hub id such "
-                                f"as nvidia/MambaVision-T-1K)")
+        raise FileNotFoundError(
+            f"--weights {args.weights}: no such file or folder (nor a hub id such as nvidia/MambaVision-T-1K)"
+        )
     if not (args.checkpoint in ("best", "latest") or args.checkpoint.isdigit()):
         raise cli.UserError(f"--checkpoint must be best, latest or a step number, got {args.checkpoint!r}")
 

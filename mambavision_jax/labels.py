@@ -1,5 +1,6 @@
 """Class names: the ImageNet-1k synsets and names shipped with the package, label files, and the
 names that go with a model's outputs (`class_names_for`)."""
+
 from __future__ import annotations
 
 import functools
@@ -41,8 +42,12 @@ def read_labels_file(path: str | os.PathLike) -> list[str]:
     return [line.split("\t", 1)[-1].strip() for line in text.splitlines() if line.strip()]
 
 
-def class_names_for(num_classes: int, *, labels: Sequence[str] | str | os.PathLike | None = None,
-                    hf_config: dict[str, Any] | None = None) -> list[str] | None:
+def class_names_for(
+    num_classes: int,
+    *,
+    labels: Sequence[str] | str | os.PathLike | None = None,
+    hf_config: dict[str, Any] | None = None,
+) -> list[str] | None:
     """Names for the model's outputs: an explicit list / labels file, else a Hugging Face config's
     id2label, else the ImageNet names for 1000 classes, else None (print indices)."""
     if labels is not None:
@@ -50,8 +55,10 @@ def class_names_for(num_classes: int, *, labels: Sequence[str] | str | os.PathLi
         names = read_labels_file(labels) if is_file else list(labels)
         if len(names) != num_classes:
             where = f" in {os.fspath(labels)}" if is_file else ""
-            raise ValueError(f"{len(names)} labels given{where} for a model with {num_classes} classes "
-                             f"(one name per line, in class-index order)")
+            raise ValueError(
+                f"{len(names)} labels given{where} for a model with {num_classes} classes "
+                f"(one name per line, in class-index order)"
+            )
         return names
     id2label = (hf_config or {}).get("id2label")
     if isinstance(id2label, dict) and len(id2label) == num_classes:

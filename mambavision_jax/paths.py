@@ -6,6 +6,7 @@ a reader (or a run killed mid-write) sees the old file or the new one, never hal
 object store has no rename, but a single object upload is already all-or-nothing, so there the
 file is written in one piece directly.
 """
+
 from __future__ import annotations
 
 import os

@@ -12,6 +12,7 @@ the weights, a --labels file (one name per line), or else the class indices.
 
 Python: `predict(model, images)` -> for each image a list of (class_index, name, probability).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,6 +50,7 @@ def _as_pil(image, alpha, max_pixels):
     from PIL import Image
 
     from mambavision_jax.images import load_image, to_rgb
+
     if isinstance(image, (str, os.PathLike)):
         return load_image(image, alpha=alpha, max_pixels=max_pixels)
     if isinstance(image, Image.Image):
@@ -56,9 +58,18 @@ def _as_pil(image, alpha, max_pixels):
     return image  # uint8 array or encoded bytes: eval_transform reads them
 
 
-def predict(model, images: Sequence[Any], *, topk: int = 5, labels=None, preprocessing=None,
-            batch_size: int = 32, alpha="white", runner=None,
-            max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[list[tuple[int, str, float]]]:
+def predict(
+    model,
+    images: Sequence[Any],
+    *,
+    topk: int = 5,
+    labels=None,
+    preprocessing=None,
+    batch_size: int = 32,
+    alpha="white",
+    runner=None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> list[list[tuple[int, str, float]]]:
     """For each image (a file path, PIL image, uint8 HxWx3 array or encoded bytes), the `topk`
     classes as (class_index, name, probability), most likely first.
 
@@ -82,18 +93,28 @@ def predict(model, images: Sequence[Any], *, topk: int = 5, labels=None, preproc
     names = class_names_for(runner.num_classes, labels=labels) if runner.num_classes else None
     out: list[list[tuple[int, str, float]]] = []
     for s in range(0, len(images), batch_size):
-        chunk = images[s:s + batch_size]
+        chunk = images[s : s + batch_size]
         x = np.stack([pre(_as_pil(img, alpha, max_pixels)) for img in chunk])
         probs, idx = runner.topk_probs(x)
         bad = ~np.isfinite(probs).all(axis=1)
         if bad.any():
             first = chunk[int(np.argmax(bad))]
-            what = os.fspath(first) if isinstance(first, (str, os.PathLike)) else f"image {s + int(np.argmax(bad))}"
-            raise NonFiniteOutputError(f"the model's outputs for {what} are NaN or infinite: its weights "
-                                       f"cannot be right (check the checkpoint)")
+            what = (
+                os.fspath(first)
+                if isinstance(first, (str, os.PathLike))
+                else f"image {s + int(np.argmax(bad))}"
+            )
+            raise NonFiniteOutputError(
+                f"the model's outputs for {what} are NaN or infinite: its weights "
+                f"cannot be right (check the checkpoint)"
+            )
         for p_row, i_row in zip(probs, idx):
-            out.append([(int(i), names[int(i)] if names else str(int(i)), float(p))
-                        for p, i in zip(p_row[:topk], i_row[:topk])])
+            out.append(
+                [
+                    (int(i), names[int(i)] if names else str(int(i)), float(p))
+                    for p, i in zip(p_row[:topk], i_row[:topk])
+                ]
+            )
     return out
 
 
@@ -106,35 +127,60 @@ def _parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(
         prog="python -m mambavision_jax.predict",
         description="Top-k classes and probabilities of images with a MambaVision checkpoint.",
-        epilog="example: python -m mambavision_jax.predict cat.jpg --weights mambavision_tiny_1k.pth.tar")
-    p.add_argument("images", nargs="+", metavar="IMAGE",
-                   help="image files (JPEG, PNG, WebP, BMP, TIFF, GIF, ...)")
+        epilog="example: python -m mambavision_jax.predict cat.jpg --weights mambavision_tiny_1k.pth.tar",
+    )
+    p.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, BMP, TIFF, GIF, ...)"
+    )
     add_weights_arguments(p)
-    p.add_argument("--topk", type=cli.positive_int, default=5,
-                   help="classes to show per image, at most the model's classes (default 5, or all "
-                        "classes of a model with fewer)")
-    p.add_argument("--labels", default=None,
-                   help="class-name file, one name per line in class-index order (default: ImageNet "
-                        "names for 1000-class models, a config.json's id2label, else indices)")
+    p.add_argument(
+        "--topk",
+        type=cli.positive_int,
+        default=5,
+        help="classes to show per image, at most the model's classes (default 5, or all "
+        "classes of a model with fewer)",
+    )
+    p.add_argument(
+        "--labels",
+        default=None,
+        help="class-name file, one name per line in class-index order (default: ImageNet "
+        "names for 1000-class models, a config.json's id2label, else indices)",
+    )
     add_preprocessing_arguments(p)
-    p.add_argument("--alpha", default="white", choices=("white", "black", "drop"),
-                   help="transparent images: composite on white / black, or drop the alpha channel "
-                        "(default white)")
-    p.add_argument("--max_pixels", type=cli.non_negative_int, default=DEFAULT_MAX_PIXELS,
-                   help=f"refuse images with more pixels (a decompression-bomb guard; JPEGs are decoded "
-                        f"downscaled instead where that fits); 0: no limit (default {DEFAULT_MAX_PIXELS:,})")
-    p.add_argument("--batch_size", type=cli.positive_int, default=32,
-                   help="images per forward pass (default 32)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                   help="compute dtype (default float32)")
-    p.add_argument("--json", action="store_true",
-                   help="print JSON: [{image, predictions: [{index, label, prob}]}] instead of a table")
+    p.add_argument(
+        "--alpha",
+        default="white",
+        choices=("white", "black", "drop"),
+        help="transparent images: composite on white / black, or drop the alpha channel (default white)",
+    )
+    p.add_argument(
+        "--max_pixels",
+        type=cli.non_negative_int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse images with more pixels (a decompression-bomb guard; JPEGs are decoded "
+        f"downscaled instead where that fits); 0: no limit (default {DEFAULT_MAX_PIXELS:,})",
+    )
+    p.add_argument(
+        "--batch_size", type=cli.positive_int, default=32, help="images per forward pass (default 32)"
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="compute dtype (default float32)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON: [{image, predictions: [{index, label, prob}]}] instead of a table",
+    )
     cli.add_debug_flag(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from mambavision_jax import xla_cpu
+
     xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     from mambavision_jax.inference import check_weights_arguments
 
@@ -149,30 +195,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise FileNotFoundError(f"--labels {args.labels}: no such file")
     labels = read_labels_file(args.labels) if args.labels is not None else None
 
-    from mambavision_jax.inference import (NonFiniteOutputError, Runner, load_model, preprocessing_for,
-                                           weights_config)
+    from mambavision_jax.inference import (
+        NonFiniteOutputError,
+        Runner,
+        load_model,
+        preprocessing_for,
+        weights_config,
+    )
 
     model = load_model(args.weights, args.model, dtype=args.dtype, ema=args.ema, which=args.checkpoint)
     if args.topk > model.num_classes:
         raise cli.UserError(f"--topk {args.topk} is more than the model's {model.num_classes} classes")
     hf = weights_config(args.weights)
-    pre = preprocessing_for(model, args.weights, image_size=args.image_size, crop_pct=args.crop_pct,
-                            crop_mode=args.crop_mode)
+    pre = preprocessing_for(
+        model, args.weights, image_size=args.image_size, crop_pct=args.crop_pct, crop_mode=args.crop_mode
+    )
     try:
         names = class_names_for(model.num_classes, labels=labels, hf_config=hf)
     except ValueError as e:
         raise cli.UserError(f"--labels {args.labels}: {e}") from None
     runner = Runner(model, topk=args.topk)
     try:
-        results = predict(model, args.images, topk=args.topk, labels=names, preprocessing=pre,
-                          batch_size=args.batch_size, alpha=args.alpha, runner=runner,
-                          max_pixels=args.max_pixels or None)
+        results = predict(
+            model,
+            args.images,
+            topk=args.topk,
+            labels=names,
+            preprocessing=pre,
+            batch_size=args.batch_size,
+            alpha=args.alpha,
+            runner=runner,
+            max_pixels=args.max_pixels or None,
+        )
     except NonFiniteOutputError as e:
         raise NonFiniteOutputError(f"--weights {args.weights}: {e}") from None
     if args.json:
-        print(json.dumps([{"image": os.fspath(img),
-                           "predictions": [{"index": i, "label": n, "prob": p} for i, n, p in preds]}
-                          for img, preds in zip(args.images, results)], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "image": os.fspath(img),
+                        "predictions": [{"index": i, "label": n, "prob": p} for i, n, p in preds],
+                    }
+                    for img, preds in zip(args.images, results)
+                ],
+                indent=2,
+            )
+        )
         return 0
     for img, preds in zip(args.images, results):
         print(img)

@@ -13,6 +13,7 @@ The flag is added only if JAX's backends do not exist yet, the user has not set 
 themselves, and the jaxlib is one that has it (0.10.x: an unknown XLA flag is a fatal error).
 MAMBAVISION_JAX_XLA_CPU_FLAGS=0 opts out.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,11 @@ def use_eigen_convolutions() -> bool:
     """Add EIGEN_CONVOLUTIONS to XLA_FLAGS where it can still take effect; returns whether XLA's
     CPU convolutions are (or will be) Eigen's."""
     flags = os.environ.get("XLA_FLAGS", "")
-    if (_OPTION not in flags and os.environ.get("MAMBAVISION_JAX_XLA_CPU_FLAGS", "1") != "0"
-            and _flag_can_apply()):
+    if (
+        _OPTION not in flags
+        and os.environ.get("MAMBAVISION_JAX_XLA_CPU_FLAGS", "1") != "0"
+        and _flag_can_apply()
+    ):
         os.environ["XLA_FLAGS"] = f"{flags} {EIGEN_CONVOLUTIONS}".strip()
     return eigen_convolutions()
 

@@ -20,6 +20,7 @@ largest variant costs no memory.
 - GMACs (conv + matmul): multiply-accumulates of every convolution and matrix product only, counted
   from the jaxpr (scan bodies times their length): the closest to the fvcore convention.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,6 +55,7 @@ OFFICIAL_PARAMS = {"mamba_vision_T": 31_794_248}
 
 def _abstract_model(name: str, **overrides):
     from mambavision_jax.models.registry import create_model
+
     model = nnx.eval_shape(lambda: create_model(name, **overrides))
     model.eval()
     return model
@@ -84,13 +86,16 @@ def xla_cost(model, *, batch: int = 1, image_size: int = 224, compile: bool = Tr
     ca = lowered.compile().cost_analysis() if compile else lowered.cost_analysis()
     if isinstance(ca, (list, tuple)):  # older JAX: one dict per device program
         ca = ca[0]
-    return {"flops": float(ca.get("flops", 0.0)), "transcendentals": float(ca.get("transcendentals", 0.0)),
-            "bytes_accessed": float(ca.get("bytes accessed", 0.0))}
+    return {
+        "flops": float(ca.get("flops", 0.0)),
+        "transcendentals": float(ca.get("transcendentals", 0.0)),
+        "bytes_accessed": float(ca.get("bytes accessed", 0.0)),
+    }
 
 
 def _sub_jaxprs(params: dict[str, Any]):
     for v in params.values():
-        for item in (v if isinstance(v, (tuple, list)) else (v,)):
+        for item in v if isinstance(v, (tuple, list)) else (v,):
             if isinstance(item, jax.extend.core.ClosedJaxpr):
                 yield item.jaxpr
             elif isinstance(item, jax.extend.core.Jaxpr):
@@ -130,8 +135,9 @@ def jaxpr_macs(model, *, batch: int = 1, image_size: int = 224) -> int:
     return _walk(jax.make_jaxpr(forward)(*args).jaxpr)
 
 
-def zoo_rows(names: Sequence[str] | None = None, *, compile: bool = True, progress: bool = False,
-             **overrides) -> list[dict[str, Any]]:
+def zoo_rows(
+    names: Sequence[str] | None = None, *, compile: bool = True, progress: bool = False, **overrides
+) -> list[dict[str, Any]]:
     """One dict per variant: name, input size, params, XLA flops / MACs, conv+matmul MACs, and the
     paper's top-1 / params / GFLOPs (None where the paper gives none)."""
     from mambavision_jax.models.registry import list_models, pretrained_cfg
@@ -143,20 +149,28 @@ def zoo_rows(names: Sequence[str] | None = None, *, compile: bool = True, progre
         size = int(pretrained_cfg(name).input_size[-1])
         cost = xla_cost(model, image_size=size, compile=compile)
         paper = PAPER.get(name)
-        rows.append({
-            "model": name, "input_size": size, "params": count_params(model),
-            "xla_gflops": cost["flops"] / 1e9, "xla_gmacs": cost["flops"] / 2e9,
-            "gmacs_conv_matmul": jaxpr_macs(model, image_size=size) / 1e9,
-            "xla_transcendentals_g": cost["transcendentals"] / 1e9,
-            "paper_top1": paper[0] if paper else None,
-            "paper_params_m": paper[1] if paper else None,
-            "paper_gflops": paper[2] if paper else None,
-            "seconds": time.perf_counter() - t,
-        })
+        rows.append(
+            {
+                "model": name,
+                "input_size": size,
+                "params": count_params(model),
+                "xla_gflops": cost["flops"] / 1e9,
+                "xla_gmacs": cost["flops"] / 2e9,
+                "gmacs_conv_matmul": jaxpr_macs(model, image_size=size) / 1e9,
+                "xla_transcendentals_g": cost["transcendentals"] / 1e9,
+                "paper_top1": paper[0] if paper else None,
+                "paper_params_m": paper[1] if paper else None,
+                "paper_gflops": paper[2] if paper else None,
+                "seconds": time.perf_counter() - t,
+            }
+        )
         if progress:
             r = rows[-1]
-            print(f"  {name}: {r['params']:,} params, {r['xla_gmacs']:.2f} XLA GMACs "
-                  f"({r['seconds']:.0f} s)", file=sys.stderr, flush=True)
+            print(
+                f"  {name}: {r['params']:,} params, {r['xla_gmacs']:.2f} XLA GMACs ({r['seconds']:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     return rows
 
 
@@ -165,15 +179,18 @@ def _fmt(v, spec: str) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    head = ("| model | input | params | params (paper) | XLA GFLOPs | XLA GMACs (= GFLOPs/2) | "
-            "GMACs conv+matmul | GFLOPs (paper, MACs) | top-1 (paper) |")
+    head = (
+        "| model | input | params | params (paper) | XLA GFLOPs | XLA GMACs (= GFLOPs/2) | "
+        "GMACs conv+matmul | GFLOPs (paper, MACs) | top-1 (paper) |"
+    )
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['input_size']} | {r['params'] / 1e6:.2f}M ({r['params']:,}) | "
             f"{_fmt(r['paper_params_m'], '.1f')}{'M' if r['paper_params_m'] else ''} | "
             f"{r['xla_gflops']:.2f} | {r['xla_gmacs']:.2f} | {r['gmacs_conv_matmul']:.2f} | "
-            f"{_fmt(r['paper_gflops'], '.1f')} | {_fmt(r['paper_top1'], '.1f')} |")
+            f"{_fmt(r['paper_gflops'], '.1f')} | {_fmt(r['paper_top1'], '.1f')} |"
+        )
     return "\n".join(lines)
 
 
@@ -193,15 +210,17 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m mambavision_jax.zoo",
         description="Markdown model-zoo table: params and FLOPs/MACs measured with XLA beside the "
-                    "paper's numbers, for the official variants.")
-    p.add_argument("--models", default=None,
-                   help="comma-separated variant names (default: all 11)")
-    p.add_argument("--no_compile", action="store_true",
-                   help="use the cost analysis of the unoptimised lowering (much faster; compiling "
-                        "all 11 takes minutes on a CPU)")
+        "paper's numbers, for the official variants.",
+    )
+    p.add_argument("--models", default=None, help="comma-separated variant names (default: all 11)")
+    p.add_argument(
+        "--no_compile",
+        action="store_true",
+        help="use the cost analysis of the unoptimised lowering (much faster; compiling "
+        "all 11 takes minutes on a CPU)",
+    )
     p.add_argument("--json", metavar="FILE", default=None, help="also write the rows as JSON")
-    p.add_argument("--out", metavar="FILE", default=None,
-                   help="write the markdown to FILE instead of stdout")
+    p.add_argument("--out", metavar="FILE", default=None, help="write the markdown to FILE instead of stdout")
     p.add_argument("--quiet", action="store_true", help="no per-model progress lines on stderr")
     cli.add_debug_flag(p)
     return p
@@ -211,13 +230,15 @@ def _model_names(text: str | None) -> list[str] | None:
     if text is None:
         return None
     from mambavision_jax.models.registry import list_models
+
     names = [n.strip() for n in text.split(",")]
     if not all(names):
         raise cli.UserError(f"--models {text!r} has an empty name; give comma-separated variant names")
     unknown = [n for n in names if n not in list_models()]
     if unknown:
-        raise cli.UserError(f"--models: unknown variant(s) {', '.join(unknown)}; choose from "
-                            f"{', '.join(list_models())}")
+        raise cli.UserError(
+            f"--models: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(list_models())}"
+        )
     return list(dict.fromkeys(names))  # each variant once, in the order given
 
 
@@ -235,6 +256,7 @@ def _check_output(flag: str, path: str | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from mambavision_jax import xla_cpu
+
     xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     args = _parser().parse_args(argv)
     # Everything checked before minutes of compiling.

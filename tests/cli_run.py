@@ -1,5 +1,6 @@
 """Running a command line as a user would (a fresh `python -m ...` process) and checking that a
 refusal left every file as it was."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,21 +13,38 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=1",
-               JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="3",
+    )
     env.pop("MAMBAVISION_JAX_DEBUG", None)
     env.update(extra)
     return env
 
 
 def run_cli(module: str, *args, cwd=None, timeout: float = 600, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=cli_env(**env),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=cwd,
+        env=cli_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def popen_cli(module: str, *args, cwd=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def tree_hashes(root: str | Path) -> dict[str, str]:

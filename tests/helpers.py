@@ -1,4 +1,5 @@
 """Shared test helpers: run the official model and ours on the same images."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,6 +17,7 @@ def images(batch: int, h: int, w: int, seed: int = 0) -> np.ndarray:
 
 def official_logits(model, x_nhwc: np.ndarray) -> np.ndarray:
     import torch
+
     with torch.no_grad():
         return model(torch.from_numpy(x_nhwc.transpose(0, 3, 1, 2).copy())).numpy()
 
@@ -35,11 +37,17 @@ def rel_err(a: np.ndarray, ref: np.ndarray) -> float:
 def save_official_pth(model, path, model_name: str | None = None, ema: bool = False) -> None:
     """As the official train.py saves: {'state_dict', 'args', ...} (+ 'state_dict_ema')."""
     import torch
-    ckpt = {"epoch": 3, "arch": model_name, "state_dict": model.state_dict(),
-            "args": argparse.Namespace(model=model_name, lr=5e-3)}
+
+    ckpt = {
+        "epoch": 3,
+        "arch": model_name,
+        "state_dict": model.state_dict(),
+        "args": argparse.Namespace(model=model_name, lr=5e-3),
+    }
     if ema:
-        ckpt["state_dict_ema"] = {k: v.clone() + (0.5 if v.is_floating_point() else 0)
-                                  for k, v in model.state_dict().items()}
+        ckpt["state_dict_ema"] = {
+            k: v.clone() + (0.5 if v.is_floating_point() else 0) for k, v in model.state_dict().items()
+        }
     torch.save(ckpt, path)
 
 
@@ -49,8 +57,11 @@ def save_official_hf(model, folder, config: dict) -> None:
     import os
 
     from safetensors.torch import save_file
+
     os.makedirs(folder, exist_ok=True)
-    save_file({"model." + k: v.contiguous() for k, v in model.state_dict().items()},
-              os.path.join(folder, "model.safetensors"))
+    save_file(
+        {"model." + k: v.contiguous() for k, v in model.state_dict().items()},
+        os.path.join(folder, "model.safetensors"),
+    )
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f)

@@ -5,6 +5,7 @@
 is imported. The PyPI torchvision is a CUDA build whose fake-op registrations fail beside the CPU
 torch; an empty `torchvision._meta_registrations` module sidesteps them.
 """
+
 from __future__ import annotations
 
 import sys
@@ -13,8 +14,9 @@ import types
 import numpy as np
 
 
-def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       return_last_state=False):
+def selective_scan_ref(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
+):
     """mamba_ssm's `selective_scan_ref`, float32, (b, d, l) layout, real A, B/C shared by channels."""
     import torch
     import torch.nn.functional as F
@@ -51,14 +53,16 @@ def _install_shims():
         mods["mamba_ssm"].ops = mods["mamba_ssm.ops"]
         mods["mamba_ssm.ops"].selective_scan_interface = mods["mamba_ssm.ops.selective_scan_interface"]
         sys.modules.update(mods)
-    sys.modules.setdefault("torchvision._meta_registrations",
-                           types.ModuleType("torchvision._meta_registrations"))
+    sys.modules.setdefault(
+        "torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations")
+    )
 
 
 def official_module():
     """The official `mambavision.models.mamba_vision` module."""
     _install_shims()
     from mambavision.models import mamba_vision
+
     return mamba_vision
 
 

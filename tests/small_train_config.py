@@ -1,7 +1,7 @@
 """A seconds-per-step training config for the tests (digits, tiny model, 32 px), built on demo.py."""
+
 import importlib.util
 from pathlib import Path
-
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -17,11 +17,12 @@ def load_repo_config(name: str):
 
 def get_config(arg=None):
     c = load_repo_config("demo")
-    c.model.overrides = dict(dim=16, in_dim=8, depths=(1, 1, 2, 2), num_heads=(1, 2, 2, 4),
-                             window_size=(4, 4, 2, 1))
+    c.model.overrides = dict(
+        dim=16, in_dim=8, depths=(1, 1, 2, 2), num_heads=(1, 2, 2, 4), window_size=(4, 4, 2, 1)
+    )
     c.model.drop_path_rate = 0.1
     c.data.image_size = 32
-    c.mixup.prob = 1.0        # exercise mixup/cutmix and the mesa teacher too
+    c.mixup.prob = 1.0  # exercise mixup/cutmix and the mesa teacher too
     c.mesa.weight = 0.5
     c.mesa.start_ratio = 0.0
     c.optimizer.name = "lamb"

@@ -1,6 +1,7 @@
 """`python -m mambavision_jax.convert` run as a user would: every refusal is one `error:` line with
 exit code 2, no traceback, and leaves every file as it was; --overwrite replaces atomically (a
 SIGKILL mid-write leaves the old output loadable); outputs are 0644."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cli_run import assert_user_error, popen_cli, run_cli, tree_hashes
 
 CONVERT = "mambavision_jax.convert"
@@ -24,6 +24,7 @@ BROKEN_KEY = "model.levels.0.blocks.0.conv1.weight"
 
 def _hf_folder(folder: Path, sd: dict, config: dict) -> None:
     from safetensors.numpy import save_file
+
     folder.mkdir()
     save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -33,8 +34,9 @@ def _hf_folder(folder: Path, sd: dict, config: dict) -> None:
 def ws(tmp_path_factory) -> Path:
     """A workspace of checkpoints, written once: a Hugging Face folder of the tiny model, an
     existing .pth.tar, another model's folder, and copies with int32 / bool / NaN / inf weights."""
-    import mambavision_jax as mvj
     from safetensors.numpy import load_file
+
+    import mambavision_jax as mvj
 
     root = tmp_path_factory.mktemp("convert_cli")
     model = mvj.create_model("mamba_vision_T", **TINY)
@@ -45,9 +47,12 @@ def ws(tmp_path_factory) -> Path:
     config = json.loads((root / "hf" / "config.json").read_text())
     assert BROKEN_KEY in sd
     _hf_folder(root / "other", sd, {**config, "num_classes": 5, "depths": [1, 1, 2, 1]})
-    for name, breaks in {"int32": lambda a: (a * 100).astype(np.int32), "bool": lambda a: a > 0,
-                         "nan": lambda a: np.where(a > 0, np.nan, a).astype(a.dtype),
-                         "inf": lambda a: np.full_like(a, np.inf)}.items():
+    for name, breaks in {
+        "int32": lambda a: (a * 100).astype(np.int32),
+        "bool": lambda a: a > 0,
+        "nan": lambda a: np.where(a > 0, np.nan, a).astype(a.dtype),
+        "inf": lambda a: np.full_like(a, np.inf),
+    }.items():
         _hf_folder(root / name, {**sd, BROKEN_KEY: breaks(sd[BROKEN_KEY])}, config)
     (root / "truncated.safetensors").write_bytes((root / "hf" / "model.safetensors").read_bytes()[:4096])
     (root / "existing_dir").mkdir()
@@ -114,6 +119,7 @@ def test_to_torch_overwrite_replaces_file_with_mode_0644(ws, tmp_path):
     result = run_cli(CONVERT, "to-torch", ws / "hf", target, "--overwrite")
     assert result.returncode == 0, result.stderr
     import torch
+
     sd = torch.load(target, weights_only=True)["state_dict"]
     assert "levels.0.blocks.0.conv1.weight" in sd
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
@@ -125,7 +131,9 @@ def test_safetensors_into_another_models_folder_with_overwrite_replaces_both(ws,
     shutil.copytree(ws / "other", folder)
     result = run_cli(CONVERT, "to-torch", ws / "hf", folder / "model.safetensors", "--overwrite")
     assert result.returncode == 0, result.stderr
-    assert json.loads((folder / "config.json").read_text()) == json.loads((ws / "hf" / "config.json").read_text())
+    assert json.loads((folder / "config.json").read_text()) == json.loads(
+        (ws / "hf" / "config.json").read_text()
+    )
     assert (folder / "model.safetensors").read_bytes() == (ws / "hf" / "model.safetensors").read_bytes()
     for name in ("model.safetensors", "config.json"):
         assert stat.S_IMODE((folder / name).stat().st_mode) == 0o644, name
@@ -144,6 +152,7 @@ def test_sigkill_during_to_torch_overwrite_leaves_the_old_file(ws, tmp_path):
     rename); if the temporary is still there the rename has not happened, and SIGKILL must leave
     the previous output byte for byte. Retried if the write finished between two polls."""
     import torch
+
     target = tmp_path / "model.pth.tar"
     shutil.copy(ws / "out.pth.tar", target)
     before = tree_hashes(tmp_path)[target.name]
@@ -172,6 +181,7 @@ def test_sigkill_during_to_torch_overwrite_leaves_the_old_file(ws, tmp_path):
 def test_readers_refuse_bad_weights_in_the_api(ws):
     """The same checks in the Python API, with the opt-in for NaN / inf."""
     from mambavision_jax.convert import CheckpointError, read_state_dict
+
     for name in ("int32", "bool", "nan", "inf"):
         with pytest.raises(CheckpointError, match=BROKEN_KEY.removeprefix("model.")):
             read_state_dict(ws / name)

@@ -2,6 +2,7 @@
 `error:` line with exit code 2, no traceback, and leaves every file (the source images and the
 data set already built) as it was; symlink loops and duplicates are taken once or refused; a failed
 or SIGKILLed --overwrite leaves the previous data set readable."""
+
 from __future__ import annotations
 
 import os
@@ -12,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from cli_run import assert_user_error, popen_cli, run_cli, tree_hashes
+from PIL import Image
 
 MAKE = "mambavision_jax.data.make_folder_dataset"
 
@@ -39,10 +39,15 @@ def _images(root: Path, per_class: dict[str, int], seed: int = 0) -> Path:
 
 def _read(data_dir: Path, name: str) -> dict[str, list[tuple[str, int]]]:
     import tensorflow_datasets as tfds
+
     builder = tfds.builder_from_directory(str(data_dir / name / "1.0.0"))
-    return {split: [(r["file_name"].decode(), int(r["label"]))
-                    for r in tfds.data_source(name, split=split, data_dir=str(data_dir), download=False)]
-            for split in builder.info.splits}
+    return {
+        split: [
+            (r["file_name"].decode(), int(r["label"]))
+            for r in tfds.data_source(name, split=split, data_dir=str(data_dir), download=False)
+        ]
+        for split in builder.info.splits
+    }
 
 
 @pytest.fixture(scope="module")
@@ -92,15 +97,20 @@ REFUSALS = [
     (["--src", "good", "--name", "mnist"], ["mnist", "TFDS dataset name"]),
     (["--src", "good", "--name", "x", "--version", "1.0"], ["version", "x.y.z"]),
     (["--src", "small", "--name", "x", "--data_dir", "tfds"], ["validation split would be empty", "6 files"]),
-    (["--src", "good", "--name", "x", "--data_dir", "tfds", "--val_fraction", "0.95"],
-     ["all of them would go to validation"]),
+    (
+        ["--src", "good", "--name", "x", "--data_dir", "tfds", "--val_fraction", "0.95"],
+        ["all of them would go to validation"],
+    ),
     (["--src", "empty_class", "--name", "x", "--data_dir", "tfds"], ["no files", "dog"]),
     (["--src", "all_corrupt", "--name", "x", "--data_dir", "tfds"], ["no", "readable image"]),
     (["--src", "one_class_corrupt", "--name", "x", "--data_dir", "tfds"], ["no readable image", "dog"]),
     (["--src", "shared", "--name", "x", "--data_dir", "tfds"], ["same image", "cat/0.png", "also_a_cat.png"]),
     (["--src", "leak", "--name", "x", "--data_dir", "tfds"], ["same image", "hard_link.png"]),
     (["--src", "no_val", "--name", "x", "--data_dir", "tfds"], ["validation split would be empty"]),
-    (["--src", "good", "--name", "half_built", "--data_dir", "tfds"], ["not a complete data set", "--overwrite"]),
+    (
+        ["--src", "good", "--name", "half_built", "--data_dir", "tfds"],
+        ["not a complete data set", "--overwrite"],
+    ),
     # an --overwrite whose new source fails keeps the old data set
     (["--src", "all_corrupt", "--name", "kept", "--data_dir", "tfds", "--overwrite"], ["readable image"]),
     (["--src", "one_class_corrupt", "--name", "kept", "--data_dir", "tfds", "--overwrite"], ["dog"]),

@@ -1,6 +1,7 @@
 """MambaVisionConfig / RuntimeConfig validation, and every checkpoint writer storing the whole
 architecture: a model with every architecture field overridden, saved and reloaded with no name or
 overrides, gives bit-identical logits; hostile stored configs give one-line CheckpointErrors."""
+
 import json
 
 import jax.numpy as jnp
@@ -13,9 +14,19 @@ from mambavision_jax.convert import CheckpointError, load_checkpoint, save_check
 from mambavision_jax.models import ConfigError, MambaVisionConfig, RuntimeConfig, model_config
 
 # Every architecture field differs from mamba_vision_T's.
-CUSTOM = {"dim": 16, "in_dim": 8, "depths": (1, 2, 3, 1), "num_heads": (1, 2, 2, 4),
-          "window_size": (4, 4, 3, 2), "mlp_ratio": 2.0, "drop_path_rate": 0.1, "layer_scale": 0.5,
-          "layer_scale_conv": 0.25, "in_chans": 1, "num_classes": 10}
+CUSTOM = {
+    "dim": 16,
+    "in_dim": 8,
+    "depths": (1, 2, 3, 1),
+    "num_heads": (1, 2, 2, 4),
+    "window_size": (4, 4, 3, 2),
+    "mlp_ratio": 2.0,
+    "drop_path_rate": 0.1,
+    "layer_scale": 0.5,
+    "layer_scale_conv": 0.25,
+    "in_chans": 1,
+    "num_classes": 10,
+}
 X = np.random.RandomState(0).randn(2, 40, 36, 1).astype(np.float32)
 
 
@@ -24,8 +35,12 @@ def _custom_model():
     # BatchNorm statistics away from their init, so that a lost statistic would show
     stats = nnx.state(model, nnx.BatchStat)
     rng = np.random.RandomState(1)
-    stats = nnx.State.from_flat_path([(p, v.replace(jnp.asarray(rng.uniform(0.5, 1.5, v.shape), jnp.float32)))
-                                      for p, v in nnx.to_flat_state(stats)])
+    stats = nnx.State.from_flat_path(
+        [
+            (p, v.replace(jnp.asarray(rng.uniform(0.5, 1.5, v.shape), jnp.float32)))
+            for p, v in nnx.to_flat_state(stats)
+        ]
+    )
     nnx.update(model, stats)
     model.eval()
     return model
@@ -36,29 +51,32 @@ def _logits(model):
 
 
 # ------------------------------------------------------------------ the configs
-@pytest.mark.parametrize("field, value, message", [
-    ("dim", 0, "dim must be >= 1, got 0"),
-    ("dim", "80", "dim must be an integer, got '80'"),
-    ("dim", 80.0, "dim must be an integer"),
-    ("in_dim", True, "in_dim must be an integer, got True"),
-    ("depths", (1, 3, 8), "depths must have 4 entries"),
-    ("depths", "1384", "depths must be a tuple"),
-    ("num_heads", (2, 4, 0, 16), r"num_heads must hold positive integers, got \(2, 4, 0, 16\)"),
-    ("num_heads", (2, 4, 3, 16), r"num_heads\[2\]=3 does not divide stage 3's 320 channels"),
-    ("window_size", (8, 8, 0, 7), "window_size must hold positive integers"),
-    ("window_size", (8, 8, 1.5, 7), "window_size must hold positive integers"),
-    ("mlp_ratio", -1, "mlp_ratio must be > 0, got -1"),
-    ("mlp_ratio", "4", "mlp_ratio must be a number, got '4'"),
-    ("mlp_ratio", float("nan"), "mlp_ratio must be finite"),
-    ("drop_path_rate", 1.0, r"drop_path_rate must be in \[0, 1\), got 1.0"),
-    ("drop_path_rate", -0.1, "drop_path_rate must be in"),
-    ("layer_scale", 0, "layer_scale must be None or > 0, got 0"),
-    ("layer_scale_conv", "1e-5", "layer_scale_conv must be a number"),
-    ("in_chans", 0, "in_chans must be >= 1, got 0"),
-    ("num_classes", -5, "num_classes must be >= 0, got -5"),
-    ("num_classes", False, "num_classes must be an integer, got False"),
-    ("name", 3, "name must be None or a non-empty string, got 3"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("dim", 0, "dim must be >= 1, got 0"),
+        ("dim", "80", "dim must be an integer, got '80'"),
+        ("dim", 80.0, "dim must be an integer"),
+        ("in_dim", True, "in_dim must be an integer, got True"),
+        ("depths", (1, 3, 8), "depths must have 4 entries"),
+        ("depths", "1384", "depths must be a tuple"),
+        ("num_heads", (2, 4, 0, 16), r"num_heads must hold positive integers, got \(2, 4, 0, 16\)"),
+        ("num_heads", (2, 4, 3, 16), r"num_heads\[2\]=3 does not divide stage 3's 320 channels"),
+        ("window_size", (8, 8, 0, 7), "window_size must hold positive integers"),
+        ("window_size", (8, 8, 1.5, 7), "window_size must hold positive integers"),
+        ("mlp_ratio", -1, "mlp_ratio must be > 0, got -1"),
+        ("mlp_ratio", "4", "mlp_ratio must be a number, got '4'"),
+        ("mlp_ratio", float("nan"), "mlp_ratio must be finite"),
+        ("drop_path_rate", 1.0, r"drop_path_rate must be in \[0, 1\), got 1.0"),
+        ("drop_path_rate", -0.1, "drop_path_rate must be in"),
+        ("layer_scale", 0, "layer_scale must be None or > 0, got 0"),
+        ("layer_scale_conv", "1e-5", "layer_scale_conv must be a number"),
+        ("in_chans", 0, "in_chans must be >= 1, got 0"),
+        ("num_classes", -5, "num_classes must be >= 0, got -5"),
+        ("num_classes", False, "num_classes must be an integer, got False"),
+        ("name", 3, "name must be None or a non-empty string, got 3"),
+    ],
+)
 def test_bad_architecture_values_name_the_field(field, value, message):
     with pytest.raises(ConfigError, match=message):
         model_config("mamba_vision_T").replace(**{field: value})
@@ -66,15 +84,18 @@ def test_bad_architecture_values_name_the_field(field, value, message):
         mvj.create_model("mamba_vision_T", **{field: value})
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("dtype", "int8", "dtype must be one of"),
-    ("dtype", jnp.int32, "dtype must be one of"),
-    ("scan_impl", "cuda", "scan_impl must be one of"),
-    ("attn_impl", "flash", "attn_impl must be one of"),
-    ("conv_impl", "taps", "conv_impl must be one of"),
-    ("remat", 1, "remat must be True or False, got 1"),
-    ("bn_groups", 0, "bn_groups must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("dtype", "int8", "dtype must be one of"),
+        ("dtype", jnp.int32, "dtype must be one of"),
+        ("scan_impl", "cuda", "scan_impl must be one of"),
+        ("attn_impl", "flash", "attn_impl must be one of"),
+        ("conv_impl", "taps", "conv_impl must be one of"),
+        ("remat", 1, "remat must be True or False, got 1"),
+        ("bn_groups", 0, "bn_groups must be >= 1, got 0"),
+    ],
+)
 def test_bad_runtime_values_name_the_field(field, value, message):
     with pytest.raises(ConfigError, match=f"RuntimeConfig.{message}"):
         RuntimeConfig(**{field: value})
@@ -85,8 +106,11 @@ def test_config_dict_round_trip_and_unknown_fields():
     d = json.loads(json.dumps(config.to_dict()))  # JSON-safe: tuples come back as lists
     assert MambaVisionConfig.from_dict(d) == config
     assert isinstance(MambaVisionConfig.from_dict(d).depths, tuple)
-    with pytest.raises(ConfigError, match=r"unknown field\(s\) 'window' \(did you mean 'window_size'\?\); "
-                                          r"valid fields: dim, in_dim"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown field\(s\) 'window' \(did you mean 'window_size'\?\); "
+        r"valid fields: dim, in_dim",
+    ):
         MambaVisionConfig.from_dict({**d, "window": 7})
     del d["num_heads"]
     with pytest.raises(ConfigError, match="missing field.* num_heads"):
@@ -98,13 +122,24 @@ def test_config_dict_round_trip_and_unknown_fields():
 
 
 def test_create_model_overrides():
-    with pytest.raises(TypeError, match=r"create_model: unknown argument\(s\) 'num_class' "
-                                        r"\(did you mean 'num_classes'\?\).*valid arguments: dim, .*bn_groups"):
+    with pytest.raises(
+        TypeError,
+        match=r"create_model: unknown argument\(s\) 'num_class' "
+        r"\(did you mean 'num_classes'\?\).*valid arguments: dim, .*bn_groups",
+    ):
         mvj.create_model("mamba_vision_T", num_class=10)
-    model = mvj.create_model("mamba_vision_T", dtype=jnp.bfloat16, num_classes=0, depths=[1, 1, 1, 1],
-                             num_heads=(1, 1, 1, 1), dim=16, in_dim=8)
+    model = mvj.create_model(
+        "mamba_vision_T",
+        dtype=jnp.bfloat16,
+        num_classes=0,
+        depths=[1, 1, 1, 1],
+        num_heads=(1, 1, 1, 1),
+        dim=16,
+        in_dim=8,
+    )
     assert model.config == model_config("mamba_vision_T").replace(
-        num_classes=0, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), dim=16, in_dim=8)
+        num_classes=0, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), dim=16, in_dim=8
+    )
     assert model.runtime.dtype == "bfloat16" and model.head is None
     assert model.name == "mamba_vision_T" and model.pretrained_cfg.num_classes == 0
     custom = mvj.create_model(model.config.replace(name=None))
@@ -119,14 +154,30 @@ def _training_run(model, workdir):
     from mambavision_jax.train.checkpoint import Checkpointer
     from mambavision_jax.train.state import TrainState, model_configs, split_model
 
-    config = ml_collections.ConfigDict({"model": {
-        "name": "mamba_vision_T", "drop_path_rate": -1.0, "dtype": "float32", "scan_impl": "auto",
-        "remat": False, "overrides": {k: v for k, v in CUSTOM.items() if k != "num_classes"}}})
+    config = ml_collections.ConfigDict(
+        {
+            "model": {
+                "name": "mamba_vision_T",
+                "drop_path_rate": -1.0,
+                "dtype": "float32",
+                "scan_impl": "auto",
+                "remat": False,
+                "overrides": {k: v for k, v in CUSTOM.items() if k != "num_classes"},
+            }
+        }
+    )
     arch, _ = model_configs(config, CUSTOM["num_classes"], 1)
     assert arch == model.config  # the training config describes this very model
     _, params, stats, rngs = split_model(model)
-    state = TrainState(step=jnp.int32(7), params=params, batch_stats=stats, rngs=rngs, opt_state={},
-                       ema_params=None, ema_batch_stats=None)
+    state = TrainState(
+        step=jnp.int32(7),
+        params=params,
+        batch_stats=stats,
+        rngs=rngs,
+        opt_state={},
+        ema_params=None,
+        ema_batch_stats=None,
+    )
     ckpt = Checkpointer(workdir)
     ckpt.save(7, state)
     ckpt.wait()
@@ -159,6 +210,7 @@ def test_custom_model_round_trips_bit_identically(writer, tmp_path):
 @pytest.mark.parametrize("writer", ["pth", "safetensors"])
 def test_official_model_loads_the_custom_export(writer, tmp_path):
     import torch
+
     from helpers import official_logits
     from official import official_module
 
@@ -168,14 +220,23 @@ def test_official_model_loads_the_custom_export(writer, tmp_path):
         sd = torch.load(path, weights_only=True)["state_dict"]
     else:
         from safetensors.torch import load_file
+
         sd = {k.removeprefix("model."): v for k, v in load_file(path).items()}
         assert json.loads((tmp_path / "config.json").read_text())["mlp_ratio"] == 2.0
     c = model.config
     ref = official_module().MambaVision(
-        dim=c.dim, in_dim=c.in_dim, depths=list(c.depths), window_size=list(c.window_size),
-        mlp_ratio=c.mlp_ratio, num_heads=list(c.num_heads), drop_path_rate=c.drop_path_rate,
-        in_chans=c.in_chans, num_classes=c.num_classes, layer_scale=c.layer_scale,
-        layer_scale_conv=c.layer_scale_conv)
+        dim=c.dim,
+        in_dim=c.in_dim,
+        depths=list(c.depths),
+        window_size=list(c.window_size),
+        mlp_ratio=c.mlp_ratio,
+        num_heads=list(c.num_heads),
+        drop_path_rate=c.drop_path_rate,
+        in_chans=c.in_chans,
+        num_classes=c.num_classes,
+        layer_scale=c.layer_scale,
+        layer_scale_conv=c.layer_scale_conv,
+    )
     ref.load_state_dict(sd, strict=True)
     ref.eval()
     ref_logits = official_logits(ref, X)
@@ -190,13 +251,16 @@ def _one_line(e) -> str:
     return msg
 
 
-@pytest.mark.parametrize("key, value, field", [
-    ("mlp_ratio", -1, "mlp_ratio"),
-    ("window_size", [8, 8, 0, 7], "window_size"),
-    ("num_heads", [0, 4, 8, 16], "num_heads"),
-    ("dim", "16", "dim"),
-    ("depths", None, "depths"),
-])
+@pytest.mark.parametrize(
+    "key, value, field",
+    [
+        ("mlp_ratio", -1, "mlp_ratio"),
+        ("window_size", [8, 8, 0, 7], "window_size"),
+        ("num_heads", [0, 4, 8, 16], "num_heads"),
+        ("dim", "16", "dim"),
+        ("depths", None, "depths"),
+    ],
+)
 @pytest.mark.parametrize("where", ["jax-config", "hub-fields"])
 def test_hostile_config_json_is_a_checkpoint_error(key, value, field, where, tmp_path):
     mvj.save_torch_checkpoint(_custom_model(), tmp_path / "model.safetensors")
@@ -227,20 +291,25 @@ def test_config_json_missing_fields_and_bad_json(tmp_path):
         load_checkpoint(tmp_path)
 
 
-@pytest.mark.parametrize("tamper, match", [
-    (lambda m: "{not json", "not valid JSON"),
-    (lambda m: "[1, 2]", "expected a JSON object, got list"),
-    (lambda m: {**m, "format": 99}, "unknown format 99"),
-    (lambda m: {"format": 2}, "expected a dict of fields, got NoneType"),
-    (lambda m: {**m, "config": {**m["config"], "mlp_ratio": -1}}, "mlp_ratio must be > 0, got -1"),
-    (lambda m: {**m, "config": {**m["config"], "window_size": [0, 1, 1, 1]}}, "window_size must hold"),
-    (lambda m: {**m, "config": {**m["config"], "num_heads": "1111"}}, "num_heads must be a tuple"),
-    (lambda m: {**m, "config": {**m["config"], "bogus": 1}}, r"unknown field\(s\) 'bogus'"),
-    # valid values that do not fit the saved arrays: a short list, not orbax's dump of arrays
-    (lambda m: {**m, "config": {**m["config"], "depths": [1, 2, 4, 1]}},
-     "the saved arrays do not fit the architecture in mambavision_jax.json: levels.2.blocks.3"),
-    (lambda m: {**m, "config": {**m["config"], "dim": 32}}, "saved .* vs model"),
-])
+@pytest.mark.parametrize(
+    "tamper, match",
+    [
+        (lambda m: "{not json", "not valid JSON"),
+        (lambda m: "[1, 2]", "expected a JSON object, got list"),
+        (lambda m: {**m, "format": 99}, "unknown format 99"),
+        (lambda m: {"format": 2}, "expected a dict of fields, got NoneType"),
+        (lambda m: {**m, "config": {**m["config"], "mlp_ratio": -1}}, "mlp_ratio must be > 0, got -1"),
+        (lambda m: {**m, "config": {**m["config"], "window_size": [0, 1, 1, 1]}}, "window_size must hold"),
+        (lambda m: {**m, "config": {**m["config"], "num_heads": "1111"}}, "num_heads must be a tuple"),
+        (lambda m: {**m, "config": {**m["config"], "bogus": 1}}, r"unknown field\(s\) 'bogus'"),
+        # valid values that do not fit the saved arrays: a short list, not orbax's dump of arrays
+        (
+            lambda m: {**m, "config": {**m["config"], "depths": [1, 2, 4, 1]}},
+            "the saved arrays do not fit the architecture in mambavision_jax.json: levels.2.blocks.3",
+        ),
+        (lambda m: {**m, "config": {**m["config"], "dim": 32}}, "saved .* vs model"),
+    ],
+)
 def test_tampered_orbax_metadata_is_a_checkpoint_error(tamper, match, tmp_path):
     path = save_checkpoint(_custom_model(), tmp_path / "ckpt")
     meta_path = path / "mambavision_jax.json"
@@ -266,11 +335,14 @@ def test_first_orbax_format_still_reads(tmp_path):
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
 
 
-@pytest.mark.parametrize("value, match", [
-    ("garbage", "expected a dict of fields, got str"),
-    ({"window_size": [1, 1, 0, 1]}, "window_size must hold positive integers"),
-    ({"mlp_ratio": -1}, "mlp_ratio must be > 0"),
-])
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        ("garbage", "expected a dict of fields, got str"),
+        ({"window_size": [1, 1, 0, 1]}, "window_size must hold positive integers"),
+        ({"mlp_ratio": -1}, "mlp_ratio must be > 0"),
+    ],
+)
 def test_hostile_config_in_a_pth_tar_is_a_checkpoint_error(value, match, tmp_path):
     import torch
 

@@ -1,4 +1,5 @@
 """Converters: export round trip, variant inference, orbax, and every bad-input error."""
+
 import json
 import pickle
 
@@ -7,9 +8,15 @@ import pytest
 import torch
 
 import mambavision_jax as mvj
+from mambavision_jax.convert import (
+    CheckpointError,
+    infer_variant,
+    load_checkpoint,
+    save_checkpoint,
+    torch_key_shapes,
+)
+
 from helpers import images, jax_logits, official_logits, rel_err, save_official_pth
-from mambavision_jax.convert import (CheckpointError, infer_variant, load_checkpoint, save_checkpoint,
-                                     torch_key_shapes)
 from official import build_official
 
 SMALL = {"depths": [1, 1, 2, 1]}
@@ -35,6 +42,7 @@ def test_export_round_trip_is_bit_identical(small_official, small_sd, suffix, tm
     fresh = build_official("mamba_vision_T", seed=99, **SMALL)
     if suffix == ".safetensors":
         from safetensors.torch import load_file
+
         loaded = {k.removeprefix("model."): v for k, v in load_file(out).items()}
         cfg = json.loads((tmp_path / "config.json").read_text())
         assert cfg["depths"] == SMALL["depths"] and cfg["window_size"] == [8, 8, 14, 7]
@@ -65,7 +73,9 @@ def test_ema_weights_on_request(small_official, tmp_path):
     save_official_pth(small_official, path, "mamba_vision_T", ema=True)
     plain = mvj.load_torch_checkpoint(path, **SMALL)
     ema = mvj.load_torch_checkpoint(path, use_ema=True, **SMALL)
-    np.testing.assert_allclose(np.asarray(ema.head.bias[...]), np.asarray(plain.head.bias[...]) + 0.5, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(ema.head.bias[...]), np.asarray(plain.head.bias[...]) + 0.5, rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("prefix", ["module.", "encoder.", "backbone."])
@@ -90,6 +100,7 @@ def test_variant_inferred_from_weights():
 
 def test_ambiguous_variant_asks_for_a_name():
     from flax import nnx
+
     abstract = nnx.eval_shape(lambda: mvj.create_model("mamba_vision_L2"))
     sd = {k: np.zeros(shape, np.float32) for k, shape in torch_key_shapes(abstract).items()}
     with pytest.raises(CheckpointError, match="mamba_vision_L2_512_21k"):
@@ -101,8 +112,10 @@ def test_num_classes_override_reinitialises_head(small_official, tmp_path):
     save_official_pth(small_official, path, "mamba_vision_T")
     model = mvj.load_torch_checkpoint(path, num_classes=10, **SMALL)
     assert model.head.kernel.shape == (640, 10)
-    np.testing.assert_array_equal(np.asarray(model.levels[0].blocks[0].conv1.bias[...]),
-                                  small_official.levels[0].blocks[0].conv1.bias.detach().numpy())
+    np.testing.assert_array_equal(
+        np.asarray(model.levels[0].blocks[0].conv1.bias[...]),
+        small_official.levels[0].blocks[0].conv1.bias.detach().numpy(),
+    )
 
 
 def test_orbax_round_trip(small_official, tmp_path):
@@ -119,7 +132,9 @@ def test_orbax_round_trip(small_official, tmp_path):
 def test_wrong_variant_names_the_fitting_one(tmp_path):
     path = tmp_path / "s.pth.tar"
     torch.save({"state_dict": build_official("mamba_vision_S", seed=0, randomize=False).state_dict()}, path)
-    with pytest.raises(CheckpointError, match=r"does not fit mamba_vision_T \(the weights look like mamba_vision_S\)") as e:
+    with pytest.raises(
+        CheckpointError, match=r"does not fit mamba_vision_T \(the weights look like mamba_vision_S\)"
+    ) as e:
         mvj.load_torch_checkpoint(path, "mamba_vision_T")
     assert "levels.0.blocks.0.norm1.weight: checkpoint (96,) vs model (80,)" in str(e.value)
 
@@ -142,6 +157,7 @@ def test_truncated_file(small_official, suffix, tmp_path):
     good = tmp_path / f"good{suffix}"
     if suffix == ".safetensors":
         from safetensors.torch import save_file
+
         save_file(dict(small_official.state_dict()), good)
     else:
         save_official_pth(small_official, good, "mamba_vision_T")
@@ -155,6 +171,7 @@ def test_untrusted_pickle_is_refused_not_run(tmp_path):
     class Evil:
         def __reduce__(self):
             return (open, (str(tmp_path / "pwned"), "w"))
+
     path = tmp_path / "evil.pth.tar"
     with open(path, "wb") as f:
         pickle.dump({"state_dict": Evil()}, f)
@@ -196,8 +213,11 @@ def test_cli_round_trip(small_official, tmp_path):
 
     def main(argv):
         return cli.run(convert_main, argv)
+
     src = _pth(small_official, tmp_path)
-    assert main(["to-jax", str(src), str(tmp_path / "orbax"), "--model", "mamba_vision_T"]) == 2  # depths differ
+    assert (
+        main(["to-jax", str(src), str(tmp_path / "orbax"), "--model", "mamba_vision_T"]) == 2
+    )  # depths differ
     assert not (tmp_path / "orbax").exists() and not list(tmp_path.glob(".orbax*"))
     full = build_official("mamba_vision_T", seed=4)
     torch.save({"state_dict": full.state_dict()}, tmp_path / "full.pth.tar")
@@ -212,8 +232,10 @@ def test_cli_round_trip(small_official, tmp_path):
 
 def test_save_torch_checkpoint_refuses_to_replace_without_overwrite(tmp_path):
     import stat
-    model = mvj.create_model("mamba_vision_T", dim=32, in_dim=16, depths=(1, 1, 1, 1),
-                             window_size=(2, 2, 2, 1), num_classes=3)
+
+    model = mvj.create_model(
+        "mamba_vision_T", dim=32, in_dim=16, depths=(1, 1, 1, 1), window_size=(2, 2, 2, 1), num_classes=3
+    )
     for name in ("m.pth.tar", "m.safetensors"):
         out = tmp_path / name
         out.write_bytes(b"precious")

@@ -1,4 +1,5 @@
 """Dataset builders (digits, folders), TFDS sources and the grain train / eval pipelines."""
+
 from __future__ import annotations
 
 import io
@@ -11,9 +12,16 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from mambavision_jax.data import (DatasetNotPreparedError, TrainAugConfig,
-                                  dataset_info, eval_num_batches, eval_transform,
-                                  make_eval_iterator, make_train_iterator, shard_bounds)
+from mambavision_jax.data import (
+    DatasetNotPreparedError,
+    TrainAugConfig,
+    dataset_info,
+    eval_num_batches,
+    eval_transform,
+    make_eval_iterator,
+    make_train_iterator,
+    shard_bounds,
+)
 from mambavision_jax.data.digits import digits_split
 from mambavision_jax.data.make_folder_dataset import main as make_folder_main
 
@@ -25,8 +33,10 @@ def _take(it, n):
 
 
 def _same(batches_a, batches_b):
-    return all(a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-               for a, b in zip(batches_a, batches_b, strict=True))
+    return all(
+        a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+        for a, b in zip(batches_a, batches_b, strict=True)
+    )
 
 
 def test_digits_dataset_reads_with_tfds_data_source(digits_dir):
@@ -49,8 +59,7 @@ def test_digits_dataset_reads_with_tfds_data_source(digits_dir):
 
 
 def test_train_iterator_shapes_and_reproducibility(digits_dir):
-    kw = dict(data_dir=digits_dir, global_batch_size=8, image_size=32, process_index=0,
-              process_count=1)
+    kw = dict(data_dir=digits_dir, global_batch_size=8, image_size=32, process_index=0, process_count=1)
     a = _take(make_train_iterator("mv_digits", seed=1, **kw), 3)  # official augmentation
     assert a[0]["image"].shape == (8, 32, 32, 3) and a[0]["image"].dtype == np.float32
     assert a[0]["label"].shape == (8,) and a[0]["label"].dtype == np.int32
@@ -62,9 +71,16 @@ def test_train_iterator_shapes_and_reproducibility(digits_dir):
 def test_train_shards_are_disjoint_and_epochs_complete(digits_dir):
     per_host = {}
     for pi in (0, 1):
-        it = make_train_iterator("mv_digits", data_dir=digits_dir, global_batch_size=16,
-                                 image_size=32, augment=NONE, process_index=pi, process_count=2,
-                                 with_index=True)
+        it = make_train_iterator(
+            "mv_digits",
+            data_dir=digits_dir,
+            global_batch_size=16,
+            image_size=32,
+            augment=NONE,
+            process_index=pi,
+            process_count=2,
+            with_index=True,
+        )
         start, end = shard_bounds(1437, pi, 2, drop_remainder=True)
         n_batches = (end - start) // 8
         idx = np.concatenate([b["index"] for b in _take(it, n_batches)])
@@ -76,8 +92,9 @@ def test_train_shards_are_disjoint_and_epochs_complete(digits_dir):
 
 
 def test_train_iterator_resumes_from_state(digits_dir):
-    kw = dict(data_dir=digits_dir, global_batch_size=8, image_size=32, seed=3, process_index=0,
-              process_count=1)
+    kw = dict(
+        data_dir=digits_dir, global_batch_size=8, image_size=32, seed=3, process_index=0, process_count=1
+    )
     it = make_train_iterator("mv_digits", **kw)
     _take(it, 2)
     state = json.loads(json.dumps(it.get_state()))  # survives a JSON checkpoint
@@ -88,8 +105,9 @@ def test_train_iterator_resumes_from_state(digits_dir):
 
 
 def _worker_kw(digits_dir):
-    return dict(data_dir=digits_dir, global_batch_size=8, image_size=32, seed=4, process_index=0,
-                process_count=1)
+    return dict(
+        data_dir=digits_dir, global_batch_size=8, image_size=32, seed=4, process_index=0, process_count=1
+    )
 
 
 def test_train_iterator_with_worker_processes(digits_dir):
@@ -124,9 +142,18 @@ def test_eval_iterator_counts_every_example_once(digits_dir):
     n, hosts, gbs = 360, 3, 27 * 3  # 120 per host, batch 27 -> 5 batches, 15 pads per host
     seen = []
     for pi in range(hosts):
-        batches = list(make_eval_iterator("mv_digits", data_dir=digits_dir, global_batch_size=gbs,
-                                          image_size=32, crop_pct=1.0, process_index=pi,
-                                          process_count=hosts, with_index=True))
+        batches = list(
+            make_eval_iterator(
+                "mv_digits",
+                data_dir=digits_dir,
+                global_batch_size=gbs,
+                image_size=32,
+                crop_pct=1.0,
+                process_index=pi,
+                process_count=hosts,
+                with_index=True,
+            )
+        )
         assert len(batches) == eval_num_batches(n, gbs, hosts) == 5
         for b in batches:
             assert b["image"].shape == (27, 32, 32, 3) and b["mask"].dtype == np.bool_
@@ -134,8 +161,17 @@ def test_eval_iterator_counts_every_example_once(digits_dir):
             seen += b["index"][b["mask"]].tolist()
     assert sorted(seen) == list(range(n))
     # the images are the eval transform of the stored ones, in order
-    first = next(make_eval_iterator("mv_digits", data_dir=digits_dir, global_batch_size=4,
-                                    image_size=32, crop_pct=1.0, process_index=0, process_count=1))
+    first = next(
+        make_eval_iterator(
+            "mv_digits",
+            data_dir=digits_dir,
+            global_batch_size=4,
+            image_size=32,
+            crop_pct=1.0,
+            process_index=0,
+            process_count=1,
+        )
+    )
     src = tfds.data_source("mv_digits", split="test", data_dir=digits_dir, download=False)
     for i in range(4):
         np.testing.assert_array_equal(first["image"][i], eval_transform(src[i]["image"], 32, 1.0))
@@ -174,8 +210,12 @@ def _image_folder(root):
 def test_make_folder_dataset(tmp_path, capsys):
     src, data_dir = str(tmp_path / "images"), str(tmp_path / "tfds")
     _image_folder(src)
-    assert make_folder_main(["--src", src, "--name", "my_pets", "--data_dir", data_dir,
-                             "--val_fraction", "0.25"]) == 0
+    assert (
+        make_folder_main(
+            ["--src", src, "--name", "my_pets", "--data_dir", data_dir, "--val_fraction", "0.25"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "skipped (not a readable image): 4" in out
     for bad in ("corrupt.jpg", "truncated.jpg", "notes.txt", "README"):
@@ -195,8 +235,11 @@ def test_make_folder_dataset(tmp_path, capsys):
     cmyk = records["dog/cmyk.jpg"]["image"].astype(int)  # cyan-free magenta+yellow = red-ish
     assert cmyk[..., 0].mean() > 200 and cmyk[..., 1].mean() < 60
     # the training pipeline reads it by name; a second run reuses it
-    batch = next(make_train_iterator("my_pets", data_dir=data_dir, global_batch_size=4,
-                                     image_size=24, process_index=0, process_count=1))
+    batch = next(
+        make_train_iterator(
+            "my_pets", data_dir=data_dir, global_batch_size=4, image_size=24, process_index=0, process_count=1
+        )
+    )
     assert batch["image"].shape == (4, 24, 24, 3)
     assert make_folder_main(["--src", src, "--name", "my_pets", "--data_dir", data_dir]) == 0
     assert "already prepared" in capsys.readouterr().out
@@ -225,14 +268,27 @@ def test_make_folder_dataset_help(capsys):
 def test_unprepared_dataset_says_how_to_prepare(tmp_path):
     empty = str(tmp_path / "empty")
     with pytest.raises(DatasetNotPreparedError) as e:
-        make_train_iterator("imagenet2012", data_dir=empty, global_batch_size=8, image_size=224,
-                            process_index=0, process_count=1)
+        make_train_iterator(
+            "imagenet2012",
+            data_dir=empty,
+            global_batch_size=8,
+            image_size=224,
+            process_index=0,
+            process_count=1,
+        )
     msg = str(e.value)
     assert "tfds build imagenet2012" in msg and "--manual_dir" in msg
     assert "make_folder_dataset" in msg and empty in msg
     with pytest.raises(DatasetNotPreparedError, match="make_folder_dataset"):
-        make_eval_iterator("no_such_dataset_xyz", data_dir=empty, global_batch_size=8,
-                           image_size=224, split="validation", process_index=0, process_count=1)
+        make_eval_iterator(
+            "no_such_dataset_xyz",
+            data_dir=empty,
+            global_batch_size=8,
+            image_size=224,
+            split="validation",
+            process_index=0,
+            process_count=1,
+        )
     assert not os.path.exists(os.path.join(empty, "downloads"))  # nothing was fetched
 
 
@@ -245,11 +301,13 @@ def test_shard_bounds_and_batch_counts():
         assert all(a[1] == b[0] for a, b in zip(full, full[1:]))
     assert eval_num_batches(50_000, 1024, 4) == 49  # 12,500 per host / 256 per host, rounded up
     with pytest.raises(ValueError):
-        make_train_iterator("mv_digits", global_batch_size=10, image_size=32, process_index=0,
-                            process_count=3)
+        make_train_iterator(
+            "mv_digits", global_batch_size=10, image_size=32, process_index=0, process_count=3
+        )
 
 
 # ---- uint8 batches, normalised (and erased) on the device ----
+
 
 def _device_normalize(images):
     from mambavision_jax.data.device_ops import normalize_on_device
@@ -265,13 +323,14 @@ def _box_mask(boxes, size):
     mask = np.zeros((len(boxes), size, size), bool)
     for i, per_example in enumerate(boxes):
         for top, left, h, w in per_example:
-            mask[i, top:top + h, left:left + w] = True
+            mask[i, top : top + h, left : left + w] = True
     return mask
 
 
 def test_uint8_train_batches_equal_the_float_pipeline(digits_dir):
-    kw = dict(data_dir=digits_dir, global_batch_size=16, image_size=32, seed=5, process_index=0,
-              process_count=1)
+    kw = dict(
+        data_dir=digits_dir, global_batch_size=16, image_size=32, seed=5, process_index=0, process_count=1
+    )
     aug = TrainAugConfig(scale=(0.3, 1.0), re_prob=0.5)  # official ops; more boxes to compare
     floats = _take(make_train_iterator("mv_digits", augment=aug, **kw), 3)
     uint8s = _take(make_train_iterator("mv_digits", augment=aug, normalize=False, **kw), 3)
@@ -291,8 +350,15 @@ def test_uint8_train_batches_equal_the_float_pipeline(digits_dir):
 
 
 def test_uint8_train_batches_without_erasing(digits_dir):
-    kw = dict(data_dir=digits_dir, global_batch_size=8, image_size=32, seed=6, process_index=0,
-              process_count=1, augment=TrainAugConfig(re_prob=0.0))
+    kw = dict(
+        data_dir=digits_dir,
+        global_batch_size=8,
+        image_size=32,
+        seed=6,
+        process_index=0,
+        process_count=1,
+        augment=TrainAugConfig(re_prob=0.0),
+    )
     f = next(make_train_iterator("mv_digits", **kw))
     u = next(make_train_iterator("mv_digits", normalize=False, **kw))
     assert set(u) == {"image", "label"}
@@ -300,8 +366,14 @@ def test_uint8_train_batches_without_erasing(digits_dir):
 
 
 def test_uint8_eval_batches_equal_the_float_pipeline(digits_dir):
-    kw = dict(data_dir=digits_dir, global_batch_size=7 * 3, image_size=32, crop_pct=0.875,
-              process_index=2, process_count=3)
+    kw = dict(
+        data_dir=digits_dir,
+        global_batch_size=7 * 3,
+        image_size=32,
+        crop_pct=0.875,
+        process_index=2,
+        process_count=3,
+    )
     floats = list(make_eval_iterator("mv_digits", **kw))
     uint8s = list(make_eval_iterator("mv_digits", normalize=False, **kw))
     assert len(floats) == len(uint8s) == eval_num_batches(360, 21, 3)
@@ -318,8 +390,15 @@ def test_device_prefetch_state_is_the_consumed_position(digits_dir):
 
     from mambavision_jax.data.device_ops import DevicePrefetch
 
-    kw = dict(data_dir=digits_dir, global_batch_size=8, image_size=32, seed=7, process_index=0,
-              process_count=1, normalize=False)
+    kw = dict(
+        data_dir=digits_dir,
+        global_batch_size=8,
+        image_size=32,
+        seed=7,
+        process_index=0,
+        process_count=1,
+        normalize=False,
+    )
     ref = _take(make_train_iterator("mv_digits", **kw), 5)
     it = DevicePrefetch(make_train_iterator("mv_digits", **kw), jax.device_put, size=2)
     got = _take(it, 2)
@@ -362,8 +441,6 @@ def test_train_step_normalises_and_erases_uint8_batches_independently_of_the_mes
     import jax
 
     sys.path.insert(0, os.path.dirname(__file__))
-    from small_train_config import get_config
-
     from mambavision_jax.data.transforms import erasing_boxes
     from mambavision_jax.train import sharding as shd
     from mambavision_jax.train.optim import make_optimizer
@@ -371,21 +448,31 @@ def test_train_step_normalises_and_erases_uint8_batches_independently_of_the_mes
     from mambavision_jax.train.state import create_train_state, graphdefs
     from mambavision_jax.train.steps import make_train_step
 
+    from small_train_config import get_config
+
     assert jax.device_count() >= 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
     c = get_config()
     c.mesa.weight, c.mixup.prob, c.model.drop_path_rate = 0.0, 0.0, 0.0
     rs = np.random.default_rng(0)
     boxes = np.stack([erasing_boxes(rs, 32, 32, 1.0) for _ in range(16)])
-    batches = [{"image": rs.integers(0, 256, (16, 32, 32, 3), np.uint8), "label": rs.integers(0, 10, 16).astype(np.int32),
-                "erase": boxes} for _ in range(2)]
+    batches = [
+        {
+            "image": rs.integers(0, 256, (16, 32, 32, 3), np.uint8),
+            "label": rs.integers(0, 10, 16).astype(np.int32),
+            "erase": boxes,
+        }
+        for _ in range(2)
+    ]
 
     def losses(mesh, batches):
         schedule = make_schedule(c, 4)
         tx = make_optimizer(c, 4, schedule=schedule)
         train_gd, eval_gd = graphdefs(c, 10, 1)
         state, shardings = create_train_state(c, 10, 1, tx, mesh)
-        step = jax.jit(make_train_step(c, train_gd, eval_gd, tx, schedule, 10, 4, 1),
-                       in_shardings=(shardings, shd.batch_sharding(mesh)))
+        step = jax.jit(
+            make_train_step(c, train_gd, eval_gd, tx, schedule, 10, 4, 1),
+            in_shardings=(shardings, shd.batch_sharding(mesh)),
+        )
         out = []
         for b in batches:
             state, m = step(state, shd.global_batch(b, mesh))
@@ -394,5 +481,7 @@ def test_train_step_normalises_and_erases_uint8_batches_independently_of_the_mes
 
     one = losses(shd.make_mesh(1, 1, jax.devices()[:1]), batches)
     np.testing.assert_allclose(losses(shd.make_mesh(4, 2), batches), one, rtol=2e-5)
-    plain = losses(shd.make_mesh(1, 1, jax.devices()[:1]), [{k: b[k] for k in ("image", "label")} for b in batches])
+    plain = losses(
+        shd.make_mesh(1, 1, jax.devices()[:1]), [{k: b[k] for k in ("image", "label")} for b in batches]
+    )
     assert not np.allclose(plain[0], one[0], rtol=1e-4)

@@ -1,4 +1,5 @@
 """evaluate: the TFDS path, the folder path and direct model calls agree exactly."""
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,9 @@ def image_tree(tmp_path_factory):
                 elif kind == 1:
                     Image.fromarray(arr).convert("L").save(d / f"{i}.png")
                 elif kind == 2:
-                    rgba = np.concatenate([arr, rng.integers(0, 256, arr.shape[:2] + (1,), dtype=np.uint8)], -1)
+                    rgba = np.concatenate(
+                        [arr, rng.integers(0, 256, arr.shape[:2] + (1,), dtype=np.uint8)], -1
+                    )
                     Image.fromarray(rgba, "RGBA").save(d / f"{i}.png")
                 else:
                     Image.fromarray(arr).save(d / f"{i}.png")
@@ -62,8 +65,12 @@ def _direct(model, paths, labels, pre):
     top5 = np.argsort(-logits, axis=1)[:, :5]
     logp = logits - logits.max(1, keepdims=True)
     logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
-    return {"top1": 100 * np.mean(top5[:, 0] == labels), "top5": 100 * np.mean((top5 == labels[:, None]).any(1)),
-            "loss": float(-logp[np.arange(len(labels)), labels].mean()), "n": len(labels)}
+    return {
+        "top1": 100 * np.mean(top5[:, 0] == labels),
+        "top5": 100 * np.mean((top5 == labels[:, None]).any(1)),
+        "loss": float(-logp[np.arange(len(labels)), labels].mean()),
+        "n": len(labels),
+    }
 
 
 def test_evaluate_tfds_folder_and_direct_agree(model, image_tree, tmp_path):
@@ -79,8 +86,16 @@ def test_evaluate_tfds_folder_and_direct_agree(model, image_tree, tmp_path):
     data_dir = tmp_path / "tfds"
     report = build_folder_dataset(str(image_tree), "mv_eval_test", str(data_dir))
     assert report.num_examples["validation"] == 9
-    it = make_eval_iterator("mv_eval_test", global_batch_size=4, image_size=SIZE, crop_pct=0.875,
-                            data_dir=str(data_dir), split="validation", process_index=0, process_count=1)
+    it = make_eval_iterator(
+        "mv_eval_test",
+        global_batch_size=4,
+        image_size=SIZE,
+        crop_pct=0.875,
+        data_dir=str(data_dir),
+        split="validation",
+        process_index=0,
+        process_count=1,
+    )
     runner = ev.Runner(model)  # one compiled program for both evaluations
     got = ev.evaluate(runner, it, num_batches=3, progress=False)  # 4 + 4 + 1 (padded, masked)
     assert got["n"] == 9
@@ -110,11 +125,38 @@ def test_evaluate_cli_folder_json(model, image_tree, tmp_path):
     out = tmp_path / "out.json"
     try:
         with pytest.raises(OSError, match="broken.jpg"):
-            ev.main(["--weights", str(weights), "--folder", str(image_tree / "val"), "--image_size",
-                     str(SIZE), "--no_progress"])
-        assert ev.main(["--weights", str(weights), "--folder", str(image_tree / "val"),
-                        "--image_size", str(SIZE), "--crop_pct", "0.875", "--batch_size", "4",
-                        "--skip_unreadable", "--json", str(out), "--no_progress"]) == 0
+            ev.main(
+                [
+                    "--weights",
+                    str(weights),
+                    "--folder",
+                    str(image_tree / "val"),
+                    "--image_size",
+                    str(SIZE),
+                    "--no_progress",
+                ]
+            )
+        assert (
+            ev.main(
+                [
+                    "--weights",
+                    str(weights),
+                    "--folder",
+                    str(image_tree / "val"),
+                    "--image_size",
+                    str(SIZE),
+                    "--crop_pct",
+                    "0.875",
+                    "--batch_size",
+                    "4",
+                    "--skip_unreadable",
+                    "--json",
+                    str(out),
+                    "--no_progress",
+                ]
+            )
+            == 0
+        )
     finally:
         bad.unlink()
     summary = json.loads(out.read_text())
@@ -125,15 +167,25 @@ def test_evaluate_cli_folder_json(model, image_tree, tmp_path):
     assert summary["top5"] == pytest.approx(want["top5"])
     assert summary["model"] == "mamba_vision_T" and summary["weights"] == str(weights)
     assert summary["seconds"] > 0 and summary["images_per_sec"] > 0
-    assert summary["preprocessing"]["image_size"] == SIZE and summary["preprocessing"]["crop_mode"] == "center"
+    assert (
+        summary["preprocessing"]["image_size"] == SIZE and summary["preprocessing"]["crop_mode"] == "center"
+    )
     assert [s["path"] for s in summary["skipped"]] == [str(bad)]
 
 
 def test_preprocessing_defaults_follow_the_variant():
-    for name, size, pct, mode in (("mamba_vision_T", 224, 1.0, "center"), ("mamba_vision_S", 224, 0.93, "center"),
-                                  ("mamba_vision_L3_512_21k", 512, 0.93, "squash")):
+    for name, size, pct, mode in (
+        ("mamba_vision_T", 224, 1.0, "center"),
+        ("mamba_vision_S", 224, 0.93, "center"),
+        ("mamba_vision_L3_512_21k", 512, 0.93, "squash"),
+    ):
         pre = ev.resolve_preprocessing(type("M", (), {"pretrained_cfg": mvj.pretrained_cfg(name)})())
-        assert (pre.image_size, pre.crop_pct, pre.crop_mode, pre.interpolation) == (size, pct, mode, "bicubic")
+        assert (pre.image_size, pre.crop_pct, pre.crop_mode, pre.interpolation) == (
+            size,
+            pct,
+            mode,
+            "bicubic",
+        )
     pre = ev.resolve_preprocessing(None, image_size=96, crop_mode="squash", hf_config={"crop_pct": 0.9})
     assert (pre.image_size, pre.crop_pct, pre.crop_mode) == (96, 0.9, "squash")
     rng = np.random.default_rng(1)
@@ -156,8 +208,19 @@ def test_evaluate_help_lists_every_argument(capsys):
         ev.main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for arg in ("--weights", "--model", "--tfds", "--folder", "--split", "--data_dir", "--batch_size",
-                "--image_size", "--crop_pct", "--crop_mode", "--json"):
+    for arg in (
+        "--weights",
+        "--model",
+        "--tfds",
+        "--folder",
+        "--split",
+        "--data_dir",
+        "--batch_size",
+        "--image_size",
+        "--crop_pct",
+        "--crop_mode",
+        "--json",
+    ):
         assert arg in text
 
 
@@ -166,6 +229,7 @@ def test_evaluate_shards_over_two_devices(tmp_path, image_tree):
     """A fresh process with 2 CPU devices: the batch is split over both, results unchanged."""
     import subprocess
     import sys
+
     code = f"""
 import os, json, numpy as np, jax
 assert jax.local_device_count() == 2
@@ -173,7 +237,7 @@ import mambavision_jax as mvj
 from mambavision_jax import evaluate as ev
 m = mvj.create_model("mamba_vision_T", depths=(1, 1, 2, 1), num_classes={NUM_CLASSES}); m.eval()
 pre = ev.resolve_preprocessing(m, image_size={SIZE})
-paths, labels, _ = ev.folder_examples({str(image_tree / 'val')!r})
+paths, labels, _ = ev.folder_examples({str(image_tree / "val")!r})
 r = ev.Runner(m)
 assert r.n_dev == 2
 res = ev.evaluate(r, ev.folder_batches(paths, labels, 3, pre), progress=False)

@@ -1,4 +1,5 @@
 """export: ONNX (jax2onnx -> onnxruntime) and jax.export artifacts reproduce the JAX logits."""
+
 from __future__ import annotations
 
 import json
@@ -53,7 +54,9 @@ def test_onnx_dynamic_batch_nchw_and_external_data(model, images_and_logits, tmp
     # NCHW input, transposed inside the graph, for runtimes that expect PyTorch's layout; and the
     # weights in an external-data file, as models over 2 GB (L3) are written.
     monkeypatch.setattr(ex, "EXTERNAL_DATA_BYTES", 0)
-    path = ex.export_onnx(model, tmp_path / "c.onnx", batch_size=None, image_size=SIZE, nchw=True, check=False)
+    path = ex.export_onnx(
+        model, tmp_path / "c.onnx", batch_size=None, image_size=SIZE, nchw=True, check=False
+    )
     assert (tmp_path / "c.onnx.data").stat().st_size > 4 * 5_000_000 > path.stat().st_size
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = sess.run(None, {"images": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0]
@@ -82,8 +85,23 @@ def test_export_cli_fixed_batch_both_formats(model, images_and_logits, tmp_path)
     weights = tmp_path / "w" / "model.safetensors"
     mvj.save_torch_checkpoint(model, weights)
     out = tmp_path / "out"
-    assert ex.main(["--weights", str(weights), "--out", str(out), "--batch", "3",
-                    "--image_size", str(SIZE), "--platforms", "cpu,cuda,tpu"]) == 0
+    assert (
+        ex.main(
+            [
+                "--weights",
+                str(weights),
+                "--out",
+                str(out),
+                "--batch",
+                "3",
+                "--image_size",
+                str(SIZE),
+                "--platforms",
+                "cpu,cuda,tpu",
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((out / ex.CONFIG_FILE).read_text())
     assert cfg["model"] == "mamba_vision_T" and cfg["input"]["shape"] == [3, SIZE, SIZE, 3]
     assert cfg["preprocessing"]["crop_pct"] == 1.0 and cfg["num_classes"] == 1000
@@ -121,7 +139,16 @@ def test_export_help(capsys):
         ex.main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for arg in ("--weights", "--model", "--out", "--batch", "--dynamic-batch", "--image_size", "--onnx", "--jax"):
+    for arg in (
+        "--weights",
+        "--model",
+        "--out",
+        "--batch",
+        "--dynamic-batch",
+        "--image_size",
+        "--onnx",
+        "--jax",
+    ):
         assert arg in text
 
 
@@ -152,6 +179,8 @@ def test_onnx_every_variant_at_its_native_resolution(name, tmp_path):
     t_export = time.perf_counter() - t
     t = time.perf_counter()
     err = ex.check_onnx(path, m, batch_size=1, image_size=size)
-    print(f"\n{name} @ {size}: onnxruntime vs JAX max rel err {err:.2e}; export {t_export:.0f} s, "
-          f"check {time.perf_counter() - t:.0f} s")
+    print(
+        f"\n{name} @ {size}: onnxruntime vs JAX max rel err {err:.2e}; export {t_export:.0f} s, "
+        f"check {time.perf_counter() - t:.0f} s"
+    )
     assert err <= RTOL

@@ -5,6 +5,7 @@ JSON, metrics and TensorBoard files) by STORAGE_EMULATOR_HOST, and tensorstore (
 writer) by TENSORSTORE_GCS_HTTP_URL; credentials are a fixed fake token, and the GCE metadata
 server is a dead loopback port, so nothing leaves the machine.
 """
+
 import json
 import os
 import signal
@@ -26,11 +27,11 @@ BUCKET = "mv-test"
 
 def emulator_env(url: str) -> dict:
     return {
-        "STORAGE_EMULATOR_HOST": url,            # gcsfs, google-cloud-storage
-        "TENSORSTORE_GCS_HTTP_URL": url,         # tensorstore (orbax)
+        "STORAGE_EMULATOR_HOST": url,  # gcsfs, google-cloud-storage
+        "TENSORSTORE_GCS_HTTP_URL": url,  # tensorstore (orbax)
         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "fake",  # tensorstore: no credential lookup
-        "GCE_METADATA_HOST": "127.0.0.1:9",      # google-auth: no metadata server
-        "GCE_METADATA_ROOT": "127.0.0.1:9",      # tensorstore: no metadata server
+        "GCE_METADATA_HOST": "127.0.0.1:9",  # google-auth: no metadata server
+        "GCE_METADATA_ROOT": "127.0.0.1:9",  # tensorstore: no metadata server
         "GCE_METADATA_IP": "127.0.0.1:9",
         # gcsfs's zonal-bucket probe speaks gRPC, which the emulator does not: it waits 60 s.
         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
@@ -43,9 +44,25 @@ def start_emulator(root, log):
     pipes it and never reads the pipe, so the server blocks once 64 KB of log accumulate."""
     port = portpicker.pick_unused_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-backend", "filesystem",
-                             "-filesystem-root", str(root), "-host", "127.0.0.1", "-port", str(port),
-                             "-external-url", url], stdout=subprocess.DEVNULL, stderr=log)
+    proc = subprocess.Popen(
+        [
+            str(_get_binary_path()),
+            "-scheme",
+            "http",
+            "-backend",
+            "filesystem",
+            "-filesystem-root",
+            str(root),
+            "-host",
+            "127.0.0.1",
+            "-port",
+            str(port),
+            "-external-url",
+            url,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -71,6 +88,7 @@ def gcs(tmp_path_factory):
     os.environ.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
     os.environ.update(env)
     import gcsfs
+
     fs = gcsfs.GCSFileSystem(token="anon", skip_instance_cache=True, use_listings_cache=False)
     fs.mkdir(BUCKET)
     try:
@@ -88,6 +106,7 @@ def gcs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     from mambavision_jax.data import build_digits
+
     d = str(tmp_path_factory.mktemp("tfds"))
     build_digits(d)
     return d
@@ -104,18 +123,30 @@ def test_train_in_a_bucket_killed_and_resumed_gives_the_same_losses(gcs, data_di
     the per-host iterator JSON, metrics.jsonl, config.json and TensorBoard land in the bucket; a
     run SIGKILLed mid-way resumes with the losses of an uninterrupted run."""
     env, fs = _env(gcs), gcs[1]
-    common = [f"--config.data.dir={data_dir}", "--config.total_steps=8", "--config.checkpoint_every_steps=3",
-              "--config.log_every_steps=1", "--config.eval_every_steps=8"]
+    common = [
+        f"--config.data.dir={data_dir}",
+        "--config.total_steps=8",
+        "--config.checkpoint_every_steps=3",
+        "--config.log_every_steps=1",
+        "--config.eval_every_steps=8",
+    ]
     ref = f"gs://{BUCKET}/ref"
-    out = subprocess.run(train_cmd(ref, *common), env=env, cwd=tmp_path, capture_output=True, text=True,
-                         timeout=900)
+    out = subprocess.run(
+        train_cmd(ref, *common), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     ref_losses = train_losses(fs.cat(f"{BUCKET}/ref/metrics.jsonl").decode())
     assert sorted(ref_losses) == list(range(1, 9))
 
     run = f"gs://{BUCKET}/run"
-    proc = subprocess.Popen(train_cmd(run, *common), env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        train_cmd(run, *common),
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     seen = []
     try:
         assert read_until(proc, "step 7/", seen), "".join(seen)
@@ -124,8 +155,9 @@ def test_train_in_a_bucket_killed_and_resumed_gives_the_same_losses(gcs, data_di
         proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL  # killed before the end
-    out = subprocess.run(train_cmd(run, *common), env=env, cwd=tmp_path, capture_output=True, text=True,
-                         timeout=900)
+    out = subprocess.run(
+        train_cmd(run, *common), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(l for l in out.stdout.splitlines() if l.startswith("resumed from"))
     assert line.startswith(f"resumed from {run}/checkpoints at step ")
@@ -136,8 +168,13 @@ def test_train_in_a_bucket_killed_and_resumed_gives_the_same_losses(gcs, data_di
         assert losses[s] == pytest.approx(ref_losses[s], rel=1e-6), s
 
     files = set(fs.find(f"{BUCKET}/run"))
-    for f in ("checkpoints/8/_CHECKPOINT_METADATA", "best/8/_CHECKPOINT_METADATA",
-              "checkpoints/data_state/8.0.json", "config.json", "metrics.jsonl"):
+    for f in (
+        "checkpoints/8/_CHECKPOINT_METADATA",
+        "best/8/_CHECKPOINT_METADATA",
+        "checkpoints/data_state/8.0.json",
+        "config.json",
+        "metrics.jsonl",
+    ):
         assert f"{BUCKET}/run/{f}" in files, f
     assert any("/run/tensorboard/events.out.tfevents." in f for f in files)
     config = json.loads(fs.cat(f"{BUCKET}/run/config.json"))
@@ -147,16 +184,24 @@ def test_train_in_a_bucket_killed_and_resumed_gives_the_same_losses(gcs, data_di
     assert not list(tmp_path.iterdir()), "a gs:// path was written to the local disk"
 
 
-TINY = {"dim": 16, "in_dim": 8, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1), "window_size": (2, 2, 2, 1)}
+TINY = {
+    "dim": 16,
+    "in_dim": 8,
+    "depths": (1, 1, 1, 1),
+    "num_heads": (1, 1, 1, 1),
+    "window_size": (2, 2, 2, 1),
+}
 
 
 def _tiny_model(seed):
     import mambavision_jax as mvj
+
     return mvj.create_model("mamba_vision_T", num_classes=10, rngs=nnx.Rngs(seed), **TINY)
 
 
 def test_convert_save_and_load_checkpoint_through_a_bucket(gcs):
     from mambavision_jax.convert import load_checkpoint, save_checkpoint
+
     fs = gcs[1]
     model = _tiny_model(3)
     model.eval()
@@ -173,6 +218,7 @@ def test_convert_save_and_load_checkpoint_through_a_bucket(gcs):
 
 def test_array_record_data_dir_in_a_bucket_is_refused_with_the_routes():
     from mambavision_jax.data import open_source
+
     with pytest.raises(ValueError, match=r"gs://b/tfds: ArrayRecord .* local disk .* gcsfuse"):
         open_source("mv_digits", "train", data_dir="gs://b/tfds")
 
@@ -180,6 +226,7 @@ def test_array_record_data_dir_in_a_bucket_is_refused_with_the_routes():
 def test_metric_writer_rewrites_whole_objects_in_a_bucket(gcs):
     """metrics.jsonl keeps earlier runs' rows and is replaced whole; TensorBoard is mirrored."""
     from mambavision_jax.train.metrics import MetricWriter
+
     fs = gcs[1]
     url = f"gs://{BUCKET}/mw"
     w = MetricWriter(url, 10)

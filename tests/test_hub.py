@@ -4,6 +4,7 @@ No network: the tests lay out a hub cache exactly as huggingface_hub does (blobs
 snapshots/<commit>/ with relative symlinks) from random-weight exports of a reduced model, and run
 with HF_HUB_OFFLINE=1.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +29,14 @@ pytest.importorskip("huggingface_hub")
 
 REPO = "nvidia/MambaVision-T-1K"
 COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
-SMALL = {"dim": 16, "in_dim": 8, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1),
-         "window_size": (2, 2, 2, 1), "num_classes": 10}
+SMALL = {
+    "dim": 16,
+    "in_dim": 8,
+    "depths": (1, 1, 1, 1),
+    "num_heads": (1, 1, 1, 1),
+    "window_size": (2, 2, 2, 1),
+    "num_classes": 10,
+}
 
 
 def _export(tmp: Path, seed: int) -> dict[str, bytes]:
@@ -107,7 +114,9 @@ def test_first_call_converts_second_loads_the_cache(hf_home, exports, images, mo
     calls = _count_conversions(monkeypatch)
     model = hub.from_pretrained(REPO)
     assert calls == [snapshot]
-    entry = hf_home / "mambavision_jax" / "models--nvidia--MambaVision-T-1K" / COMMIT_A / f"v{mvj.__version__}"
+    entry = (
+        hf_home / "mambavision_jax" / "models--nvidia--MambaVision-T-1K" / COMMIT_A / f"v{mvj.__version__}"
+    )
     assert (entry / "mambavision_jax.json").is_file() and (entry / "config.json").is_file()
     assert [p.name for p in entry.parent.iterdir()] == [entry.name]  # no temporary folder left behind
     direct = load_torch_checkpoint(snapshot)
@@ -117,9 +126,13 @@ def test_first_call_converts_second_loads_the_cache(hf_home, exports, images, mo
 
     # Second time: no download, no conversion, by name, by hub id, through load_checkpoint.
     _forbid_hub_and_conversion(monkeypatch)
-    for m in (hub.from_pretrained("mamba_vision_T"), hub.from_pretrained("hf-hub:" + REPO),
-              load_checkpoint(REPO), load_checkpoint(hub.resolve_weights(REPO)),
-              mvj.create_model("mamba_vision_T", pretrained=True)):
+    for m in (
+        hub.from_pretrained("mamba_vision_T"),
+        hub.from_pretrained("hf-hub:" + REPO),
+        load_checkpoint(REPO),
+        load_checkpoint(hub.resolve_weights(REPO)),
+        mvj.create_model("mamba_vision_T", pretrained=True),
+    ):
         np.testing.assert_array_equal(np.asarray(m(images)), want)
     assert hub.resolve_weights(REPO) == entry and hub.resolve_weights("w.safetensors") == "w.safetensors"
 
@@ -146,7 +159,9 @@ def test_num_classes_gives_a_fresh_head(hf_home, exports):
             np.testing.assert_array_equal(sd[k], full[k])
     # What the training config's init_from does with a hub id.
     again = to_torch_state_dict(load_checkpoint(REPO, "mamba_vision_T", num_classes=3))
-    np.testing.assert_array_equal(again["levels.3.blocks.0.mlp.fc1.weight"], full["levels.3.blocks.0.mlp.fc1.weight"])
+    np.testing.assert_array_equal(
+        again["levels.3.blocks.0.mlp.fc1.weight"], full["levels.3.blocks.0.mlp.fc1.weight"]
+    )
     feats = hub.create_pretrained("mamba_vision_T", features_only=True, out_indices=(3,))
     assert len(feats(np.zeros((1, 32, 32, 3), np.float32))) == 1
 
@@ -168,24 +183,51 @@ def _one_line_error(fn, match):
 
 
 def test_errors(hf_home, exports):
-    _one_line_error(lambda: hub.from_pretrained("mamba_vision_TT"), r"unknown model .*did you mean mamba_vision_T")
+    _one_line_error(
+        lambda: hub.from_pretrained("mamba_vision_TT"), r"unknown model .*did you mean mamba_vision_T"
+    )
     msg = _one_line_error(lambda: hub.from_pretrained("nvidia/MambaVision-S-1K"), "HF_HUB_OFFLINE")
     assert "`hf download nvidia/MambaVision-S-1K config.json model.safetensors`" in msg
-    _one_line_error(lambda: hub.from_pretrained("nvidia/MambaVision-T-1k-typo"), "did you mean nvidia/MambaVision-T-1K")
-    add_repo(hf_home / "hub", "someone/bert-base", COMMIT_A,
-             {"config.json": json.dumps({"model_type": "bert"}).encode(), "model.safetensors": exports[0]["model.safetensors"]})
-    _one_line_error(lambda: hub.from_pretrained("someone/bert-base"), r"not a MambaVision repo \(config.json model_type='bert'")
+    _one_line_error(
+        lambda: hub.from_pretrained("nvidia/MambaVision-T-1k-typo"), "did you mean nvidia/MambaVision-T-1K"
+    )
+    add_repo(
+        hf_home / "hub",
+        "someone/bert-base",
+        COMMIT_A,
+        {
+            "config.json": json.dumps({"model_type": "bert"}).encode(),
+            "model.safetensors": exports[0]["model.safetensors"],
+        },
+    )
+    _one_line_error(
+        lambda: hub.from_pretrained("someone/bert-base"),
+        r"not a MambaVision repo \(config.json model_type='bert'",
+    )
     add_repo(hf_home / "hub", REPO, COMMIT_A, exports[0])
     _one_line_error(lambda: hub.from_pretrained(REPO, revision="v9"), "HF_HUB_OFFLINE")
     _one_line_error(lambda: load_checkpoint(REPO, use_ema=True), "no EMA")
-    _one_line_error(lambda: load_checkpoint(REPO, "mamba_vision_B"), "holds mamba_vision_T, not mamba_vision_B")
+    _one_line_error(
+        lambda: load_checkpoint(REPO, "mamba_vision_B"), "holds mamba_vision_T, not mamba_vision_B"
+    )
 
 
-@pytest.mark.parametrize("spec, want", [
-    ("nvidia/MambaVision-T-1K", True), ("hf-hub:org/x", True), ("user/my.model_v2", True),
-    ("mamba_vision_T", False), ("ckpt/model.safetensors", False), ("runs/w.pth.tar", False),
-    ("gs://bucket/ckpt", False), ("/abs/path", False), ("./rel/x", False), ("a/b/c", False), (Path("a/b"), False),
-])
+@pytest.mark.parametrize(
+    "spec, want",
+    [
+        ("nvidia/MambaVision-T-1K", True),
+        ("hf-hub:org/x", True),
+        ("user/my.model_v2", True),
+        ("mamba_vision_T", False),
+        ("ckpt/model.safetensors", False),
+        ("runs/w.pth.tar", False),
+        ("gs://bucket/ckpt", False),
+        ("/abs/path", False),
+        ("./rel/x", False),
+        ("a/b/c", False),
+        (Path("a/b"), False),
+    ],
+)
 def test_is_hub_id(spec, want):
     assert hub.is_hub_id(spec) is want
 
@@ -214,13 +256,36 @@ def test_predict_cli_takes_a_hub_id_offline(tmp_path, exports):
     home = tmp_path / "hf"
     add_repo(home / "hub", REPO, COMMIT_A, exports[0])
     Image.fromarray(np.full((40, 48, 3), 90, np.uint8)).save(tmp_path / "x.png")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "MAMBAVISION_JAX"))}
-    env.update(HF_HOME=str(home), HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")]))
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "MAMBAVISION_JAX"))
+    }
+    env.update(
+        HF_HOME=str(home),
+        HF_HUB_OFFLINE="1",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")]),
+    )
+
     def run(weights):
-        return subprocess.run([sys.executable, "-m", "mambavision_jax.predict", str(tmp_path / "x.png"),
-                               "--weights", weights, "--json", "--image_size", "32"],
-                              env=env, capture_output=True, text=True, timeout=600, check=False)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mambavision_jax.predict",
+                str(tmp_path / "x.png"),
+                "--weights",
+                weights,
+                "--json",
+                "--image_size",
+                "32",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+
     ok = run(REPO)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert len(json.loads(ok.stdout)[0]["predictions"]) == 5

@@ -1,4 +1,5 @@
 """Model-level behaviour: parameter counts, dtypes, train mode, features, input checks."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +8,7 @@ import torch
 from flax import nnx
 
 import mambavision_jax as mvj
+
 from helpers import images
 from official import build_official, official_module
 
@@ -33,9 +35,13 @@ def test_parameter_count_equals_official(name, monkeypatch):
 
 def test_list_models():
     assert len(mvj.list_models()) == 11
-    assert mvj.list_models("*_21k") == ["mamba_vision_B_21k", "mamba_vision_L_21k",
-                                        "mamba_vision_L2_512_21k", "mamba_vision_L3_256_21k",
-                                        "mamba_vision_L3_512_21k"]
+    assert mvj.list_models("*_21k") == [
+        "mamba_vision_B_21k",
+        "mamba_vision_L_21k",
+        "mamba_vision_L2_512_21k",
+        "mamba_vision_L3_256_21k",
+        "mamba_vision_L3_512_21k",
+    ]
     cfg = mvj.pretrained_cfg("mamba_vision_L2_512_21k")
     assert (cfg.input_size, cfg.crop_pct, cfg.crop_mode) == ((3, 512, 512), 0.93, "squash")
 
@@ -47,8 +53,9 @@ def t_pair():
     return ref, model
 
 
-def _save(ref, _dir=[]):
+def _save(ref):
     import tempfile
+
     path = tempfile.mkdtemp() + "/t.pth.tar"
     torch.save({"state_dict": ref.state_dict()}, path)
     return path
@@ -81,8 +88,12 @@ def test_features_equal_official_stage_outputs(t_pair):
             down, level.downsample = level.downsample, None
             t_stage = level(t)
             level.downsample = down
-            np.testing.assert_allclose(np.asarray(f), t_stage.numpy().transpose(0, 2, 3, 1),
-                                       rtol=1e-4, atol=1e-4 * float(t_stage.abs().max()))
+            np.testing.assert_allclose(
+                np.asarray(f),
+                t_stage.numpy().transpose(0, 2, 3, 1),
+                rtol=1e-4,
+                atol=1e-4 * float(t_stage.abs().max()),
+            )
             t = t_stage if down is None else down(t_stage)
 
 
@@ -95,8 +106,9 @@ def test_create_model_features_only():
 
 
 def test_train_mode_has_finite_gradients_for_every_parameter():
-    model = mvj.create_model("mamba_vision_T", depths=(1, 1, 2, 2), num_classes=10,
-                             drop_path_rate=0.5, rngs=nnx.Rngs(0))
+    model = mvj.create_model(
+        "mamba_vision_T", depths=(1, 1, 2, 2), num_classes=10, drop_path_rate=0.5, rngs=nnx.Rngs(0)
+    )
     model.train()
     x = jnp.asarray(images(4, 64, 48))
     y = jnp.arange(4) % 10
@@ -119,6 +131,7 @@ def test_train_mode_has_finite_gradients_for_every_parameter():
 
 def test_batchnorm_train_mode_matches_torch():
     from mambavision_jax.models.layers import BatchNorm
+
     x = np.random.RandomState(0).randn(6, 5, 7, 4).astype(np.float32) * 3 + 1
     bn = BatchNorm(4, eps=1e-5, momentum=0.1)
     y = np.asarray(bn(jnp.asarray(x)))
@@ -131,10 +144,11 @@ def test_batchnorm_train_mode_matches_torch():
 
 def test_batchnorm_groups_use_per_group_statistics():
     from mambavision_jax.models.layers import BatchNorm
+
     x = np.random.RandomState(1).randn(8, 3, 3, 2).astype(np.float32)
     x[4:] += 10.0
     grouped = np.asarray(BatchNorm(2, num_groups=2)(jnp.asarray(x)))
-    halves = [np.asarray(BatchNorm(2)(jnp.asarray(x[i:i + 4]))) for i in (0, 4)]
+    halves = [np.asarray(BatchNorm(2)(jnp.asarray(x[i : i + 4]))) for i in (0, 4)]
     np.testing.assert_allclose(grouped, np.concatenate(halves), atol=1e-5)
 
 
@@ -148,12 +162,15 @@ def test_drop_path_is_random_in_train_and_off_in_eval():
     np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(model(x)))
 
 
-@pytest.mark.parametrize("shape, match", [
-    ((1, 31, 64, 3), "too small"),
-    ((1, 64, 64, 4), "channels"),
-    ((1, 3, 64, 64), "channels"),
-    ((64, 64, 3), "NHWC"),
-])
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        ((1, 31, 64, 3), "too small"),
+        ((1, 64, 64, 4), "channels"),
+        ((1, 3, 64, 64), "channels"),
+        ((64, 64, 3), "NHWC"),
+    ],
+)
 def test_bad_input_shapes(shape, match):
     model = mvj.create_model("mamba_vision_T", depths=(1, 1, 2, 1))
     with pytest.raises(ValueError, match=match):
@@ -175,8 +192,14 @@ def test_remat_gives_the_same_gradients():
     x = jnp.asarray(images(2, 64, 64))
 
     def grads(remat):
-        model = mvj.create_model("mamba_vision_T", depths=(1, 1, 2, 1), num_classes=5, remat=remat,
-                                 drop_path_rate=0.0, rngs=nnx.Rngs(0))
+        model = mvj.create_model(
+            "mamba_vision_T",
+            depths=(1, 1, 2, 1),
+            num_classes=5,
+            remat=remat,
+            drop_path_rate=0.0,
+            rngs=nnx.Rngs(0),
+        )
         model.train()
         return nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model)
 
@@ -224,8 +247,10 @@ def test_train_mode_gradients_equal_official(conv_impl):
     ref_grads = {k: p.grad.numpy() for k, p in ref.named_parameters()}
 
     model = mvj.create_model("mamba_vision_T", rngs=nnx.Rngs(0), conv_impl=conv_impl, **arch)
-    load_state_dict(model, {k: v.detach().numpy() for k, v in ref.state_dict().items()
-                            if not k.endswith("num_batches_tracked")})
+    load_state_dict(
+        model,
+        {k: v.detach().numpy() for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")},
+    )
     model.train()
     grads = nnx.grad(lambda m: jnp.sum(m(jnp.asarray(x)) * w))(model)
     holder = mvj.create_model("mamba_vision_T", rngs=nnx.Rngs(1), **arch)
@@ -240,7 +265,8 @@ def test_train_mode_gradients_equal_official(conv_impl):
     assert "levels.0.blocks.0.conv1.bias" in zero and len(zero) <= 6, sorted(zero)
     for k in zero:
         assert np.abs(ours[k]).max() < 1e-5 * scale, k
-    errs = {k: float(np.abs(ours[k] - g).max() / np.abs(g).max())
-            for k, g in ref_grads.items() if k not in zero}
+    errs = {
+        k: float(np.abs(ours[k] - g).max() / np.abs(g).max()) for k, g in ref_grads.items() if k not in zero
+    }
     worst = max(errs, key=errs.get)
     assert errs[worst] < 1e-4, (worst, errs[worst])

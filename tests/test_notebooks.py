@@ -5,6 +5,7 @@ weights saved and converted locally instead of the Hugging Face download, tiny m
 The kernel runs in a fresh temporary folder (its working directory), so nothing is written into
 the repository.
 """
+
 import json
 import os
 import re
@@ -29,16 +30,21 @@ def _run(name: str, cwd: Path, monkeypatch, compile_cache_env) -> nbformat.Noteb
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("TQDM_DISABLE", "1")
     nb = nbformat.read(COLAB / name, as_version=4)
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                            resources={"metadata": {"path": str(cwd)}})
+    client = NotebookClient(
+        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
+    )
     client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
     return nb
 
 
 def _stdout(nb) -> str:
-    return "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
-                   for out in cell.get("outputs", [])
-                   if out.get("output_type") == "stream" and out.get("name") == "stdout")
+    return "".join(
+        out.get("text", "")
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "stream" and out.get("name") == "stdout"
+    )
 
 
 @pytest.mark.parametrize("name", ["inference.ipynb", "finetune.ipynb", "tpu_training.ipynb"])

@@ -13,8 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mambavision_jax.ops import default_impl, dispatch, pallas_common, pallas_gpu, pallas_tpu
-from mambavision_jax.ops import selective_scan
+from mambavision_jax.ops import default_impl, dispatch, pallas_common, pallas_gpu, pallas_tpu, selective_scan
 
 PALLAS_IMPLS = ("pallas_gpu", "pallas_tpu")
 ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
@@ -206,7 +205,8 @@ def _batch_mesh():
 
 def _scan_shardings(mesh):
     """(u, delta, A, B, C, D, delta_bias): sequences over the batch axes, parameters replicated."""
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     seq, rep = NamedSharding(mesh, P(("data", "fsdp"))), NamedSharding(mesh, P())
     return (seq, seq, rep, seq, seq, rep, rep)
@@ -246,8 +246,10 @@ def test_kernel_mesh_gives_each_device_its_share_of_the_batch():
     mesh = _batch_mesh()
     b, l, d, n = 2 * mesh.size, 20, 64, 8
     shapes = ((b, l, d), (b, l, d), (d, n), (b, l, n), (b, l, n), (d,), (d,))
-    args = [jax.ShapeDtypeStruct(shape, jnp.float32, sharding=s)
-            for shape, s in zip(shapes, _scan_shardings(mesh))]
+    args = [
+        jax.ShapeDtypeStruct(shape, jnp.float32, sharding=s)
+        for shape, s in zip(shapes, _scan_shardings(mesh))
+    ]
 
     def triton_batch(fn):
         (call,) = [x for x in _lower(fn, args, "cuda").splitlines() if "xla.gpu.triton" in x]
@@ -260,7 +262,8 @@ def test_kernel_mesh_gives_each_device_its_share_of_the_batch():
     with dispatch.kernel_mesh(mesh):
         u = jnp.ones((3, l, d))
         jaxpr = jax.make_jaxpr(lambda *a: selective_scan(*a, True, impl="pallas_gpu", interpret=True))(
-            u, u, jnp.ones((d, n)) * -1, jnp.ones((3, l, n)), jnp.ones((3, l, n)), None, None)
+            u, u, jnp.ones((d, n)) * -1, jnp.ones((3, l, n)), jnp.ones((3, l, n)), None, None
+        )
     assert "shard_map" not in str(jaxpr)
 
 

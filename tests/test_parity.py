@@ -3,11 +3,12 @@
 Random weights, BatchNorm statistics, layer scales, A_log and D; batch > 1; non-square sizes that
 are not multiples of the windows; float32 at the highest matmul precision.
 """
+
 import pytest
 
 import mambavision_jax as mvj
-from helpers import (images, jax_logits, official_logits, rel_err, save_official_hf,
-                     save_official_pth)
+
+from helpers import images, jax_logits, official_logits, rel_err, save_official_hf, save_official_pth
 from official import build_official
 
 TOL = 1e-5
@@ -19,8 +20,12 @@ CASES = [
     pytest.param("mamba_vision_T2", {}, (2, 75, 64), id="T2-odd-depth-split"),
     pytest.param("mamba_vision_B", {"depths": REDUCED}, (2, 70, 101), id="B-layer-scale"),
     pytest.param("mamba_vision_L", {"depths": [1, 1, 2, 1]}, (2, 65, 96), id="L-head-dim-49"),
-    pytest.param("mamba_vision_L2_512_21k", {"depths": [1, 1, 3, 1], "dim": 64, "in_dim": 32},
-                 (2, 200, 150), id="L2-512-windows-32-16"),
+    pytest.param(
+        "mamba_vision_L2_512_21k",
+        {"depths": [1, 1, 3, 1], "dim": 64, "in_dim": 32},
+        (2, 200, 150),
+        id="L2-512-windows-32-16",
+    ),
     pytest.param("mamba_vision_B", {}, (2, 111, 97), id="B-full", marks=pytest.mark.slow),
     pytest.param("mamba_vision_L", {}, (2, 97, 111), id="L-full", marks=pytest.mark.slow),
     pytest.param("mamba_vision_L2_512_21k", {}, (1, 257, 190), id="L2-512-full", marks=pytest.mark.slow),
@@ -30,11 +35,19 @@ CASES = [
 
 def _hf_config(name, overrides):
     a = dict(mvj.models.model_args(name), **overrides)
-    return {"architectures": ["MambaVisionModelForImageClassification"], "model_type": "mambavision",
-            "dim": a["dim"], "in_dim": a["in_dim"], "depths": list(a["depths"]),
-            "num_heads": list(a["num_heads"]), "window_size": list(a["window_size"]), "mlp_ratio": 4,
-            "drop_path_rate": a["drop_path_rate"], "layer_scale": a.get("layer_scale"),
-            "layer_scale_conv": None}
+    return {
+        "architectures": ["MambaVisionModelForImageClassification"],
+        "model_type": "mambavision",
+        "dim": a["dim"],
+        "in_dim": a["in_dim"],
+        "depths": list(a["depths"]),
+        "num_heads": list(a["num_heads"]),
+        "window_size": list(a["window_size"]),
+        "mlp_ratio": 4,
+        "drop_path_rate": a["drop_path_rate"],
+        "layer_scale": a.get("layer_scale"),
+        "layer_scale_conv": None,
+    }
 
 
 @pytest.mark.parametrize("name, overrides, shape", CASES)

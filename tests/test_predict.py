@@ -1,4 +1,5 @@
 """predict and the robust image reader."""
+
 from __future__ import annotations
 
 import io
@@ -12,8 +13,8 @@ from PIL import Image
 import mambavision_jax as mvj
 from mambavision_jax import cli
 from mambavision_jax import predict as pr
-from mambavision_jax.inference import resolve_preprocessing
 from mambavision_jax.images import ImageReadError, ImageTooLargeError, load_image
+from mambavision_jax.inference import resolve_preprocessing
 
 SIZE = 64
 
@@ -45,7 +46,7 @@ def test_grayscale_palette_and_rgb(tmp_path):
     assert p.mode == "RGB" and p.size == (30, 20)
     Image.fromarray(arr).save(tmp_path / "rgb.png")
     np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "rgb.png")), arr)
-    Image.fromarray((arr[..., 0] > 128)).save(tmp_path / "bw.png")  # mode "1"
+    Image.fromarray(arr[..., 0] > 128).save(tmp_path / "bw.png")  # mode "1"
     assert set(np.unique(np.asarray(load_image(tmp_path / "bw.png")))) <= {0, 255}
 
 
@@ -168,8 +169,9 @@ def test_predict_matches_the_model_on_the_preprocessed_array(model, tmp_path, ca
         np.testing.assert_allclose([r["prob"] for r in o["predictions"]], p[want], rtol=1e-4)
 
     # The Python API on paths, PIL images and arrays: the same classes.
-    got = pr.predict(model, [files[0], Image.open(files[1]), np.asarray(load_image(files[2]))],
-                     preprocessing=pre)
+    got = pr.predict(
+        model, [files[0], Image.open(files[1]), np.asarray(load_image(files[2]))], preprocessing=pre
+    )
     for g, p in zip(got, probs):
         assert [i for i, _, _ in g] == np.argsort(-p)[:5].tolist()
         assert g[0][1] == names[g[0][0]] and g[0][2] == pytest.approx(p.max(), rel=1e-4)

@@ -1,6 +1,7 @@
 """Preemption: SIGTERM to one process of a 2-process run; every process stops after the same step,
 checkpoints it and exits with EXIT_PREEMPTED; the same command resumes with no step lost or
 repeated, and the losses equal an uninterrupted run's step for step."""
+
 import os
 import re
 import signal
@@ -13,13 +14,18 @@ from train_runs import read_until, train_cmd, train_env, train_losses
 from mambavision_jax.train.preemption import EXIT_PREEMPTED, PreemptionWatcher
 
 TOTAL = 16
-COMMON = [f"--config.total_steps={TOTAL}", "--config.log_every_steps=1", "--config.checkpoint_every_steps=100",
-          "--config.eval_every_steps=100"]
+COMMON = [
+    f"--config.total_steps={TOTAL}",
+    "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=100",
+    "--config.eval_every_steps=100",
+]
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     from mambavision_jax.data import build_digits
+
     d = str(tmp_path_factory.mktemp("tfds"))
     build_digits(d)
     return d
@@ -30,11 +36,20 @@ def _launch(workdir, data_dir, logs):
     port = portpicker.pick_unused_port()
     procs = []
     for i in range(2):
-        cmd = train_cmd(workdir, f"--config.data.dir={data_dir}", *COMMON, f"--coordinator=127.0.0.1:{port}",
-                        "--num_processes=2", f"--process_id={i}")
+        cmd = train_cmd(
+            workdir,
+            f"--config.data.dir={data_dir}",
+            *COMMON,
+            f"--coordinator=127.0.0.1:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
+        )
         out = subprocess.PIPE if i == 0 else open(logs / f"out{i}.txt", "w")
-        procs.append(subprocess.Popen(cmd, env=train_env(2), stdout=out, text=True,
-                                      stderr=open(logs / f"err{i}.txt", "w")))
+        procs.append(
+            subprocess.Popen(
+                cmd, env=train_env(2), stdout=out, text=True, stderr=open(logs / f"err{i}.txt", "w")
+            )
+        )
     return procs
 
 

@@ -1,4 +1,5 @@
 """Eval preprocessing and training augmentation against timm (the official pipeline's library)."""
+
 from __future__ import annotations
 
 import io
@@ -24,9 +25,11 @@ from mambavision_jax.data.transforms import (
 
 def _timm():
     # The PyPI torchvision is a CUDA build whose fake-op registrations fail beside the CPU torch.
-    sys.modules.setdefault("torchvision._meta_registrations",
-                           types.ModuleType("torchvision._meta_registrations"))
+    sys.modules.setdefault(
+        "torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations")
+    )
     import timm.data
+
     return timm.data
 
 
@@ -36,7 +39,7 @@ def _photo(w: int, h: int, seed: int = 0) -> np.ndarray:
     r = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     img = np.stack([xx / w * 255, yy / h * 255, (xx + yy) / (w + h) * 255], -1)
-    img[h // 4: h // 2, w // 3: w // 2] = (250, 20, 60)
+    img[h // 4 : h // 2, w // 3 : w // 2] = (250, 20, 60)
     img += r.normal(0, 25, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
@@ -56,18 +59,25 @@ def test_eval_transform_matches_timm(fmt, size_wh):
     img = _encoded(_photo(*size_wh), fmt)
     for crop_mode in ("center", "squash"):
         for crop_pct in (0.875, 1.0, 0.93):
-            cfg = timm_data.resolve_data_config({"input_size": (3, 224, 224), "crop_pct": crop_pct,
-                                                 "crop_mode": crop_mode, "interpolation": "bicubic",
-                                                 "mean": IMAGENET_DEFAULT_MEAN,
-                                                 "std": IMAGENET_DEFAULT_STD})
+            cfg = timm_data.resolve_data_config(
+                {
+                    "input_size": (3, 224, 224),
+                    "crop_pct": crop_pct,
+                    "crop_mode": crop_mode,
+                    "interpolation": "bicubic",
+                    "mean": IMAGENET_DEFAULT_MEAN,
+                    "std": IMAGENET_DEFAULT_STD,
+                }
+            )
             assert cfg["crop_pct"] == crop_pct and cfg["crop_mode"] == crop_mode
             ref = timm_data.create_transform(**cfg, is_training=False)(img).numpy().transpose(1, 2, 0)
             ours = eval_transform(img, 224, crop_pct, crop_mode)
             assert ours.shape == (224, 224, 3) and ours.dtype == np.float32
             # Same PIL resize and crop, same float32 ops: expect bit equality. 1e-6 is far below
             # one uint8 level (1 / 255 / 0.229 = 0.017), so any pixel difference would fail.
-            np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6,
-                                       err_msg=f"{fmt} {size_wh} {crop_mode} {crop_pct}")
+            np.testing.assert_allclose(
+                ours, ref, rtol=0, atol=1e-6, err_msg=f"{fmt} {size_wh} {crop_mode} {crop_pct}"
+            )
 
 
 def test_eval_transform_accepts_arrays_and_bytes():
@@ -94,23 +104,28 @@ def test_rand_augment_ops_match_timm(name, monkeypatch):
     img = _encoded(_photo(61, 47, seed=3), "PNG")
     fill = tuple(min(255, round(255 * m)) for m in IMAGENET_DEFAULT_MEAN)
     hparams = {"translate_const": 100, "img_mean": fill}
-    resamples = ((Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)
-                 if name in ra._GEOMETRIC else (Image.Resampling.BICUBIC,))
+    resamples = (
+        (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)
+        if name in ra._GEOMETRIC
+        else (Image.Resampling.BICUBIC,)
+    )
     for magnitude in (0.0, 3.7, 9.0, 10.0):
         if name.startswith("Posterize") and ra.op_args(name, magnitude)[0] <= 0:
             continue  # 0 bits: Pillow 13 raises inside timm; tested below
-        for negate in ((False, True) if name in ra.SIGNED_OPS else (False,)):
+        for negate in (False, True) if name in ra.SIGNED_OPS else (False,):
             # timm negates when random.random() > 0.5
-            monkeypatch.setattr(random, "random", lambda: 1.0 if negate else 0.0)
+            monkeypatch.setattr(random, "random", lambda: 1.0 if negate else 0.0)  # noqa: B023 - used in this iteration
             args = taa.LEVEL_TO_ARG[name](magnitude, hparams) if taa.LEVEL_TO_ARG[name] else ()
             monkeypatch.undo()
             assert args == ra.op_args(name, magnitude, negate, hparams)
             for resample in resamples:
                 ref = taa.NAME_TO_OP[name](img, *args, fillcolor=fill, resample=resample)
-                ours = ra.apply_op(img, name, magnitude, negate=negate, resample=resample, fill=fill,
-                                   hparams=hparams)
-                np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref),
-                                              err_msg=f"{name} m={magnitude} neg={negate}")
+                ours = ra.apply_op(
+                    img, name, magnitude, negate=negate, resample=resample, fill=fill, hparams=hparams
+                )
+                np.testing.assert_array_equal(
+                    np.asarray(ours), np.asarray(ref), err_msg=f"{name} m={magnitude} neg={negate}"
+                )
 
 
 def test_posterize_zero_bits_is_black():
@@ -122,17 +137,27 @@ def test_posterize_zero_bits_is_black():
 def test_rand_augment_config_parsing():
     t = ra.rand_augment_transform("rand-m9-mstd0.5-inc1")
     assert (t.ops, t.num_layers, t.magnitude, t.magnitude_std, t.prob) == (
-        ra.RAND_INCREASING_TRANSFORMS, 2, 9.0, 0.5, 0.5)
+        ra.RAND_INCREASING_TRANSFORMS,
+        2,
+        9.0,
+        0.5,
+        0.5,
+    )
     t = ra.rand_augment_transform("rand-m7-n3-mstd101-p0.7")
     assert (t.ops, t.num_layers, t.magnitude, t.magnitude_std, t.prob) == (
-        ra.RAND_TRANSFORMS, 3, 7.0, float("inf"), 0.7)
+        ra.RAND_TRANSFORMS,
+        3,
+        7.0,
+        float("inf"),
+        0.7,
+    )
 
 
 def test_rand_augment_outputs_valid_images():
     t = ra.rand_augment_transform("rand-m9-mstd0.5-inc1", fill=(124, 116, 104), translate_const=100)
     rng = np.random.default_rng(0)
     changed = 0
-    for i in range(40):
+    for _ in range(40):
         w, h = int(rng.integers(16, 90)), int(rng.integers(16, 90))
         img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         out = t(img, rng)
@@ -155,7 +180,9 @@ def test_random_erasing_pixel_mode():
         box = np.abs(out).sum(-1) > 0
         rows, cols = np.where(box.any(1))[0], np.where(box.any(0))[0]
         # one filled axis-aligned rectangle
-        assert box[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all() and box.sum() == rows.size * cols.size
+        assert (
+            box[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all() and box.sum() == rows.size * cols.size
+        )
         fractions.append(box.mean())
         values.append(out[box])
     # area fraction in [0.02, 1/3] up to rounding of the box sides
@@ -242,7 +269,7 @@ def test_erasing_boxes_equal_timm_random_erasing(monkeypatch, count):
         assert boxes.shape == (count, 4) and boxes.dtype == np.int32
         ours = np.zeros((h, w), bool)
         for top, left, bh, bw in boxes:
-            ours[top:top + bh, left:left + bw] = True
+            ours[top : top + bh, left : left + bw] = True
         np.testing.assert_array_equal(ours, ref)
         erased += ours.any()
     assert 15 < erased < 35  # probability 0.6
@@ -307,7 +334,9 @@ def test_train_augment_is_train_transform_before_normalisation():
         aug = TrainAugConfig(re_prob=0.0)
         u = train_augment(img, np.random.default_rng(seed), 96, aug)
         assert u.dtype == np.uint8 and u.shape == (96, 96, 3)
-        np.testing.assert_array_equal(normalize(u), train_transform(img, np.random.default_rng(seed), 96, aug))
+        np.testing.assert_array_equal(
+            normalize(u), train_transform(img, np.random.default_rng(seed), 96, aug)
+        )
 
 
 @pytest.mark.parametrize("size_wh", [(333, 250), (250, 333)])
@@ -318,8 +347,14 @@ def test_eval_crop_uint8_matches_timm_prefetcher_transform(size_wh):
 
     img = _encoded(_photo(*size_wh), "JPEG")
     for crop_mode, crop_pct in (("center", 0.875), ("squash", 0.93)):
-        t = timm_data.create_transform(input_size=(3, 224, 224), crop_pct=crop_pct, crop_mode=crop_mode,
-                                       interpolation="bicubic", is_training=False, use_prefetcher=True)
+        t = timm_data.create_transform(
+            input_size=(3, 224, 224),
+            crop_pct=crop_pct,
+            crop_mode=crop_mode,
+            interpolation="bicubic",
+            is_training=False,
+            use_prefetcher=True,
+        )
         ref = np.asarray(t(img))
         ref = ref.transpose(1, 2, 0) if ref.shape[0] == 3 else ref
         ours = eval_crop_uint8(img, 224, crop_pct, crop_mode)
@@ -345,7 +380,8 @@ def test_fast_decode_is_exact_unless_the_crop_shrinks_2x():
     Image.fromarray(_photo(640, 500)).save(png, format="PNG")  # not a JPEG: the exact path
     np.testing.assert_array_equal(
         train_augment(png.getvalue(), np.random.default_rng(0), 96, TrainAugConfig(fast_decode=True)),
-        train_augment(png.getvalue(), np.random.default_rng(0), 96))
+        train_augment(png.getvalue(), np.random.default_rng(0), 96),
+    )
 
 
 def test_fast_decode_reduced_crops_stay_close_to_exact():

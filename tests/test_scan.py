@@ -106,9 +106,7 @@ def test_bf16_inputs(impl):
     assert y.dtype == jnp.bfloat16 and y.shape == u.shape
     # Reference on the (already bf16-rounded) inputs in float64: the only error left is the final
     # bf16 rounding of y (float32 accumulation inside), i.e. ~2^-8 relative.
-    ref = reference_scan(
-        *(np.asarray(x.astype(jnp.float32)) for x in (u, delta, A, B, C, D, bias)), True
-    )
+    ref = reference_scan(*(np.asarray(x.astype(jnp.float32)) for x in (u, delta, A, B, C, D, bias)), True)
     err = np.abs(np.asarray(y, np.float64) - ref)
     assert np.all(err <= 2**-8 * np.abs(ref) + 1e-3 * np.max(np.abs(ref))), err.max()
 

@@ -1,4 +1,5 @@
 """Training: sharding equivalence, multi-process, kill/resume, configs and bad input."""
+
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from mambavision_jax.train.optim import make_optimizer
 from mambavision_jax.train.schedule import make_schedule
 from mambavision_jax.train.state import create_train_state, graphdefs
 from mambavision_jax.train.steps import make_train_step
+
 from small_train_config import get_config as small_config
 from small_train_config import load_repo_config as _load_config
 
@@ -29,6 +31,7 @@ CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_files_are_valid(name):
     from mambavision_jax.train.config import validate
+
     c = _load_config(name)
     validate(c)
     with pytest.raises(AttributeError):
@@ -37,8 +40,18 @@ def test_config_files_are_valid(name):
 
 def test_official_recipe_values():
     t, b, l = _load_config("tiny"), _load_config("base"), _load_config("large")
-    assert (t.batch_size, t.optimizer.name, t.optimizer.lr, t.optimizer.weight_decay) == (4096, "lamb", 5e-3, 0.05)
-    assert (t.schedule.warmup_epochs, t.schedule.min_lr, t.schedule.cooldown_epochs, t.ema.decay) == (20, 5e-6, 10, 0.9998)
+    assert (t.batch_size, t.optimizer.name, t.optimizer.lr, t.optimizer.weight_decay) == (
+        4096,
+        "lamb",
+        5e-3,
+        0.05,
+    )
+    assert (t.schedule.warmup_epochs, t.schedule.min_lr, t.schedule.cooldown_epochs, t.ema.decay) == (
+        20,
+        5e-6,
+        10,
+        0.9998,
+    )
     assert (t.mesa.weight, b.mesa.weight, b.mesa.start_ratio, l.mesa.weight) == (0.5, 1.0, 0.3, 6.0)
     assert (b.schedule.warmup_epochs, b.optimizer.weight_decay, l.optimizer.weight_decay) == (35, 0.075, 0.12)
     assert t.data.auto_augment == "rand-m9-mstd0.5-inc1" and t.data.re_prob == 0.25
@@ -50,8 +63,11 @@ def _run_steps(config, mesh, batches, n_classes=10):
     tx = make_optimizer(config, steps_per_epoch, schedule=schedule)
     train_gd, eval_gd = graphdefs(config, n_classes, 1)
     state, shardings = create_train_state(config, n_classes, 1, tx, mesh)
-    step = jax.jit(make_train_step(config, train_gd, eval_gd, tx, schedule, n_classes, steps_per_epoch, 1),
-                   in_shardings=(shardings, shd.batch_sharding(mesh)), out_shardings=(shardings, shd.replicated(mesh)))
+    step = jax.jit(
+        make_train_step(config, train_gd, eval_gd, tx, schedule, n_classes, steps_per_epoch, 1),
+        in_shardings=(shardings, shd.batch_sharding(mesh)),
+        out_shardings=(shardings, shd.replicated(mesh)),
+    )
     losses = []
     for b in batches:
         state, m = step(state, shd.global_batch(b, mesh))
@@ -72,8 +88,10 @@ def test_eight_devices_data_fsdp_equal_one_device(tmp_path, optimizer):
     # between device layouts. A large eps damps that noise and leaves the real updates intact.
     c.optimizer.name, c.optimizer.eps = optimizer, 1e-3
     rs = np.random.RandomState(0)
-    batches = [{"image": rs.randn(16, 32, 32, 3).astype(np.float32), "label": rs.randint(0, 10, 16).astype(np.int32)}
-               for _ in range(3)]
+    batches = [
+        {"image": rs.randn(16, 32, 32, 3).astype(np.float32), "label": rs.randint(0, 10, 16).astype(np.int32)}
+        for _ in range(3)
+    ]
     one, l1, _ = _run_steps(c, shd.make_mesh(1, 1, jax.devices()[:1]), batches)
     eight, l8, shardings = _run_steps(c, shd.make_mesh(4, 2), batches)
     specs = [s.spec for s in jax.tree.leaves(shardings.params)]
@@ -86,6 +104,7 @@ def test_eight_devices_data_fsdp_equal_one_device(tmp_path, optimizer):
 
     # A checkpoint written from the 8-device FSDP layout restores onto 1 device.
     from mambavision_jax.train.checkpoint import Checkpointer
+
     ckpt = Checkpointer(tmp_path)
     ckpt.save(3, eight)
     ckpt.wait()
@@ -95,16 +114,21 @@ def test_eight_devices_data_fsdp_equal_one_device(tmp_path, optimizer):
     assert data_state is None and int(restored.step) == 3
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(eight)):
         assert a.sharding.num_devices == 1
-        np.testing.assert_array_equal(np.asarray(jax.random.key_data(a) if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else a),
-                                      np.asarray(jax.random.key_data(b) if jax.dtypes.issubdtype(b.dtype, jax.dtypes.prng_key) else b))
+        np.testing.assert_array_equal(
+            np.asarray(jax.random.key_data(a) if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else a),
+            np.asarray(jax.random.key_data(b) if jax.dtypes.issubdtype(b.dtype, jax.dtypes.prng_key) else b),
+        )
 
 
 def test_nan_loss_stops_and_names_the_step(tmp_path):
     class FakeCkpt:
         def latest_step(self):
             return 40
-    rows = [{"loss": jnp.float32(1.0), "lr": jnp.float32(1e-3), "grad_norm": jnp.float32(1.0)},
-            {"loss": jnp.float32(np.nan), "lr": jnp.float32(1e-3), "grad_norm": jnp.float32(1.0)}]
+
+    rows = [
+        {"loss": jnp.float32(1.0), "lr": jnp.float32(1e-3), "grad_norm": jnp.float32(1.0)},
+        {"loss": jnp.float32(np.nan), "lr": jnp.float32(1e-3), "grad_norm": jnp.float32(1.0)},
+    ]
     with pytest.raises(NonFiniteLossError, match=r"nan at step 50.*checkpoint \(step 40\) is kept"):
         _flush(rows, 50, 10, Throughput(0, 100, 8), _NullWriter(), FakeCkpt())
 
@@ -113,21 +137,35 @@ def test_non_finite_weights_stop_before_a_save_and_say_there_is_no_checkpoint():
     class NoCkpt:
         def latest_step(self):
             return None
-    rows = [{"loss": jnp.float32(1.0), "finite": jnp.bool_(True)},
-            {"loss": jnp.float32(1.5), "finite": jnp.bool_(False)}]
-    with pytest.raises(NonFiniteLossError, match=r"weights stopped being finite \(loss 1.5\) at step 12; "
-                       r"stopping. No checkpoint had been written yet"):
+
+    rows = [
+        {"loss": jnp.float32(1.0), "finite": jnp.bool_(True)},
+        {"loss": jnp.float32(1.5), "finite": jnp.bool_(False)},
+    ]
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"weights stopped being finite \(loss 1.5\) at step 12; "
+        r"stopping. No checkpoint had been written yet",
+    ):
         _check_finite(rows, 12, NoCkpt())
 
 
 def _all_finite_checkpoints(directory):
     """Every orbax step folder under `directory`, restored: (step, all parameters finite)."""
     import orbax.checkpoint as ocp
+
     out = []
     for d in sorted(Path(directory).glob("[0-9]*")):
         tree = ocp.StandardCheckpointer().restore(d / "default")
-        out.append((int(d.name), all(bool(np.all(np.isfinite(np.asarray(x))))
-                                     for x in jax.tree.leaves((tree["params"], tree["ema_params"])))))
+        out.append(
+            (
+                int(d.name),
+                all(
+                    bool(np.all(np.isfinite(np.asarray(x))))
+                    for x in jax.tree.leaves((tree["params"], tree["ema_params"]))
+                ),
+            )
+        )
     return out
 
 
@@ -136,6 +174,7 @@ def test_exploding_run_never_saves_a_non_finite_state(tmp_path, digits_dir, case
     """lr=1e10 blows the weights up within a few steps: the run stops naming a real step (or
     saying there is no checkpoint), and checkpoints/ and best/ hold only finite weights."""
     from mambavision_jax.train import train_and_evaluate
+
     c = small_config()
     c.data.dir, c.total_steps, c.optimizer.lr = digits_dir, 6, 1e10
     if case == "checkpoint_every_step":
@@ -171,15 +210,28 @@ class _NullWriter:
 @pytest.fixture
 def train_env(compile_cache_env):
     """The environment of a train.py subprocess with `devices` host devices."""
+
     def env(devices: int):
-        return {**os.environ, **compile_cache_env, "PYTHONPATH": str(ROOT),
-                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        return {
+            **os.environ,
+            **compile_cache_env,
+            "PYTHONPATH": str(ROOT),
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        }
+
     return env
 
 
 def _train_cmd(workdir, *overrides):
-    return [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "tests" / "small_train_config.py"),
-            "--workdir", str(workdir), *overrides]
+    return [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--config",
+        str(ROOT / "tests" / "small_train_config.py"),
+        "--workdir",
+        str(workdir),
+        *overrides,
+    ]
 
 
 def _losses(workdir):
@@ -188,17 +240,26 @@ def _losses(workdir):
 
 
 def test_kill_and_resume_gives_the_same_losses(tmp_path, digits_dir, train_env):
-    common = [f"--config.data.dir={digits_dir}", "--config.total_steps=10",
-              "--config.checkpoint_every_steps=3",
-              "--config.log_every_steps=1", "--config.eval_every_steps=100"]
+    common = [
+        f"--config.data.dir={digits_dir}",
+        "--config.total_steps=10",
+        "--config.checkpoint_every_steps=3",
+        "--config.log_every_steps=1",
+        "--config.eval_every_steps=100",
+    ]
     ref = tmp_path / "ref"
     subprocess.run(_train_cmd(ref, *common), check=True, env=train_env(2), capture_output=True, timeout=600)
 
     # SIGKILL as soon as the run reports step 7 (checkpoint 6 was requested; three steps remain), read
     # from its own stdout: no polling interval for the run to outpace.
     run = tmp_path / "run"
-    proc = subprocess.Popen(_train_cmd(run, *common), env={**train_env(2), "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _train_cmd(run, *common),
+        env={**train_env(2), "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         lines = []
         for line in proc.stdout:
@@ -213,8 +274,9 @@ def test_kill_and_resume_gives_the_same_losses(tmp_path, digits_dir, train_env):
         proc.wait()
     assert max(_losses(run)) < 10, "the run finished before it was killed"
 
-    out = subprocess.run(_train_cmd(run, *common), check=True, env=train_env(2), capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+        _train_cmd(run, *common), check=True, env=train_env(2), capture_output=True, text=True, timeout=600
+    )
     # The resumed run starts from the newest checkpoint that was complete at the kill: 6, or 3 when
     # the kill interrupted the asynchronous write of 6.
     resumed_from = int(re.search(r"resumed from \S+ at step (\d+)", out.stdout).group(1))
@@ -228,18 +290,35 @@ def test_kill_and_resume_gives_the_same_losses(tmp_path, digits_dir, train_env):
 
 def test_two_processes_train_evaluate_and_checkpoint(tmp_path, digits_dir, train_env):
     import portpicker
+
     port = portpicker.pick_unused_port()
     workdir = tmp_path / "mp"
-    procs = [subprocess.Popen(
-        _train_cmd(workdir, f"--config.data.dir={digits_dir}", "--config.total_steps=4",
-                   "--config.checkpoint_every_steps=2", "--config.eval_every_steps=4",
-                   "--config.log_every_steps=2", f"--coordinator=127.0.0.1:{port}",
-                   "--num_processes=2", f"--process_id={i}"),
-        env=train_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            _train_cmd(
+                workdir,
+                f"--config.data.dir={digits_dir}",
+                "--config.total_steps=4",
+                "--config.checkpoint_every_steps=2",
+                "--config.eval_every_steps=4",
+                "--config.log_every_steps=2",
+                f"--coordinator=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            env=train_env(2),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
-    shards = [json.loads(next(l for l in o.splitlines() if l.startswith("data shard "))[len("data shard "):])
-              for o in outs]
+    shards = [
+        json.loads(next(l for l in o.splitlines() if l.startswith("data shard "))[len("data shard ") :])
+        for o in outs
+    ]
     assert shards[0]["process"] == 0 and shards[1]["process"] == 1
     assert shards[0]["end"] <= shards[1]["start"]  # disjoint example ranges
     assert "4 devices" in outs[0]
@@ -250,32 +329,56 @@ def test_two_processes_train_evaluate_and_checkpoint(tmp_path, digits_dir, train
     assert (workdir / "checkpoints" / "data_state" / "4.1.json").is_file()
     # the whole architecture, for readers of the run (the digits have 10 classes)
     arch = json.loads((workdir / "model_config.json").read_text())
-    assert arch == dict(dim=16, in_dim=8, depths=[1, 1, 2, 2], num_heads=[1, 2, 2, 4],
-                        window_size=[4, 4, 2, 1], mlp_ratio=4.0, drop_path_rate=0.1, layer_scale=None,
-                        layer_scale_conv=None, in_chans=3, num_classes=10, name="mamba_vision_T")
+    assert arch == dict(
+        dim=16,
+        in_dim=8,
+        depths=[1, 1, 2, 2],
+        num_heads=[1, 2, 2, 4],
+        window_size=[4, 4, 2, 1],
+        mlp_ratio=4.0,
+        drop_path_rate=0.1,
+        layer_scale=None,
+        layer_scale_conv=None,
+        in_chans=3,
+        num_classes=10,
+        name="mamba_vision_T",
+    )
 
 
 def test_unknown_config_field_is_an_error(tmp_path, train_env):
-    out = subprocess.run(_train_cmd(tmp_path, "--config.no_such_field=1"), env=train_env(1),
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        _train_cmd(tmp_path, "--config.no_such_field=1"),
+        env=train_env(1),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0 and "no_such_field" in out.stderr
 
 
-@pytest.mark.parametrize("override,message", [
-    ("--config.optimizer.lrr=1", "error: unknown config field config.optimizer.lrr; did you mean config.optimizer.lr?"),
-    ("--config.foo=1", "error: unknown config field config.foo; the fields of config are batch_size, "),
-    ("--config.batch_size=abc", "error: flag --config.batch_size=abc: invalid literal for int()"),
-    ("--config.keep_checkpoints=0", "error: config.keep_checkpoints: must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (
+            "--config.optimizer.lrr=1",
+            "error: unknown config field config.optimizer.lrr; did you mean config.optimizer.lr?",
+        ),
+        ("--config.foo=1", "error: unknown config field config.foo; the fields of config are batch_size, "),
+        ("--config.batch_size=abc", "error: flag --config.batch_size=abc: invalid literal for int()"),
+        ("--config.keep_checkpoints=0", "error: config.keep_checkpoints: must be >= 1, got 0"),
+    ],
+)
 def test_bad_config_override_is_one_line_and_exit_code_2(tmp_path, override, message, train_env):
-    out = subprocess.run(_train_cmd(tmp_path / "w", override), env=train_env(1), capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        _train_cmd(tmp_path / "w", override), env=train_env(1), capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 2 and out.stderr.startswith(message), out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "w").exists()
 
 
 def test_batch_not_divisible_by_devices(tmp_path, digits_dir):
     from mambavision_jax.train import train_and_evaluate
+
     c = small_config()
     c.data.dir = digits_dir
     c.batch_size = 12
@@ -287,9 +390,12 @@ def test_init_from_checkpoint_with_a_new_head(tmp_path):
     import mambavision_jax as mvj
     from mambavision_jax.convert import save_checkpoint
     from mambavision_jax.train.loop import _init_from
+
     c = small_config()
     from flax import nnx
+
     from mambavision_jax.train.state import model_configs
+
     arch, runtime = model_configs(c, 1000, 1)
     src = mvj.create_model(arch, runtime=runtime, rngs=nnx.Rngs(7))
     save_checkpoint(src, tmp_path / "src")
@@ -299,7 +405,11 @@ def test_init_from_checkpoint_with_a_new_head(tmp_path):
     state, shardings = create_train_state(c, 10, 1, tx, mesh)
     new = _init_from(c, state, shardings, 10, 1, _NullWriter())
     assert new.params["head"]["kernel"].shape == (128, 10)
-    np.testing.assert_array_equal(np.asarray(new.params["levels"][2]["blocks"][0]["mixer"]["A_log"][...]),
-                                  np.asarray(src.levels[2].blocks[0].mixer.A_log[...]))
-    np.testing.assert_array_equal(np.asarray(new.ema_params["patch_embed"]["conv_down"][0]["kernel"][...]),
-                                  np.asarray(src.patch_embed.conv_down[0].kernel[...]))
+    np.testing.assert_array_equal(
+        np.asarray(new.params["levels"][2]["blocks"][0]["mixer"]["A_log"][...]),
+        np.asarray(src.levels[2].blocks[0].mixer.A_log[...]),
+    )
+    np.testing.assert_array_equal(
+        np.asarray(new.ema_params["patch_embed"]["conv_down"][0]["kernel"][...]),
+        np.asarray(src.patch_embed.conv_down[0].kernel[...]),
+    )

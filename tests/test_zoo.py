@@ -1,4 +1,5 @@
 """zoo: parameter counts and XLA cost analysis of the variants (abstract models, nothing initialised)."""
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -31,10 +32,14 @@ def test_jaxpr_macs_counts_convs_matmuls_and_scan_steps():
 
         def step(c, _):
             return c @ w[:3, :3], None
+
         return jax.lax.scan(step, z, None, length=7)[0]
 
-    args = (jax.ShapeDtypeStruct((2, 5, 5, 2), jnp.float32), jax.ShapeDtypeStruct((4, 3), jnp.float32),
-            jax.ShapeDtypeStruct((3, 3, 2, 4), jnp.float32))
+    args = (
+        jax.ShapeDtypeStruct((2, 5, 5, 2), jnp.float32),
+        jax.ShapeDtypeStruct((4, 3), jnp.float32),
+        jax.ShapeDtypeStruct((3, 3, 2, 4), jnp.float32),
+    )
     macs = zoo._walk(jax.make_jaxpr(f)(*args).jaxpr)
     conv = 2 * 5 * 5 * 4 * (3 * 3 * 2)
     assert macs == conv + 50 * 4 * 3 + 7 * 50 * 3 * 3
@@ -49,9 +54,14 @@ def test_zoo_cli_help(capsys):
 @pytest.mark.slow
 def test_zoo_all_variants_compiled():
     """Every variant, with compiled cost analysis: exact official params, MACs near the paper."""
-    design_params_m = {"mamba_vision_T2": 35.10, "mamba_vision_S": 50.14, "mamba_vision_B": 97.69,
-                       "mamba_vision_L": 227.96, "mamba_vision_L2": 241.56,
-                       "mamba_vision_L3_256_21k": 739.57}
+    design_params_m = {
+        "mamba_vision_T2": 35.10,
+        "mamba_vision_S": 50.14,
+        "mamba_vision_B": 97.69,
+        "mamba_vision_L": 227.96,
+        "mamba_vision_L2": 241.56,
+        "mamba_vision_L3_256_21k": 739.57,
+    }
     rows = {r["model"]: r for r in zoo.zoo_rows(compile=True)}
     assert len(rows) == 11 and rows["mamba_vision_T"]["params"] == 31_794_248
     for name, m in design_params_m.items():
@@ -73,6 +83,7 @@ ZOO_REFUSALS = [
 @pytest.mark.parametrize("args,needles", ZOO_REFUSALS, ids=[" ".join(a) for a, _ in ZOO_REFUSALS])
 def test_zoo_cli_refuses_bad_arguments_before_work(tmp_path, args, needles):
     from cli_run import assert_user_error, run_cli, tree_hashes
+
     (tmp_path / "same.md").write_text("kept\n")
     before = tree_hashes(tmp_path)
     assert_user_error(run_cli("mambavision_jax.zoo", *args, cwd=tmp_path), *needles)

@@ -1,4 +1,5 @@
 """Helpers for tests that run `train.py` as a user would (subprocesses)."""
+
 import json
 import os
 import sys
@@ -21,8 +22,15 @@ def train_env(devices: int, **extra) -> dict:
 
 
 def train_cmd(workdir, *overrides) -> list[str]:
-    return [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "tests" / "small_train_config.py"),
-            "--workdir", str(workdir), *overrides]
+    return [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--config",
+        str(ROOT / "tests" / "small_train_config.py"),
+        "--workdir",
+        str(workdir),
+        *overrides,
+    ]
 
 
 def train_losses(jsonl_text: str) -> dict[int, float]:

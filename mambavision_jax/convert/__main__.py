@@ -11,6 +11,7 @@ would run code to unpickle, truncated files, tensors that are not floating point
 belong, and NaN / inf weights (--allow-nonfinite loads those, for debugging). Outputs are
 written to a temporary name and renamed into place, so an interrupted run leaves the old output.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,39 +23,62 @@ from pathlib import Path
 
 from mambavision_jax import cli
 
-
 MAX_CLASSES = 1_000_000  # a head beyond this is a typo, not a data set (ImageNet-21k: 21,841)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mambavision_jax.convert", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m mambavision_jax.convert",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp):
-        sp.add_argument("src", help="checkpoint to read: .pth.tar/.pth (official training checkpoint "
-                        "or bare state_dict), .safetensors, a Hugging Face model folder "
-                        "(config.json + model.safetensors), or an orbax folder from to-jax")
-        sp.add_argument("--model", default=None, help="variant name (see mambavision_jax.list_models()); "
-                        "inferred from the weights, the checkpoint's args or config.json when omitted")
-        sp.add_argument("--allow-nonfinite", action="store_true",
-                        help="load weights holding NaN / inf values (refused by default; for debugging)")
+        sp.add_argument(
+            "src",
+            help="checkpoint to read: .pth.tar/.pth (official training checkpoint "
+            "or bare state_dict), .safetensors, a Hugging Face model folder "
+            "(config.json + model.safetensors), or an orbax folder from to-jax",
+        )
+        sp.add_argument(
+            "--model",
+            default=None,
+            help="variant name (see mambavision_jax.list_models()); "
+            "inferred from the weights, the checkpoint's args or config.json when omitted",
+        )
+        sp.add_argument(
+            "--allow-nonfinite",
+            action="store_true",
+            help="load weights holding NaN / inf values (refused by default; for debugging)",
+        )
         cli.add_debug_flag(sp)
 
     j = sub.add_parser("to-jax", help="PyTorch / safetensors / HF folder -> orbax folder")
     common(j)
     j.add_argument("out", help="new folder for the orbax checkpoint (must not exist)")
-    j.add_argument("--use-ema", action="store_true",
-                   help="take 'state_dict_ema' from a .pth.tar training checkpoint")
-    j.add_argument("--num-classes", type=cli.int_range(1, MAX_CLASSES), default=None,
-                   help="a new head with this many classes (freshly initialised) instead of the checkpoint's")
+    j.add_argument(
+        "--use-ema", action="store_true", help="take 'state_dict_ema' from a .pth.tar training checkpoint"
+    )
+    j.add_argument(
+        "--num-classes",
+        type=cli.int_range(1, MAX_CLASSES),
+        default=None,
+        help="a new head with this many classes (freshly initialised) instead of the checkpoint's",
+    )
 
     t = sub.add_parser("to-torch", help="orbax folder (or any checkpoint) -> .pth.tar or .safetensors")
     common(t)
-    t.add_argument("out", help="output file: *.safetensors writes the Hugging Face layout (keys "
-                   "'model.*') plus config.json beside it; anything else a .pth.tar with 'state_dict'")
-    t.add_argument("--overwrite", action="store_true",
-                   help="replace an existing OUT (and, for .safetensors, the config.json beside it)")
+    t.add_argument(
+        "out",
+        help="output file: *.safetensors writes the Hugging Face layout (keys "
+        "'model.*') plus config.json beside it; anything else a .pth.tar with 'state_dict'",
+    )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing OUT (and, for .safetensors, the config.json beside it)",
+    )
 
     i = sub.add_parser("info", help="print the variant and parameter count of a checkpoint")
     common(i)
@@ -74,18 +98,26 @@ def _validate(args) -> None:
         raise FileNotFoundError(f"no such checkpoint: {src}")
     if args.model is not None:
         from mambavision_jax.models.registry import list_models
+
         if args.model not in list_models():
             raise cli.UserError(f"unknown --model {args.model!r}; choose one of {', '.join(list_models())}")
     if getattr(args, "use_ema", False) and (src.is_dir() or src.suffix == ".safetensors"):
-        kind = "an orbax folder" if (src / ORBAX_META).is_file() else (
-            "a Hugging Face folder" if src.is_dir() else "a .safetensors file")
-        raise cli.UserError(f"--use-ema takes the EMA weights of a .pth.tar training checkpoint; {src} is "
-                            f"{kind}, which holds one set of weights: drop --use-ema")
+        kind = (
+            "an orbax folder"
+            if (src / ORBAX_META).is_file()
+            else ("a Hugging Face folder" if src.is_dir() else "a .safetensors file")
+        )
+        raise cli.UserError(
+            f"--use-ema takes the EMA weights of a .pth.tar training checkpoint; {src} is "
+            f"{kind}, which holds one set of weights: drop --use-ema"
+        )
     if args.command == "to-jax":
         out = Path(args.out)
         if out.exists() or out.is_symlink():
-            raise FileExistsError(f"{out} exists; to-jax writes a new folder: choose a path that does "
-                                  f"not exist (or remove the old one)")
+            raise FileExistsError(
+                f"{out} exists; to-jax writes a new folder: choose a path that does "
+                f"not exist (or remove the old one)"
+            )
         parent = next((p for p in out.absolute().parents if p.exists()), None)
         if parent is not None and not parent.is_dir():
             raise NotADirectoryError(f"cannot write {out}: {parent} is a file, not a folder")
@@ -112,6 +144,7 @@ def _save_orbax_atomically(model, out: str) -> Path:
 
 def main(argv=None) -> int:
     from mambavision_jax import xla_cpu
+
     xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     args = _parser().parse_args(argv)
     _validate(args)
@@ -124,8 +157,13 @@ def main(argv=None) -> int:
 
     out = None
     if args.command == "to-jax":
-        model = load_checkpoint(args.src, args.model, num_classes=args.num_classes, use_ema=args.use_ema,
-                                allow_nonfinite=args.allow_nonfinite)
+        model = load_checkpoint(
+            args.src,
+            args.model,
+            num_classes=args.num_classes,
+            use_ema=args.use_ema,
+            allow_nonfinite=args.allow_nonfinite,
+        )
         out = _save_orbax_atomically(model, args.out)
     else:
         model = load_checkpoint(args.src, args.model, allow_nonfinite=args.allow_nonfinite)

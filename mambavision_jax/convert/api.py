@@ -1,4 +1,5 @@
 """The public converter API: official weights <-> NNX models."""
+
 from __future__ import annotations
 
 import json
@@ -36,17 +37,22 @@ def _flat_state(model) -> list:
 def to_torch_state_dict(model) -> dict[str, np.ndarray]:
     """{official key: float32 numpy array}, loadable by the official model with strict=True.
     (`num_batches_tracked` counters are left out; PyTorch fills them in.)"""
-    return {path_to_torch_key(p): jax_to_torch_array(p, np.asarray(v.get_value())) for p, v in _flat_state(model)}
+    return {
+        path_to_torch_key(p): jax_to_torch_array(p, np.asarray(v.get_value())) for p, v in _flat_state(model)
+    }
 
 
 def torch_key_shapes(model) -> dict[str, tuple[int, ...]]:
     """{official key: shape} of a model, also of an abstract one from `nnx.eval_shape`."""
-    return {path_to_torch_key(p): jax_to_torch_array(p, np.empty(v.shape, np.bool_)).shape
-            for p, v in _flat_state(model)}
+    return {
+        path_to_torch_key(p): jax_to_torch_array(p, np.empty(v.shape, np.bool_)).shape
+        for p, v in _flat_state(model)
+    }
 
 
-def load_state_dict(model, sd: dict[str, np.ndarray], *, strict: bool = True,
-                    skip: tuple[str, ...] = ()) -> list[str]:
+def load_state_dict(
+    model, sd: dict[str, np.ndarray], *, strict: bool = True, skip: tuple[str, ...] = ()
+) -> list[str]:
     """Fill `model` in place from {official key: array}. Every key must be used and every
     parameter and BatchNorm statistic filled, else one CheckpointError lists the missing,
     unexpected and mis-shaped keys. Returns the keys in `skip` that were left as initialised."""
@@ -76,6 +82,7 @@ def load_state_dict(model, sd: dict[str, np.ndarray], *, strict: bool = True,
 def _mismatch_message(model, sd, missing, unexpected, mismatched) -> str:
     def few(items):
         return ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+
     name = model.name or "the model"
     hint = ""
     try:
@@ -127,9 +134,17 @@ def _resolve_config(path: Path, name: str | None, sd, meta) -> MambaVisionConfig
     return model_config(infer_variant(sd))
 
 
-def load_torch_checkpoint(path: str | Path, name: str | None = None, *, num_classes: int | None = None,
-                          use_ema: bool = False, dtype=jnp.float32, rngs: nnx.Rngs | None = None,
-                          allow_nonfinite: bool = False, **overrides):
+def load_torch_checkpoint(
+    path: str | Path,
+    name: str | None = None,
+    *,
+    num_classes: int | None = None,
+    use_ema: bool = False,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs | None = None,
+    allow_nonfinite: bool = False,
+    **overrides,
+):
     """An NNX model with the weights of an official checkpoint: a `.pth.tar` (`state_dict`,
     `state_dict_ema` with use_ema=True, `model`, or a bare dict), a `.safetensors` file, or a
     Hugging Face model folder (config.json + model.safetensors). `name` may be omitted where the
@@ -189,8 +204,9 @@ def save_torch_checkpoint(model, path: str | Path, *, overwrite: bool = False) -
     if path.suffix == ".safetensors":
         io.write_safetensors_file(sd, path, hf_config(model), overwrite=overwrite)
     else:
-        io.write_torch_file(sd, path, extra={"arch": model.name, JAX_CONFIG_KEY: model.config.to_dict()},
-                            overwrite=overwrite)
+        io.write_torch_file(
+            sd, path, extra={"arch": model.name, JAX_CONFIG_KEY: model.config.to_dict()}, overwrite=overwrite
+        )
     return path
 
 
@@ -261,19 +277,32 @@ def _check_orbax_shapes(path: Path, ckptr, abstract) -> None:
     try:
         saved = _leaf_shapes(ckptr.metadata(path / "state").item_metadata.tree)
     except Exception as e:  # noqa: BLE001 - a missing or corrupt state folder, in whatever form
-        raise CheckpointError(f"{path / 'state'}: not a readable orbax checkpoint "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+        raise CheckpointError(
+            f"{path / 'state'}: not a readable orbax checkpoint "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+        ) from None
     want = _leaf_shapes(abstract.to_pure_dict())
     problems = sorted(set(want) ^ set(saved)) + [
-        f"{k}: saved {saved[k]} vs model {s}" for k, s in want.items() if k in saved and saved[k] != s]
+        f"{k}: saved {saved[k]} vs model {s}" for k, s in want.items() if k in saved and saved[k] != s
+    ]
     if problems:
         more = f", ... ({len(problems)} in all)" if len(problems) > 3 else ""
-        raise CheckpointError(f"{path}: the saved arrays do not fit the architecture in {ORBAX_META}: "
-                              f"{'; '.join(problems[:3])}{more}")
+        raise CheckpointError(
+            f"{path}: the saved arrays do not fit the architecture in {ORBAX_META}: "
+            f"{'; '.join(problems[:3])}{more}"
+        )
 
 
-def load_checkpoint(path: str | Path, name: str | None = None, *, num_classes: int | None = None,
-                    use_ema: bool = False, dtype=jnp.float32, allow_nonfinite: bool = False, **kwargs):
+def load_checkpoint(
+    path: str | Path,
+    name: str | None = None,
+    *,
+    num_classes: int | None = None,
+    use_ema: bool = False,
+    dtype=jnp.float32,
+    allow_nonfinite: bool = False,
+    **kwargs,
+):
     """Any supported checkpoint: an orbax folder written by `save_checkpoint`, what
     `load_torch_checkpoint` reads (.pth.tar, .safetensors, Hugging Face folder), or a Hugging Face
     hub id such as "nvidia/MambaVision-T-1K" (see `mambavision_jax.hub`). The architecture comes
@@ -281,15 +310,27 @@ def load_checkpoint(path: str | Path, name: str | None = None, *, num_classes: i
     import orbax.checkpoint as ocp
 
     from mambavision_jax import hub
+
     if hub.is_hub_id(path):  # "nvidia/MambaVision-T-1K": fetched, converted once, cached
-        return hub.load_checkpoint(path, name, num_classes=num_classes, use_ema=use_ema, dtype=dtype, **kwargs)
+        return hub.load_checkpoint(
+            path, name, num_classes=num_classes, use_ema=use_ema, dtype=dtype, **kwargs
+        )
     path = as_path(path)  # local or gs://...
     if not (path / ORBAX_META).is_file():
-        return load_torch_checkpoint(os.fspath(path), name, num_classes=num_classes, use_ema=use_ema,
-                                     dtype=dtype, allow_nonfinite=allow_nonfinite, **kwargs)
+        return load_torch_checkpoint(
+            os.fspath(path),
+            name,
+            num_classes=num_classes,
+            use_ema=use_ema,
+            dtype=dtype,
+            allow_nonfinite=allow_nonfinite,
+            **kwargs,
+        )
     if use_ema:
-        raise CheckpointError(f"{path}: an orbax model checkpoint holds one set of weights; use_ema "
-                              f"applies to official .pth.tar files")
+        raise CheckpointError(
+            f"{path}: an orbax model checkpoint holds one set of weights; use_ema "
+            f"applies to official .pth.tar files"
+        )
     config = _orbax_config(path, name)
     model = create_model(config, dtype=dtype, **kwargs)
     abstract = nnx.state(model, _STATE)

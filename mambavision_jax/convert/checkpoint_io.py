@@ -2,6 +2,7 @@
 
 Everything here speaks `{official key: numpy array}`; `api.py` maps that onto the NNX model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,10 @@ def _torch():
     try:
         import torch
     except ImportError as e:  # pragma: no cover - torch is an optional extra
-        raise CheckpointError("reading or writing .pth.tar files needs PyTorch: "
-                              "pip install 'mambavision-jax[torch]' (or use .safetensors)") from e
+        raise CheckpointError(
+            "reading or writing .pth.tar files needs PyTorch: "
+            "pip install 'mambavision-jax[torch]' (or use .safetensors)"
+        ) from e
     return torch
 
 
@@ -42,7 +45,9 @@ def _to_numpy(t) -> np.ndarray:
     return t.numpy()
 
 
-def read_torch_file(path: str | Path, *, use_ema: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def read_torch_file(
+    path: str | Path, *, use_ema: bool = False
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """A `.pth.tar` / `.pth` / `.bin`, loaded with `weights_only=True`: a file that would need to run
     code to load is refused, never executed."""
     torch = _torch()
@@ -58,24 +63,30 @@ def read_torch_file(path: str | Path, *, use_ema: bool = False) -> tuple[dict[st
             raise CheckpointError(
                 f"{path}: refusing to load: the file needs arbitrary Python objects to unpickle, "
                 f"which could run code ({msg}). Re-save its state_dict with torch.save on a trusted "
-                f"machine, or convert it to .safetensors.") from e
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
-                              f"{type(e).__name__}: {msg}") from e
+                f"machine, or convert it to .safetensors."
+            ) from e
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {type(e).__name__}: {msg}"
+        ) from e
     meta: dict[str, Any] = {}
     if isinstance(ckpt, dict) and isinstance(ckpt.get("args"), argparse.Namespace):
         meta["model_name"] = getattr(ckpt["args"], "model", None)
     if isinstance(ckpt, dict) and "mambavision_jax_config" in ckpt:  # written by save_torch_checkpoint
         meta["mambavision_jax_config"] = ckpt["mambavision_jax_config"]
     if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path}: expected a dict of tensors or a checkpoint dict, got {type(ckpt).__name__}")
+        raise CheckpointError(
+            f"{path}: expected a dict of tensors or a checkpoint dict, got {type(ckpt).__name__}"
+        )
     if use_ema:
         for k in ("state_dict_ema", "model_ema"):
             if isinstance(ckpt.get(k), dict):
                 sd = ckpt[k]
                 break
         else:
-            raise CheckpointError(f"{path}: use_ema=True but the file has no 'state_dict_ema' "
-                                  f"(top-level keys: {sorted(ckpt)[:10]})")
+            raise CheckpointError(
+                f"{path}: use_ema=True but the file has no 'state_dict_ema' "
+                f"(top-level keys: {sorted(ckpt)[:10]})"
+            )
     elif isinstance(ckpt.get("state_dict"), dict):
         sd = ckpt["state_dict"]
     elif isinstance(ckpt.get("model"), dict):
@@ -113,8 +124,9 @@ def read_hf_config(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not valid JSON: {e}") from e
 
 
-def read_state_dict(path: str | Path, *, use_ema: bool = False,
-                    allow_nonfinite: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def read_state_dict(
+    path: str | Path, *, use_ema: bool = False, allow_nonfinite: bool = False
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Any official checkpoint -> ({official key: array}, metadata), keys normalised:
     `module.` (DDP), `model.` (Hugging Face), `encoder.` / `backbone.` (detection/segmentation)
     prefixes removed and `num_batches_tracked` dropped. Weights that cannot be right are refused
@@ -124,13 +136,17 @@ def read_state_dict(path: str | Path, *, use_ema: bool = False,
         raise FileNotFoundError(f"no such checkpoint: {path}")
     is_safetensors = path.is_dir() or path.suffix == ".safetensors"
     if use_ema and is_safetensors:
-        raise CheckpointError(f"{path}: use_ema (--use-ema) takes the EMA weights ('state_dict_ema') of "
-                              f"a .pth.tar training checkpoint; a .safetensors file or Hugging Face "
-                              f"folder holds one set of weights: drop use_ema")
+        raise CheckpointError(
+            f"{path}: use_ema (--use-ema) takes the EMA weights ('state_dict_ema') of "
+            f"a .pth.tar training checkpoint; a .safetensors file or Hugging Face "
+            f"folder holds one set of weights: drop use_ema"
+        )
     if path.is_dir():
         if not (path / HF_WEIGHTS).is_file():
-            raise CheckpointError(f"{path}: a folder, but no {HF_WEIGHTS} in it (expected a Hugging "
-                                  f"Face model folder: {HF_CONFIG} + {HF_WEIGHTS})")
+            raise CheckpointError(
+                f"{path}: a folder, but no {HF_WEIGHTS} in it (expected a Hugging "
+                f"Face model folder: {HF_CONFIG} + {HF_WEIGHTS})"
+            )
         sd, meta = read_safetensors_file(path / HF_WEIGHTS)
     elif is_safetensors:
         sd, meta = read_safetensors_file(path)
@@ -153,36 +169,51 @@ def check_weights(sd: dict[str, np.ndarray], source: str | Path, *, allow_nonfin
     """Refuse weights that cannot be a trained model's: a non-float tensor where a parameter or
     BatchNorm statistic belongs (only `num_batches_tracked` is an integer in official checkpoints),
     or NaN / inf values (a diverged run; `allow_nonfinite=True` loads them anyway, for debugging)."""
-    wrong_type = [f"{k} ({v.dtype})" for k, v in sd.items()
-                  if not _is_float(v.dtype) and not k.endswith(INTEGER_BUFFERS)]
+    wrong_type = [
+        f"{k} ({v.dtype})"
+        for k, v in sd.items()
+        if not _is_float(v.dtype) and not k.endswith(INTEGER_BUFFERS)
+    ]
     if wrong_type:
-        raise CheckpointError(f"{source}: {len(wrong_type)} tensor(s) that must hold floating-point "
-                              f"weights have another dtype: {_few(wrong_type)}. The file is not a "
-                              f"model checkpoint, or was written with the wrong dtype")
+        raise CheckpointError(
+            f"{source}: {len(wrong_type)} tensor(s) that must hold floating-point "
+            f"weights have another dtype: {_few(wrong_type)}. The file is not a "
+            f"model checkpoint, or was written with the wrong dtype"
+        )
     if allow_nonfinite:
         return
-    nonfinite = [k for k, v in sd.items() if _is_float(v.dtype)
-                 and not np.isfinite(v if v.dtype.kind == "f" else v.astype(np.float32)).all()]
+    nonfinite = [
+        k
+        for k, v in sd.items()
+        if _is_float(v.dtype) and not np.isfinite(v if v.dtype.kind == "f" else v.astype(np.float32)).all()
+    ]
     if nonfinite:
-        raise CheckpointError(f"{source}: NaN or inf values in {len(nonfinite)} tensor(s): "
-                              f"{_few(nonfinite)}. These weights cannot give a usable model (a "
-                              f"diverged run?); to load them anyway for debugging pass "
-                              f"--allow-nonfinite (allow_nonfinite=True)")
+        raise CheckpointError(
+            f"{source}: NaN or inf values in {len(nonfinite)} tensor(s): "
+            f"{_few(nonfinite)}. These weights cannot give a usable model (a "
+            f"diverged run?); to load them anyway for debugging pass "
+            f"--allow-nonfinite (allow_nonfinite=True)"
+        )
 
 
 def normalise_keys(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
     for prefix in ("module.", HF_PREFIX):
         if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
     for prefix in ("encoder.", "backbone."):
         if any(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     return sd
 
 
-def write_torch_file(sd: dict[str, np.ndarray], path: str | Path, extra: dict[str, Any] | None = None,
-                     *, overwrite: bool = False) -> None:
+def write_torch_file(
+    sd: dict[str, np.ndarray],
+    path: str | Path,
+    extra: dict[str, Any] | None = None,
+    *,
+    overwrite: bool = False,
+) -> None:
     """The official layout: {'state_dict': {...}} plus `extra` entries (e.g. 'arch'). An existing
     file is replaced only with overwrite=True."""
     torch = _torch()
@@ -192,8 +223,9 @@ def write_torch_file(sd: dict[str, np.ndarray], path: str | Path, extra: dict[st
     _commit([(tmp, path)])
 
 
-def write_safetensors_file(sd: dict[str, np.ndarray], path: str | Path, hf_config: dict | None = None,
-                           *, overwrite: bool = False) -> None:
+def write_safetensors_file(
+    sd: dict[str, np.ndarray], path: str | Path, hf_config: dict | None = None, *, overwrite: bool = False
+) -> None:
     """Hugging Face layout: keys `model.` + official key; `config.json` written beside it.
     Refused without overwrite=True when `path` exists, or when the folder's config.json describes
     another model (it would stop matching that folder's own weights); with it, both files are
@@ -205,8 +237,9 @@ def write_safetensors_file(sd: dict[str, np.ndarray], path: str | Path, hf_confi
     config_text = None if hf_config is None else json.dumps(hf_config, indent=2) + "\n"
     if config_text is not None and config_path.exists():
         if config_path.is_dir():
-            raise IsADirectoryError(f"{config_path} is a folder; the {HF_CONFIG} of {path.name} "
-                                    f"cannot be written beside it")
+            raise IsADirectoryError(
+                f"{config_path} is a folder; the {HF_CONFIG} of {path.name} cannot be written beside it"
+            )
         try:
             same = json.loads(config_path.read_text()) == json.loads(config_text)
         except (ValueError, UnicodeDecodeError):
@@ -217,7 +250,8 @@ def write_safetensors_file(sd: dict[str, np.ndarray], path: str | Path, hf_confi
             raise FileExistsError(
                 f"{config_path} describes another model; writing {path.name} beside it would replace "
                 f"it and the folder's own weights would no longer load. Write into another folder, "
-                f"or pass --overwrite (overwrite=True) to replace both")
+                f"or pass --overwrite (overwrite=True) to replace both"
+            )
     arrays = {HF_PREFIX + k: np.ascontiguousarray(v) for k, v in sd.items()}
     pending = []
     try:
@@ -241,8 +275,10 @@ def check_output_file(path: str | Path, *, overwrite: bool = False) -> Path:
         # os.replace would swap a device or pipe (e.g. /dev/null) for a regular file
         raise ValueError(f"{path} is not a regular file (a device, pipe or socket); name a file")
     if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; name the output file inside it, e.g. "
-                                f"{path / 'model.pth.tar'} or {path / 'model.safetensors'}")
+        raise IsADirectoryError(
+            f"{path} is a folder; name the output file inside it, e.g. "
+            f"{path / 'model.pth.tar'} or {path / 'model.safetensors'}"
+        )
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
     parent = next((p for p in path.parents if p.exists()), None)

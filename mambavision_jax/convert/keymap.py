@@ -12,6 +12,7 @@ layouts differ:
 | mean / var (BatchNorm) | running_mean / running_var | copy |
 | bias, A_log, D, gamma, gamma_1, gamma_2 | same | copy |
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Which official variant a set of weights (or a Hugging Face config) belongs to."""
+
 from __future__ import annotations
 
 import re
@@ -18,23 +19,31 @@ def architecture_of(sd: dict[str, np.ndarray]) -> dict[str, Any]:
         in_dim = int(sd["patch_embed.conv_down.0.weight"].shape[0])
         dim = int(sd["patch_embed.conv_down.3.weight"].shape[0])
     except KeyError as e:
-        raise CheckpointError(f"not a MambaVision state dict: no key {e.args[0]!r} "
-                              f"(first keys: {sorted(sd)[:5]})") from None
+        raise CheckpointError(
+            f"not a MambaVision state dict: no key {e.args[0]!r} (first keys: {sorted(sd)[:5]})"
+        ) from None
     depths = []
     for i in range(4):
         blocks = {int(m.group(1)) for k in sd if (m := re.match(rf"levels\.{i}\.blocks\.(\d+)\.", k))}
         depths.append(max(blocks) + 1 if blocks else 0)
     head = sd.get("head.weight")
-    return dict(dim=dim, in_dim=in_dim, depths=tuple(depths),
-                layer_scale="levels.2.blocks.0.gamma_1" in sd,
-                num_classes=int(head.shape[0]) if head is not None else 0)
+    return dict(
+        dim=dim,
+        in_dim=in_dim,
+        depths=tuple(depths),
+        layer_scale="levels.2.blocks.0.gamma_1" in sd,
+        num_classes=int(head.shape[0]) if head is not None else 0,
+    )
 
 
 def candidates_for_weights(sd: dict[str, np.ndarray]) -> list[str]:
     arch = architecture_of(sd)
-    return [n for n, c in CONFIGS.items()
-            if (c.dim, c.in_dim, c.depths, c.layer_scale is not None)
-            == (arch["dim"], arch["in_dim"], arch["depths"], arch["layer_scale"])]
+    return [
+        n
+        for n, c in CONFIGS.items()
+        if (c.dim, c.in_dim, c.depths, c.layer_scale is not None)
+        == (arch["dim"], arch["in_dim"], arch["depths"], arch["layer_scale"])
+    ]
 
 
 def infer_variant(sd: dict[str, np.ndarray]) -> str:
@@ -43,12 +52,16 @@ def infer_variant(sd: dict[str, np.ndarray]) -> str:
     names = candidates_for_weights(sd)
     if not names:
         arch = architecture_of(sd)
-        raise CheckpointError(f"the weights fit no official variant (dim={arch['dim']}, "
-                              f"in_dim={arch['in_dim']}, depths={arch['depths']}, "
-                              f"layer_scale={arch['layer_scale']}); pass the model name and overrides")
+        raise CheckpointError(
+            f"the weights fit no official variant (dim={arch['dim']}, "
+            f"in_dim={arch['in_dim']}, depths={arch['depths']}, "
+            f"layer_scale={arch['layer_scale']}); pass the model name and overrides"
+        )
     if len({(CONFIGS[n].num_heads, CONFIGS[n].window_size) for n in names}) > 1:
-        raise CheckpointError(f"the weights fit several variants that differ in window size or heads: "
-                              f"{names}; pass the model name")
+        raise CheckpointError(
+            f"the weights fit several variants that differ in window size or heads: "
+            f"{names}; pass the model name"
+        )
     return names[0]
 
 
@@ -77,9 +90,11 @@ def config_from_hf(hf: dict[str, Any]) -> MambaVisionConfig:
         want.pop("drop_path_rate", None)
     name = hf.get("mambavision_jax_name")
     if name not in CONFIGS:
+
         def differences(n):
             c = CONFIGS[n].to_dict()
             return sum(_norm(c[f]) != _norm(v) for f, v in want.items())
+
         name = min(CONFIGS, key=differences)
     return CONFIGS[name].replace(**want)
 

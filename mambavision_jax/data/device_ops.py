@@ -7,6 +7,7 @@ random-erasing fill happen on the device. The erasing boxes are drawn on the hos
 algorithm (`transforms.erasing_boxes`, per example, so resuming a data stream reproduces them); the
 fill noise is drawn here from a key of (seed, step, example), so a resumed run erases identically.
 """
+
 from __future__ import annotations
 
 import collections

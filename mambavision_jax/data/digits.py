@@ -5,6 +5,7 @@ with no download. They are stored like any other image data set (RGB PNG bytes i
 files) so the demo exercises the same input pipeline as ImageNet. Building needs no network and no
 TensorFlow: the builder yields PNG bytes, which TFDS stores as they are.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,9 @@ def digits_split() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
     y = load_digits().target
-    train, test = train_test_split(np.arange(len(y)), test_size=DIGITS_TEST_FRACTION,
-                                   stratify=y, random_state=DIGITS_SPLIT_SEED)
+    train, test = train_test_split(
+        np.arange(len(y)), test_size=DIGITS_TEST_FRACTION, stratify=y, random_state=DIGITS_SPLIT_SEED
+    )
     return np.sort(train), np.sort(test)
 
 
@@ -46,19 +48,24 @@ class MvDigits(LocalBuilder):
     """scikit-learn handwritten digits, 32x32 RGB, splits 'train' (1437) and 'test' (360)."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "sklearn load_digits, 8x8 -> 32x32 bilinear, grey -> RGB PNG, "
-                              "stratified 80/20 split (random_state 0)."}
+    RELEASE_NOTES = {
+        "1.0.0": "sklearn load_digits, 8x8 -> 32x32 bilinear, grey -> RGB PNG, "
+        "stratified 80/20 split (random_state 0)."
+    }
 
     def _info(self) -> tfds.core.DatasetInfo:
         # DatasetInfo directly: `dataset_info_from_configs` reads metadata files from a package dir.
         return tfds.core.DatasetInfo(
             builder=self,
             description="scikit-learn handwritten digits (UCI optdigits test set), upsampled to 32x32 RGB.",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(DIGITS_IMAGE_SIZE, DIGITS_IMAGE_SIZE, 3),
-                                             encoding_format="png"),
-                "label": tfds.features.ClassLabel(names=[str(i) for i in range(10)]),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(
+                        shape=(DIGITS_IMAGE_SIZE, DIGITS_IMAGE_SIZE, 3), encoding_format="png"
+                    ),
+                    "label": tfds.features.ClassLabel(names=[str(i) for i in range(10)]),
+                }
+            ),
             supervised_keys=("image", "label"),
             homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset",
         )

@@ -19,6 +19,7 @@ so a failed or interrupted build (unreadable source, an empty split, a kill) lea
 DATA_DIR/NAME/VERSION as it was (a kill may leave a hidden DATA_DIR/.NAME-VERSION.build-* folder,
 safe to delete).
 """
+
 from __future__ import annotations
 
 import collections
@@ -62,8 +63,9 @@ class FolderBuildReport:
         lines.append(f"  skipped (not a readable image): {len(self.skipped)}")
         lines += [f"    {path}: {reason}" for path, reason in self.skipped[:20]]
         if len(self.skipped) > 20:
-            lines.append(f"    ... {len(self.skipped) - 20} more: see "
-                         f"{self.dataset_dir}/make_folder_report.json")
+            lines.append(
+                f"    ... {len(self.skipped) - 20} more: see {self.dataset_dir}/make_folder_report.json"
+            )
         return "\n".join(lines)
 
 
@@ -114,8 +116,9 @@ def _list_files(root: str) -> list[str]:
 
 
 def _class_dirs(root: str) -> list[str]:
-    return sorted(d for d in os.listdir(root)
-                  if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    return sorted(
+        d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith(".")
+    )
 
 
 def class_files(root: str, classes: list[str], owners: dict | None = None) -> list[list[str]]:
@@ -133,7 +136,8 @@ def class_files(root: str, classes: list[str], owners: dict | None = None) -> li
                     raise ValueError(
                         f"the same image is in two places: {first} and {path} (one file, linked "
                         f"twice); as one example under two labels, or in both training and "
-                        f"validation, it would leak between them. Keep one of the two")
+                        f"validation, it would leak between them. Keep one of the two"
+                    )
             files.append(path)
         out.append(files)
     return out
@@ -149,8 +153,7 @@ def _min_files_for_validation(val_fraction: float) -> int:
 def plan_splits(src: str, val_fraction: float = 0.1, seed: int = 0):
     """-> (classes, {split: [(path, label)]}, loose files outside class folders)."""
     top = _class_dirs(src)
-    loose = [os.path.join(src, f) for f in sorted(os.listdir(src))
-             if os.path.isfile(os.path.join(src, f))]
+    loose = [os.path.join(src, f) for f in sorted(os.listdir(src)) if os.path.isfile(os.path.join(src, f))]
     if set(top) in _SPLIT_DIRS:
         val_dir = "val" if "val" in top else "validation"
         classes = _class_dirs(os.path.join(src, "train"))
@@ -162,46 +165,60 @@ def plan_splits(src: str, val_fraction: float = 0.1, seed: int = 0):
             per_class = class_files(os.path.join(src, d), classes, owners)
             empty = [c for c, files in zip(classes, per_class) if not files]
             if split == "train" and empty:
-                raise ValueError(f"class folder(s) with no files in {os.path.join(src, d)}: {empty[:10]}; "
-                                 f"add images or remove the folder(s)")
+                raise ValueError(
+                    f"class folder(s) with no files in {os.path.join(src, d)}: {empty[:10]}; "
+                    f"add images or remove the folder(s)"
+                )
             splits[split] = [(p, label) for label, files in enumerate(per_class) for p in files]
-            loose += [os.path.join(src, d, f) for f in sorted(os.listdir(os.path.join(src, d)))
-                      if os.path.isfile(os.path.join(src, d, f))]
+            loose += [
+                os.path.join(src, d, f)
+                for f in sorted(os.listdir(os.path.join(src, d)))
+                if os.path.isfile(os.path.join(src, d, f))
+            ]
         if not splits["validation"]:
-            raise ValueError(f"{os.path.join(src, val_dir)} holds no files: the validation split would be "
-                             f"empty. Add images, or put all class folders directly under {src} to "
-                             f"split them by --val_fraction")
+            raise ValueError(
+                f"{os.path.join(src, val_dir)} holds no files: the validation split would be "
+                f"empty. Add images, or put all class folders directly under {src} to "
+                f"split them by --val_fraction"
+            )
         return classes, splits, loose
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     classes = top
     if not classes:
-        raise ValueError(f"{src} has no class sub-folders (expected SRC/<class>/<images>, or "
-                         f"SRC/train/<class>/... with SRC/val/<class>/...)")
+        raise ValueError(
+            f"{src} has no class sub-folders (expected SRC/<class>/<images>, or "
+            f"SRC/train/<class>/... with SRC/val/<class>/...)"
+        )
     rng = np.random.default_rng(seed)
     splits = {"train": [], "validation": []}
     per_class = class_files(src, classes)
     empty = [c for c, files in zip(classes, per_class) if not files]
     if empty:
-        raise ValueError(f"class folder(s) with no files in {src}: {empty[:10]}; add images or remove "
-                         f"the folder(s)")
+        raise ValueError(
+            f"class folder(s) with no files in {src}: {empty[:10]}; add images or remove the folder(s)"
+        )
     for label, files in enumerate(per_class):
         order = rng.permutation(len(files))
         n_val = int(round(len(files) * val_fraction))
         splits["validation"] += [(files[i], label) for i in sorted(order[:n_val])]
         splits["train"] += [(files[i], label) for i in sorted(order[n_val:])]
         if n_val == len(files):
-            raise ValueError(f"class {classes[label]!r} has {len(files)} file(s): at val_fraction "
-                             f"{val_fraction} all of them would go to validation and none to train. "
-                             f"Add images or lower --val_fraction")
+            raise ValueError(
+                f"class {classes[label]!r} has {len(files)} file(s): at val_fraction "
+                f"{val_fraction} all of them would go to validation and none to train. "
+                f"Add images or lower --val_fraction"
+            )
     if val_fraction == 0:
         del splits["validation"]
     elif not splits["validation"]:
         need = _min_files_for_validation(val_fraction)
-        raise ValueError(f"the validation split would be empty: at --val_fraction {val_fraction} a class "
-                         f"needs at least {need} files to give one to validation, and the largest has "
-                         f"{max(len(f) for f in per_class)}. Pass a larger --val_fraction, or 0 to "
-                         f"write only 'train'")
+        raise ValueError(
+            f"the validation split would be empty: at --val_fraction {val_fraction} a class "
+            f"needs at least {need} files to give one to validation, and the largest has "
+            f"{max(len(f) for f in per_class)}. Pass a larger --val_fraction, or 0 to "
+            f"write only 'train'"
+        )
     return classes, splits, loose
 
 
@@ -233,15 +250,16 @@ def _load_parallel(paths: list[str], num_workers: int, chunk: int = 32):
     with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=ctx) as ex:
         pending = collections.deque()
         for i in range(0, len(paths), chunk):
-            pending.append(ex.submit(_load_many, paths[i:i + chunk]))
+            pending.append(ex.submit(_load_many, paths[i : i + chunk]))
             if len(pending) >= 4 * num_workers:
                 yield from pending.popleft().result()
         while pending:
             yield from pending.popleft().result()
 
 
-def _builder_class(ds_name: str, version: str, classes: list[str], splits: dict, src: str,
-                   skipped: list, num_workers: int):
+def _builder_class(
+    ds_name: str, version: str, classes: list[str], splits: dict, src: str, skipped: list, num_workers: int
+):
     # A builder per call, not registered: the dataset name is chosen at run time, and reading it back
     # needs no class (tfds finds DATA_DIR/name/version from the files).
     class FolderImageDataset(LocalBuilder, skip_registration=True):
@@ -252,11 +270,13 @@ def _builder_class(ds_name: str, version: str, classes: list[str], splits: dict,
             return tfds.core.DatasetInfo(
                 builder=self,
                 description=f"Images from {src} (make_folder_dataset).",
-                features=tfds.features.FeaturesDict({
-                    "image": tfds.features.Image(shape=(None, None, 3)),
-                    "label": tfds.features.ClassLabel(names=classes),
-                    "file_name": tfds.features.Text(),
-                }),
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(shape=(None, None, 3)),
+                        "label": tfds.features.ClassLabel(names=classes),
+                        "file_name": tfds.features.Text(),
+                    }
+                ),
                 supervised_keys=("image", "label"),
             )
 
@@ -274,8 +294,7 @@ def _builder_class(ds_name: str, version: str, classes: list[str], splits: dict,
 
         def _generate_examples(self, items):
             paths = [p for p, _ in items]
-            loaded = (_load_parallel(paths, num_workers) if num_workers > 0
-                      else map(load_image_bytes, paths))
+            loaded = _load_parallel(paths, num_workers) if num_workers > 0 else map(load_image_bytes, paths)
             yield from self._examples(items, loaded)
 
         def _examples(self, items, loaded):
@@ -289,15 +308,24 @@ def _builder_class(ds_name: str, version: str, classes: list[str], splits: dict,
                 yield rel, {"image": data, "label": label, "file_name": rel}
             if items and not n:  # said here: TFDS would only say "No examples were yielded"
                 split = "validation" if items is splits.get("validation") else "train"
-                raise ValueError(f"none of the {len(items)} files planned for the {split} split is a "
-                                 f"readable image (e.g. {items[0][0]}: {skipped[-1][1]})")
+                raise ValueError(
+                    f"none of the {len(items)} files planned for the {split} split is a "
+                    f"readable image (e.g. {items[0][0]}: {skipped[-1][1]})"
+                )
 
     return FolderImageDataset
 
 
-def build_folder_dataset(src: str, name: str, data_dir: str | None = None, val_fraction: float = 0.1,
-                         seed: int = 0, num_workers: int = 0, version: str = "1.0.0",
-                         overwrite: bool = False) -> FolderBuildReport:
+def build_folder_dataset(
+    src: str,
+    name: str,
+    data_dir: str | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    num_workers: int = 0,
+    version: str = "1.0.0",
+    overwrite: bool = False,
+) -> FolderBuildReport:
     """Build DATA_DIR/name/version from the images under `src`; returns what was written and skipped.
     An existing DATA_DIR/name/version is kept unless `overwrite`, and then replaced only by a
     complete new build (see the module doc)."""
@@ -306,8 +334,9 @@ def build_folder_dataset(src: str, name: str, data_dir: str | None = None, val_f
     if not _VERSION_RE.match(version):
         raise ValueError(f"version must be x.y.z (e.g. 1.0.0), got {version!r}")
     if not os.path.isdir(src):
-        raise FileNotFoundError(f"--src {src!r} is not a folder" if os.path.exists(src) else
-                                f"--src {src!r} does not exist")
+        raise FileNotFoundError(
+            f"--src {src!r} is not a folder" if os.path.exists(src) else f"--src {src!r} does not exist"
+        )
     data_dir = os.fspath(data_dir or tfds.core.constants.DATA_DIR)
     if "://" not in data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise NotADirectoryError(f"--data_dir {data_dir!r} is a file, not a folder")
@@ -319,27 +348,46 @@ def build_folder_dataset(src: str, name: str, data_dir: str | None = None, val_f
     final = os.path.join(data_dir, name, version)
     existing = builder_class(data_dir=data_dir, file_format="array_record")
     if existing.is_prepared() and not overwrite:
-        return FolderBuildReport(name, os.fspath(existing.data_dir), classes,
-                                 {k: int(v.num_examples) for k, v in existing.info.splits.items()},
-                                 [], already_prepared=True)
+        return FolderBuildReport(
+            name,
+            os.fspath(existing.data_dir),
+            classes,
+            {k: int(v.num_examples) for k, v in existing.info.splits.items()},
+            [],
+            already_prepared=True,
+        )
     remote = "://" in data_dir
     if (epath.Path(final).exists() if remote else os.path.lexists(final)) and not overwrite:
-        raise FileExistsError(f"{final} exists but is not a complete data set (an interrupted build by "
-                              f"another tool?); pass --overwrite to replace it")
+        raise FileExistsError(
+            f"{final} exists but is not a complete data set (an interrupted build by "
+            f"another tool?); pass --overwrite to replace it"
+        )
 
     def build(builder) -> FolderBuildReport:
         builder.download_and_prepare()
         counts = {k: int(v.num_examples) for k, v in builder.info.splits.items()}
         _check_every_class_has_examples(classes, splits, skipped)
-        (epath.Path(builder.data_dir) / "make_folder_report.json").write_text(json.dumps(
-            {"src": os.path.abspath(src), "classes": classes, "num_examples": counts,
-             "val_fraction": val_fraction, "seed": seed, "skipped": skipped}, indent=1))
+        (epath.Path(builder.data_dir) / "make_folder_report.json").write_text(
+            json.dumps(
+                {
+                    "src": os.path.abspath(src),
+                    "classes": classes,
+                    "num_examples": counts,
+                    "val_fraction": val_fraction,
+                    "seed": seed,
+                    "skipped": skipped,
+                },
+                indent=1,
+            )
+        )
         return FolderBuildReport(name, final, classes, counts, skipped)
 
     if remote:  # an object store has no rename: build in place, and only where nothing is replaced
         if epath.Path(final).exists():
-            raise ValueError(f"{final}: a data set on an object store cannot be replaced atomically; "
-                             f"delete it first, or build on a local disk and copy it over")
+            raise ValueError(
+                f"{final}: a data set on an object store cannot be replaced atomically; "
+                f"delete it first, or build on a local disk and copy it over"
+            )
         return build(existing)
     os.makedirs(data_dir, exist_ok=True)
     build_root = os.path.join(data_dir, f".{name}-{version}.build-{uuid.uuid4().hex[:8]}")
@@ -356,13 +404,16 @@ _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
 def _check_every_class_has_examples(classes, splits, skipped) -> None:
     why = dict(skipped)
-    readable = collections.Counter(label for items in splits.values() for path, label in items
-                                   if path not in why)
+    readable = collections.Counter(
+        label for items in splits.values() for path, label in items if path not in why
+    )
     empty = [label for label in range(len(classes)) if not readable[label]]
     if empty:
         path = next(p for items in splits.values() for p, label in items if label == empty[0])
-        raise ValueError(f"class folder(s) with no readable image: {[classes[i] for i in empty[:10]]} "
-                         f"(e.g. {path}: {why[path]}). Fix or remove them")
+        raise ValueError(
+            f"class folder(s) with no readable image: {[classes[i] for i in empty[:10]]} "
+            f"(e.g. {path}: {why[path]}). Fix or remove them"
+        )
 
 
 def _swap_dir(new: str, final: str) -> None:

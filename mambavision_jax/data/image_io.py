@@ -5,6 +5,7 @@ way when it is stored and when it is trained on. Plain `Image.convert("RGB")` is
 ImageFolder does and is kept for every mode except the high-bit-depth ones, where PIL clips values
 above 255 instead of scaling them (a 16-bit PNG would come out nearly white).
 """
+
 from __future__ import annotations
 
 import io

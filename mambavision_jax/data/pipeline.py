@@ -10,6 +10,7 @@ Batches are formed before the iterator (`MapDataset.batch`), so the batch stream
 the number of threads or worker processes; only the saved iterator state does (resume with the same
 num_workers).
 """
+
 from __future__ import annotations
 
 import os
@@ -47,8 +48,9 @@ def _per_host_batch(global_batch_size: int, process_count: int) -> int:
     return global_batch_size // process_count
 
 
-def shard_bounds(num_examples: int, process_index: int, process_count: int,
-                 drop_remainder: bool) -> tuple[int, int]:
+def shard_bounds(
+    num_examples: int, process_index: int, process_count: int, drop_remainder: bool
+) -> tuple[int, int]:
     """[start, end) of this host's contiguous shard (contiguous keeps array_record reads local).
     drop_remainder=True: equal shards (training); False: the first hosts take one extra (eval)."""
     per, rem = divmod(num_examples, process_count)
@@ -84,8 +86,10 @@ def default_num_threads(num_workers: int, cpu_count: int | None = None) -> int:
 def resolve_workers(num_workers: int, num_threads: int) -> tuple[int, int]:
     """(-1 = auto) -> the worker-process and thread counts used."""
     if num_workers < -1 or num_threads < -1 or num_threads == 0:
-        raise ValueError(f"num_workers must be >= 0 or -1 (auto), num_threads >= 1 or -1 (auto); got "
-                         f"{num_workers}, {num_threads}")
+        raise ValueError(
+            f"num_workers must be >= 0 or -1 (auto), num_threads >= 1 or -1 (auto); got "
+            f"{num_workers}, {num_threads}"
+        )
     workers = default_num_workers() if num_workers == -1 else num_workers
     threads = default_num_threads(workers) if num_threads == -1 else num_threads
     return workers, threads
@@ -97,8 +101,7 @@ def _to_iterator(ds: grain.MapDataset, num_workers: int, num_threads: int, prefe
         # Each worker holds its read-ahead plus one finished batch: with many workers, read ahead
         # only what its threads work on (memory: workers x (threads + 1) batches, not x 5).
         prefetch_batches = min(prefetch_batches, num_threads)
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                              prefetch_buffer_size=prefetch_batches))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_batches))
     if num_workers > 0:
         _ensure_absl_flags_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
@@ -131,8 +134,9 @@ class _TrainExample(grain.transforms.RandomMap):
             # on the device), so the crops, flips, ops and boxes equal the float path's.
             out = {"image": train_augment(image, rng, self.image_size, aug, self.mean)}
             if aug.re_prob > 0:
-                out["erase"] = erasing_boxes(rng, self.image_size, self.image_size, aug.re_prob,
-                                             max_count=aug.re_count)
+                out["erase"] = erasing_boxes(
+                    rng, self.image_size, self.image_size, aug.re_prob, max_count=aug.re_count
+                )
         out["label"] = np.int32(record[self.label_key])
         if self.with_index:
             out["index"] = np.int64(index)
@@ -140,8 +144,19 @@ class _TrainExample(grain.transforms.RandomMap):
 
 
 class _EvalExample(grain.transforms.Map):
-    def __init__(self, image_size, crop_pct, crop_mode, interpolation, mean, std, image_key,
-                 label_key, with_index, normalize):
+    def __init__(
+        self,
+        image_size,
+        crop_pct,
+        crop_mode,
+        interpolation,
+        mean,
+        std,
+        image_key,
+        label_key,
+        with_index,
+        normalize,
+    ):
         self.args = (image_size, crop_pct, crop_mode, mean, std, interpolation)
         self.image_key, self.label_key, self.with_index = image_key, label_key, with_index
         self.normalize = normalize
@@ -150,9 +165,13 @@ class _EvalExample(grain.transforms.Map):
         index, record = element
         size, crop_pct, crop_mode, mean, std, interpolation = self.args
         image = record[self.image_key]
-        out = {"image": eval_transform(image, size, crop_pct, crop_mode, mean, std, interpolation)
-               if self.normalize else eval_crop_uint8(image, size, crop_pct, crop_mode, interpolation),
-               "label": np.int32(record[self.label_key]), "mask": np.bool_(True)}
+        out = {
+            "image": eval_transform(image, size, crop_pct, crop_mode, mean, std, interpolation)
+            if self.normalize
+            else eval_crop_uint8(image, size, crop_pct, crop_mode, interpolation),
+            "label": np.int32(record[self.label_key]),
+            "mask": np.bool_(True),
+        }
         if self.with_index:
             out["index"] = np.int64(index)
         return out
@@ -167,21 +186,38 @@ class _PadExample(grain.transforms.Map):
 
     def map(self, element):
         del element
-        out = {"image": np.zeros((self.image_size, self.image_size, 3), self.dtype),
-               "label": np.int32(0), "mask": np.bool_(False)}
+        out = {
+            "image": np.zeros((self.image_size, self.image_size, 3), self.dtype),
+            "label": np.int32(0),
+            "mask": np.bool_(False),
+        }
         if self.with_index:
             out["index"] = np.int64(-1)
         return out
 
 
-def make_train_iterator(name: str, *, global_batch_size: int, image_size: int, data_dir=None,
-                        split: str = "train", seed: int = 0,
-                        augment: TrainAugConfig = TrainAugConfig(),
-                        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-                        num_epochs: int | None = None, process_index: int | None = None,
-                        process_count: int | None = None, num_workers: int = 0, num_threads: int = 4,
-                        prefetch_batches: int = 4, image_key: str = "image", label_key: str = "label",
-                        with_index: bool = False, normalize: bool = True):
+def make_train_iterator(
+    name: str,
+    *,
+    global_batch_size: int,
+    image_size: int,
+    data_dir=None,
+    split: str = "train",
+    seed: int = 0,
+    augment: TrainAugConfig = TrainAugConfig(),
+    mean=IMAGENET_DEFAULT_MEAN,
+    std=IMAGENET_DEFAULT_STD,
+    num_epochs: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_workers: int = 0,
+    num_threads: int = 4,
+    prefetch_batches: int = 4,
+    image_key: str = "image",
+    label_key: str = "label",
+    with_index: bool = False,
+    normalize: bool = True,
+):
     """Training batches of the TFDS dataset `name` (prepared in `data_dir`; 'mv_digits' is built on
     first use), shuffled per epoch, repeated `num_epochs` times (None: forever), augmented with
     `augment` (official recipe by default; `TrainAugConfig.none()` for none), incomplete last batch
@@ -200,14 +236,19 @@ def make_train_iterator(name: str, *, global_batch_size: int, image_size: int, d
     source = open_source(name, split, data_dir, image_key)
     start, end = shard_bounds(len(source), process_index, process_count, drop_remainder=True)
     if end - start < batch:
-        raise ValueError(f"{name}/{split}: a host shard of {end - start} examples is smaller than the "
-                         f"per-host batch {batch}")
+        raise ValueError(
+            f"{name}/{split}: a host shard of {end - start} examples is smaller than the "
+            f"per-host batch {batch}"
+        )
     # Fold the host into the seed: hosts must not draw the same augmentation at the same position.
     host_seed = int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
     ds = grain.MapDataset.source(source)[start:end].map_with_index(_AttachIndex(start))
     ds = ds.seed(host_seed).shuffle().repeat(num_epochs)
-    ds = ds.random_map(_TrainExample(image_size, augment, tuple(mean), tuple(std), image_key,
-                                     label_key, with_index, normalize))
+    ds = ds.random_map(
+        _TrainExample(
+            image_size, augment, tuple(mean), tuple(std), image_key, label_key, with_index, normalize
+        )
+    )
     ds = ds.batch(batch, drop_remainder=True)
     return _to_iterator(ds, num_workers, num_threads, prefetch_batches)
 
@@ -219,14 +260,28 @@ def eval_num_batches(num_examples: int, global_batch_size: int, process_count: i
     return max(1, -(-largest_shard // batch))
 
 
-def make_eval_iterator(name: str, *, global_batch_size: int, image_size: int,
-                       crop_pct: float = 0.875, crop_mode: str = "center",
-                       interpolation: str = "bicubic", data_dir=None, split: str | None = None,
-                       mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-                       process_index: int | None = None, process_count: int | None = None,
-                       num_workers: int = 0, num_threads: int = 4, prefetch_batches: int = 4,
-                       image_key: str = "image", label_key: str = "label", with_index: bool = False,
-                       normalize: bool = True):
+def make_eval_iterator(
+    name: str,
+    *,
+    global_batch_size: int,
+    image_size: int,
+    crop_pct: float = 0.875,
+    crop_mode: str = "center",
+    interpolation: str = "bicubic",
+    data_dir=None,
+    split: str | None = None,
+    mean=IMAGENET_DEFAULT_MEAN,
+    std=IMAGENET_DEFAULT_STD,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_workers: int = 0,
+    num_threads: int = 4,
+    prefetch_batches: int = 4,
+    image_key: str = "image",
+    label_key: str = "label",
+    with_index: bool = False,
+    normalize: bool = True,
+):
     """One deterministic pass over `split` (None: 'validation', else 'test') with the timm eval
     transform. Nothing is dropped: each host's last batches are padded (mask False), and every host
     yields `eval_num_batches(...)` batches, so summing metrics over mask counts each example once.
@@ -240,12 +295,27 @@ def make_eval_iterator(name: str, *, global_batch_size: int, image_size: int,
     total = eval_num_batches(len(source), global_batch_size, process_count) * batch
     parts = []
     if end > start:
-        parts.append(grain.MapDataset.source(source)[start:end].map_with_index(_AttachIndex(start))
-                     .map(_EvalExample(image_size, crop_pct, crop_mode, interpolation, tuple(mean),
-                                       tuple(std), image_key, label_key, with_index, normalize)))
+        parts.append(
+            grain.MapDataset.source(source)[start:end]
+            .map_with_index(_AttachIndex(start))
+            .map(
+                _EvalExample(
+                    image_size,
+                    crop_pct,
+                    crop_mode,
+                    interpolation,
+                    tuple(mean),
+                    tuple(std),
+                    image_key,
+                    label_key,
+                    with_index,
+                    normalize,
+                )
+            )
+        )
     if total > end - start:
-        parts.append(grain.MapDataset.range(total - (end - start))
-                     .map(_PadExample(image_size, with_index, normalize)))
+        parts.append(
+            grain.MapDataset.range(total - (end - start)).map(_PadExample(image_size, with_index, normalize))
+        )
     ds = parts[0] if len(parts) == 1 else grain.MapDataset.concatenate(parts)
-    return _to_iterator(ds.batch(batch, drop_remainder=False), num_workers, num_threads,
-                        prefetch_batches)
+    return _to_iterator(ds.batch(batch, drop_remainder=False), num_workers, num_threads, prefetch_batches)

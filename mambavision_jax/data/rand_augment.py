@@ -6,6 +6,7 @@ against timm's own functions). The one change: randomness comes from an explicit
 `np.random.Generator` (seeded per example by the pipeline) instead of the global `random` /
 `np.random` state, so a data stream is reproducible and resumable; the distributions are timm's.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,18 +22,43 @@ _RANDOM_INTERPOLATION = (_BILINEAR, _BICUBIC)
 
 # timm's op sets. 'inc1' selects the increasing one: every op gets stronger as the magnitude grows.
 RAND_TRANSFORMS = (
-    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd",
-    "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel",
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "Posterize",
+    "Solarize",
+    "SolarizeAdd",
+    "Color",
+    "Contrast",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
     "TranslateYRel",
 )
 RAND_INCREASING_TRANSFORMS = (
-    "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
-    "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
-    "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel",
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "PosterizeIncreasing",
+    "SolarizeIncreasing",
+    "SolarizeAdd",
+    "ColorIncreasing",
+    "ContrastIncreasing",
+    "BrightnessIncreasing",
+    "SharpnessIncreasing",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
 )
 
 
 # ---- ops (timm's functions; geometric ones take the resample filter and fill colour) ----
+
 
 def _affine(img, matrix, resample, fill):
     return img.transform(img.size, Image.AFFINE, matrix, resample=resample, fillcolor=fill)
@@ -84,15 +110,21 @@ def _posterize(img, bits_to_keep):
 
 
 _GEOMETRIC = {
-    "Rotate": _rotate, "ShearX": _shear_x, "ShearY": _shear_y,
-    "TranslateX": _translate_x_abs, "TranslateY": _translate_y_abs,
-    "TranslateXRel": _translate_x_rel, "TranslateYRel": _translate_y_rel,
+    "Rotate": _rotate,
+    "ShearX": _shear_x,
+    "ShearY": _shear_y,
+    "TranslateX": _translate_x_abs,
+    "TranslateY": _translate_y_abs,
+    "TranslateXRel": _translate_x_rel,
+    "TranslateYRel": _translate_y_rel,
 }
 _PIXEL = {
     "AutoContrast": lambda img: ImageOps.autocontrast(img),
     "Equalize": lambda img: ImageOps.equalize(img),
     "Invert": lambda img: ImageOps.invert(img),
-    "Posterize": _posterize, "PosterizeIncreasing": _posterize, "PosterizeOriginal": _posterize,
+    "Posterize": _posterize,
+    "PosterizeIncreasing": _posterize,
+    "PosterizeOriginal": _posterize,
     "Solarize": lambda img, t: ImageOps.solarize(img, t),
     "SolarizeIncreasing": lambda img, t: ImageOps.solarize(img, t),
     "SolarizeAdd": _solarize_add,
@@ -107,10 +139,21 @@ _PIXEL = {
 }
 OP_NAMES = tuple(_GEOMETRIC) + tuple(_PIXEL)
 # Ops whose argument timm negates with probability 1/2 (`_randomly_negate`).
-SIGNED_OPS = frozenset({
-    "Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "TranslateXRel", "TranslateYRel",
-    "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing",
-})
+SIGNED_OPS = frozenset(
+    {
+        "Rotate",
+        "ShearX",
+        "ShearY",
+        "TranslateX",
+        "TranslateY",
+        "TranslateXRel",
+        "TranslateYRel",
+        "ColorIncreasing",
+        "ContrastIncreasing",
+        "BrightnessIncreasing",
+        "SharpnessIncreasing",
+    }
+)
 
 
 def op_args(name: str, magnitude: float, negate: bool = False, hparams: dict | None = None) -> tuple:
@@ -147,8 +190,16 @@ def op_args(name: str, magnitude: float, negate: bool = False, hparams: dict | N
     raise KeyError(f"unknown RandAugment op {name!r}")
 
 
-def apply_op(img: Image.Image, name: str, magnitude: float, *, negate: bool = False,
-             resample=_BICUBIC, fill=_FILL, hparams: dict | None = None) -> Image.Image:
+def apply_op(
+    img: Image.Image,
+    name: str,
+    magnitude: float,
+    *,
+    negate: bool = False,
+    resample=_BICUBIC,
+    fill=_FILL,
+    hparams: dict | None = None,
+) -> Image.Image:
     """Apply one op at a fixed magnitude and sign (deterministic; for tests and reuse)."""
     args = op_args(name, magnitude, negate, hparams)
     if name in _GEOMETRIC:
@@ -165,6 +216,7 @@ class RandAugment:
     interpolation None = bilinear or bicubic at random per geometric op (timm's default when the
     training interpolation is 'random').
     """
+
     ops: tuple[str, ...] = RAND_TRANSFORMS
     num_layers: int = 2
     magnitude: float = 10.0
@@ -192,13 +244,15 @@ class RandAugment:
             resample = self.interpolation
             if name in _GEOMETRIC and resample is None:
                 resample = _RANDOM_INTERPOLATION[int(rng.integers(0, 2))]
-            img = apply_op(img, name, magnitude, negate=negate, resample=resample,
-                           fill=self.fill, hparams=hparams)
+            img = apply_op(
+                img, name, magnitude, negate=negate, resample=resample, fill=self.fill, hparams=hparams
+            )
         return img
 
 
-def rand_augment_transform(config_str: str, *, fill=_FILL, interpolation: int | None = None,
-                           translate_const: int = 250) -> RandAugment:
+def rand_augment_transform(
+    config_str: str, *, fill=_FILL, interpolation: int | None = None, translate_const: int = 250
+) -> RandAugment:
     """Parse a timm RandAugment string, e.g. 'rand-m9-mstd0.5-inc1' (official MambaVision).
 
     Sections (timm): m = magnitude, n = number of ops, p = per-op probability, mstd = magnitude
@@ -232,5 +286,6 @@ def rand_augment_transform(config_str: str, *, fill=_FILL, interpolation: int | 
         else:
             raise ValueError(f"unknown RandAugment config section {c!r} in {config_str!r}")
     ops = RAND_INCREASING_TRANSFORMS if increasing else RAND_TRANSFORMS
-    return RandAugment(ops=ops, fill=tuple(fill), interpolation=interpolation,
-                       translate_const=translate_const, **kw)
+    return RandAugment(
+        ops=ops, fill=tuple(fill), interpolation=interpolation, translate_const=translate_const, **kw
+    )

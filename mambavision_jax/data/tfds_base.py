@@ -1,4 +1,5 @@
 """Base class for this package's TFDS builders."""
+
 from __future__ import annotations
 
 import tensorflow_datasets as tfds

@@ -8,6 +8,7 @@ the outputs are identical (tests/test_preprocess.py). Training follows
 `eval_crop_uint8` / `train_augment` (+ `erasing_boxes`) stop before normalisation and return uint8, for
 the training loop, which normalises and erases on the device as timm's prefetching loader does.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,6 +20,7 @@ from PIL import Image
 
 from mambavision_jax.data.image_io import to_pil_rgb, to_rgb_uint8
 from mambavision_jax.data.rand_augment import rand_augment_transform
+
 # One definition of the ImageNet statistics, the models' pretrained cfgs'; the data names stay.
 from mambavision_jax.models.registry import IMAGENET_MEAN as IMAGENET_DEFAULT_MEAN
 from mambavision_jax.models.registry import IMAGENET_STD as IMAGENET_DEFAULT_STD
@@ -43,6 +45,7 @@ def pil_interpolation(name: str) -> int:
 
 
 # ---- building blocks (torchvision semantics for PIL images) ----
+
 
 def normalize(img, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> np.ndarray:
     """uint8 RGB (PIL or array) -> float32 HWC, (x / 255 - mean) / std in float32 as ToTensor +
@@ -79,8 +82,13 @@ def center_crop(img: Image.Image, size: int | tuple[int, int]) -> Image.Image:
     return img.crop((left, top, left + cw, top + ch))
 
 
-def resize_and_center_crop(img: Image.Image, image_size: int, crop_pct: float = 0.875,
-                           crop_mode: str = "center", interpolation: str = "bicubic") -> Image.Image:
+def resize_and_center_crop(
+    img: Image.Image,
+    image_size: int,
+    crop_pct: float = 0.875,
+    crop_mode: str = "center",
+    interpolation: str = "bicubic",
+) -> Image.Image:
     """timm eval geometry, uint8 in and out. center: short side -> floor(size / crop_pct), then crop;
     squash: both sides -> floor(size / crop_pct) (aspect ratio not kept), then crop."""
     if not isinstance(image_size, int):
@@ -97,9 +105,15 @@ def resize_and_center_crop(img: Image.Image, image_size: int, crop_pct: float = 
     return center_crop(img, image_size)
 
 
-def eval_transform(img, image_size: int = 224, crop_pct: float = 0.875, crop_mode: str = "center",
-                   mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-                   interpolation: str = "bicubic") -> np.ndarray:
+def eval_transform(
+    img,
+    image_size: int = 224,
+    crop_pct: float = 0.875,
+    crop_mode: str = "center",
+    mean=IMAGENET_DEFAULT_MEAN,
+    std=IMAGENET_DEFAULT_STD,
+    interpolation: str = "bicubic",
+) -> np.ndarray:
     """Eval preprocessing: an image (PIL, bytes or uint8 array) -> float32 (image_size, image_size, 3).
 
     Equal to timm's `create_transform(input_size, crop_pct=, crop_mode=, interpolation=, mean=, std=)`
@@ -108,15 +122,20 @@ def eval_transform(img, image_size: int = 224, crop_pct: float = 0.875, crop_mod
     return normalize(eval_crop_uint8(img, image_size, crop_pct, crop_mode, interpolation), mean, std)
 
 
-def eval_crop_uint8(img, image_size: int = 224, crop_pct: float = 0.875, crop_mode: str = "center",
-                    interpolation: str = "bicubic") -> np.ndarray:
+def eval_crop_uint8(
+    img,
+    image_size: int = 224,
+    crop_pct: float = 0.875,
+    crop_mode: str = "center",
+    interpolation: str = "bicubic",
+) -> np.ndarray:
     """`eval_transform` before normalisation -> uint8 (image_size, image_size, 3) (what the training
     loop's eval ships to the devices, which normalise with `device_ops.normalize_on_device`)."""
-    return np.asarray(resize_and_center_crop(to_pil_rgb(img), image_size, crop_pct, crop_mode,
-                                             interpolation))
+    return np.asarray(resize_and_center_crop(to_pil_rgb(img), image_size, crop_pct, crop_mode, interpolation))
 
 
 # ---- training ----
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainAugConfig:
@@ -126,6 +145,7 @@ class TrainAugConfig:
     as timm's no_aug), hflip=0, auto_augment=None, re_prob=0. timm's color jitter (0.4 in the
     official args) is not here because timm disables it whenever RandAugment is on.
     """
+
     random_resized_crop: bool = True
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
@@ -146,8 +166,9 @@ class TrainAugConfig:
         return cls(random_resized_crop=False, hflip=0.0, auto_augment=None, re_prob=0.0)
 
 
-def random_resized_crop_params(width: int, height: int, rng: np.random.Generator,
-                               scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0)) -> tuple[int, int, int, int]:
+def random_resized_crop_params(
+    width: int, height: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0)
+) -> tuple[int, int, int, int]:
     """timm RandomResizedCropAndInterpolation.get_params -> (top, left, h, w): 10 tries of a random
     area fraction and log-uniform aspect ratio, then a center crop clamped to the ratio range."""
     area = width * height
@@ -171,8 +192,14 @@ def random_resized_crop_params(width: int, height: int, rng: np.random.Generator
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def random_resized_crop(img: Image.Image, rng: np.random.Generator, size: int, scale=(0.08, 1.0),
-                        ratio=(3.0 / 4.0, 4.0 / 3.0), interpolation: str = "random") -> Image.Image:
+def random_resized_crop(
+    img: Image.Image,
+    rng: np.random.Generator,
+    size: int,
+    scale=(0.08, 1.0),
+    ratio=(3.0 / 4.0, 4.0 / 3.0),
+    interpolation: str = "random",
+) -> Image.Image:
     top, left, h, w = random_resized_crop_params(img.size[0], img.size[1], rng, scale, ratio)
     interp = _crop_interpolation(interpolation, rng)
     # crop then resize, as torchvision's resized_crop does for PIL (a `box=` resize differs at edges)
@@ -185,8 +212,14 @@ def _crop_interpolation(interpolation: str, rng: np.random.Generator) -> int:
     return pil_interpolation(interpolation)
 
 
-def draft_random_resized_crop(data: bytes, rng: np.random.Generator, size: int, scale=(0.08, 1.0),
-                              ratio=(3.0 / 4.0, 4.0 / 3.0), interpolation: str = "random") -> Image.Image:
+def draft_random_resized_crop(
+    data: bytes,
+    rng: np.random.Generator,
+    size: int,
+    scale=(0.08, 1.0),
+    ratio=(3.0 / 4.0, 4.0 / 3.0),
+    interpolation: str = "random",
+) -> Image.Image:
     """`random_resized_crop` of encoded bytes, decoding only as much of a JPEG as the crop needs.
 
     The crop parameters need only the header's size, so they are drawn before decoding (the same
@@ -212,9 +245,17 @@ def draft_random_resized_crop(data: bytes, rng: np.random.Generator, size: int, 
     return img.crop((left, top, left + w, top + h)).resize((size, size), interp)
 
 
-def erasing_boxes(rng: np.random.Generator, height: int, width: int, prob: float = 0.25,
-                  min_count: int = 1, max_count: int = 1, min_area: float = 0.02,
-                  max_area: float = 1.0 / 3.0, min_aspect: float = 0.3) -> np.ndarray:
+def erasing_boxes(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    prob: float = 0.25,
+    min_count: int = 1,
+    max_count: int = 1,
+    min_area: float = 0.02,
+    max_area: float = 1.0 / 3.0,
+    min_aspect: float = 0.3,
+) -> np.ndarray:
     """timm RandomErasing's box draws for one (height, width) image -> int32 (max_count, 4) rows of
     (top, left, h, w); rows of zeros are no box.
 
@@ -242,9 +283,17 @@ def erasing_boxes(rng: np.random.Generator, height: int, width: int, prob: float
     return boxes
 
 
-def random_erasing(x: np.ndarray, rng: np.random.Generator, prob: float = 0.25, mode: str = "pixel",
-                   min_count: int = 1, max_count: int = 1, min_area: float = 0.02,
-                   max_area: float = 1.0 / 3.0, min_aspect: float = 0.3) -> np.ndarray:
+def random_erasing(
+    x: np.ndarray,
+    rng: np.random.Generator,
+    prob: float = 0.25,
+    mode: str = "pixel",
+    min_count: int = 1,
+    max_count: int = 1,
+    min_area: float = 0.02,
+    max_area: float = 1.0 / 3.0,
+    min_aspect: float = 0.3,
+) -> np.ndarray:
     """timm RandomErasing on one normalised HWC float image (modified in place and returned).
 
     The boxes of `erasing_boxes`, filled in order with N(0, 1) noise per pixel ('pixel'), per box
@@ -254,8 +303,9 @@ def random_erasing(x: np.ndarray, rng: np.random.Generator, prob: float = 0.25, 
     if mode not in ERASE_MODES:
         raise ValueError(f"random erasing mode must be 'pixel', 'rand' or 'const', got {mode!r}")
     img_h, img_w, chan = x.shape
-    for top, left, h, w in erasing_boxes(rng, img_h, img_w, prob, min_count, max_count, min_area,
-                                         max_area, min_aspect):
+    for top, left, h, w in erasing_boxes(
+        rng, img_h, img_w, prob, min_count, max_count, min_area, max_area, min_aspect
+    ):
         if h == 0:
             continue
         if mode == "pixel":
@@ -264,12 +314,17 @@ def random_erasing(x: np.ndarray, rng: np.random.Generator, prob: float = 0.25, 
             fill = rng.standard_normal((1, 1, chan), dtype=np.float32)
         else:
             fill = np.float32(0.0)
-        x[top:top + h, left:left + w, :] = fill
+        x[top : top + h, left : left + w, :] = fill
     return x
 
 
-def train_augment(img, rng: np.random.Generator, image_size: int,
-                  config: TrainAugConfig = TrainAugConfig(), mean=IMAGENET_DEFAULT_MEAN) -> np.ndarray:
+def train_augment(
+    img,
+    rng: np.random.Generator,
+    image_size: int,
+    config: TrainAugConfig = TrainAugConfig(),
+    mean=IMAGENET_DEFAULT_MEAN,
+) -> np.ndarray:
     """The uint8 part of the training augmentation -> uint8 (image_size, image_size, 3).
 
     timm order: RandomResizedCrop -> hflip -> RandAugment (what timm's loader ships with
@@ -277,11 +332,13 @@ def train_augment(img, rng: np.random.Generator, image_size: int,
     RandAugment's fill colour.
     """
     if config.random_resized_crop and config.fast_decode and isinstance(img, (bytes, bytearray)):
-        img = draft_random_resized_crop(bytes(img), rng, image_size, config.scale, config.ratio,
-                                        config.interpolation)
+        img = draft_random_resized_crop(
+            bytes(img), rng, image_size, config.scale, config.ratio, config.interpolation
+        )
     elif config.random_resized_crop:
-        img = random_resized_crop(to_pil_rgb(img), rng, image_size, config.scale, config.ratio,
-                                  config.interpolation)
+        img = random_resized_crop(
+            to_pil_rgb(img), rng, image_size, config.scale, config.ratio, config.interpolation
+        )
     else:
         img = to_pil_rgb(img)
         interp = "bicubic" if config.interpolation == "random" else config.interpolation
@@ -297,9 +354,14 @@ def train_augment(img, rng: np.random.Generator, image_size: int,
     return np.asarray(img)  # the one copy out of PIL; already uint8 RGB
 
 
-def train_transform(img, rng: np.random.Generator, image_size: int,
-                    config: TrainAugConfig = TrainAugConfig(),
-                    mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> np.ndarray:
+def train_transform(
+    img,
+    rng: np.random.Generator,
+    image_size: int,
+    config: TrainAugConfig = TrainAugConfig(),
+    mean=IMAGENET_DEFAULT_MEAN,
+    std=IMAGENET_DEFAULT_STD,
+) -> np.ndarray:
     """Training augmentation for one image, all on the host -> float32 (image_size, image_size, 3).
 
     timm order: RandomResizedCrop -> hflip -> RandAugment -> ToTensor + Normalize -> RandomErasing.
@@ -319,6 +381,7 @@ def _rand_augment(config_str, mean, image_size, interpolation):
     key = (config_str, mean, image_size, interpolation)
     if key not in _RA_CACHE:
         fill = tuple(min(255, round(255 * m)) for m in mean)
-        _RA_CACHE[key] = rand_augment_transform(config_str, fill=fill, interpolation=interpolation,
-                                                translate_const=int(image_size * 0.45))
+        _RA_CACHE[key] = rand_augment_transform(
+            config_str, fill=fill, interpolation=interpolation, translate_const=int(image_size * 0.45)
+        )
     return _RA_CACHE[key]

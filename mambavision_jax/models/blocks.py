@@ -1,4 +1,5 @@
 """The stem, the convolutional and the hybrid (Mamba / attention) stages, all NHWC."""
+
 from __future__ import annotations
 
 import jax
@@ -15,17 +16,24 @@ class PatchEmbed(nnx.Module):
     """conv3x3/2 -> BN(1e-4) -> ReLU -> conv3x3/2 -> BN(1e-4) -> ReLU; indices as the official Sequential."""
 
     def __init__(self, config: MambaVisionConfig, runtime: RuntimeConfig, *, rngs: nnx.Rngs):
-        conv = {"stride": 2, "bias": False, "dtype": runtime.compute_dtype, "conv_impl": runtime.conv_impl,
-                "rngs": rngs}
+        conv = {
+            "stride": 2,
+            "bias": False,
+            "dtype": runtime.compute_dtype,
+            "conv_impl": runtime.conv_impl,
+            "rngs": rngs,
+        }
         bn = {"eps": 1e-4, "num_groups": runtime.bn_groups, "dtype": runtime.compute_dtype}
-        self.conv_down = nnx.List([
-            Conv2d(config.in_chans, config.in_dim, **conv),
-            BatchNorm(config.in_dim, **bn),
-            ReLU(),
-            Conv2d(config.in_dim, config.dim, **conv),
-            BatchNorm(config.dim, **bn),
-            ReLU(),
-        ])
+        self.conv_down = nnx.List(
+            [
+                Conv2d(config.in_chans, config.in_dim, **conv),
+                BatchNorm(config.in_dim, **bn),
+                ReLU(),
+                Conv2d(config.in_dim, config.dim, **conv),
+                BatchNorm(config.dim, **bn),
+                ReLU(),
+            ]
+        )
 
     def __call__(self, x):
         for layer in self.conv_down:
@@ -37,8 +45,19 @@ class Downsample(nnx.Module):
     """conv3x3/2 with (1, 1) padding, no bias, no norm; channels x2."""
 
     def __init__(self, dim: int, runtime: RuntimeConfig, *, rngs: nnx.Rngs):
-        self.reduction = nnx.List([Conv2d(dim, 2 * dim, stride=2, bias=False, dtype=runtime.compute_dtype,
-                                          conv_impl=runtime.conv_impl, rngs=rngs)])
+        self.reduction = nnx.List(
+            [
+                Conv2d(
+                    dim,
+                    2 * dim,
+                    stride=2,
+                    bias=False,
+                    dtype=runtime.compute_dtype,
+                    conv_impl=runtime.conv_impl,
+                    rngs=rngs,
+                )
+            ]
+        )
 
     def __call__(self, x):
         return self.reduction[0](x)
@@ -55,8 +74,16 @@ def _scaled(y, gamma: nnx.Param | None):
 class ConvBlock(nnx.Module):
     """conv -> BN -> GELU(tanh) -> conv -> BN -> (gamma) -> DropPath -> residual."""
 
-    def __init__(self, dim: int, config: MambaVisionConfig, runtime: RuntimeConfig, *,
-                 drop_path: float, rng_stream, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim: int,
+        config: MambaVisionConfig,
+        runtime: RuntimeConfig,
+        *,
+        drop_path: float,
+        rng_stream,
+        rngs: nnx.Rngs,
+    ):
         conv = {"bias": True, "dtype": runtime.compute_dtype, "conv_impl": runtime.conv_impl, "rngs": rngs}
         bn = {"eps": 1e-5, "num_groups": runtime.bn_groups, "dtype": runtime.compute_dtype}
         self.conv1 = Conv2d(dim, dim, **conv)
@@ -75,15 +102,26 @@ class ConvBlock(nnx.Module):
 class Block(nnx.Module):
     """x + DropPath(gamma_1 * mixer(LN(x))); x + DropPath(gamma_2 * MLP(LN(x)))."""
 
-    def __init__(self, dim: int, num_heads: int, config: MambaVisionConfig, runtime: RuntimeConfig, *,
-                 attention: bool, drop_path: float, rng_stream, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        config: MambaVisionConfig,
+        runtime: RuntimeConfig,
+        *,
+        attention: bool,
+        drop_path: float,
+        rng_stream,
+        rngs: nnx.Rngs,
+    ):
         dtype = runtime.compute_dtype
         self.norm1 = LayerNorm(dim, rngs=rngs)
         if attention:
             self.mixer = Attention(dim, num_heads, attn_impl=runtime.attn_impl, dtype=dtype, rngs=rngs)
         else:
-            self.mixer = MambaVisionMixer(dim, d_state=8, d_conv=3, expand=1, scan_impl=runtime.scan_impl,
-                                          dtype=dtype, rngs=rngs)
+            self.mixer = MambaVisionMixer(
+                dim, d_state=8, d_conv=3, expand=1, scan_impl=runtime.scan_impl, dtype=dtype, rngs=rngs
+            )
         self.drop_path = DropPath(drop_path, rng_stream=rng_stream)
         self.norm2 = LayerNorm(dim, rngs=rngs)
         self.mlp = Mlp(dim, int(dim * config.mlp_ratio), dtype=dtype, rngs=rngs)
@@ -120,19 +158,39 @@ def window_reverse(windows: jax.Array, ws: int, h: int, w: int) -> jax.Array:
 class MambaVisionLayer(nnx.Module):
     """One stage: ConvBlocks (stages 1-2) or windowed hybrid Blocks (3-4), then the downsample."""
 
-    def __init__(self, stage: int, config: MambaVisionConfig, runtime: RuntimeConfig, *,
-                 drop_path: list[float], rng_stream, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        stage: int,
+        config: MambaVisionConfig,
+        runtime: RuntimeConfig,
+        *,
+        drop_path: list[float],
+        rng_stream,
+        rngs: nnx.Rngs,
+    ):
         dim, depth = config.stage_dims[stage], config.depths[stage]
         self.conv = stage not in HYBRID_STAGES
         self.window_size, self.remat = config.window_size[stage], runtime.remat
         if self.conv:
-            blocks = [ConvBlock(dim, config, runtime, drop_path=drop_path[i], rng_stream=rng_stream, rngs=rngs)
-                      for i in range(depth)]
+            blocks = [
+                ConvBlock(dim, config, runtime, drop_path=drop_path[i], rng_stream=rng_stream, rngs=rngs)
+                for i in range(depth)
+            ]
         else:
             attn = set(attention_block_indices(depth))
-            blocks = [Block(dim, config.num_heads[stage], config, runtime, attention=i in attn,
-                            drop_path=drop_path[i], rng_stream=rng_stream, rngs=rngs)
-                      for i in range(depth)]
+            blocks = [
+                Block(
+                    dim,
+                    config.num_heads[stage],
+                    config,
+                    runtime,
+                    attention=i in attn,
+                    drop_path=drop_path[i],
+                    rng_stream=rng_stream,
+                    rngs=rngs,
+                )
+                for i in range(depth)
+            ]
         self.blocks = nnx.List(blocks)
         last = stage == len(config.depths) - 1
         self.downsample = None if last else Downsample(dim, runtime, rngs=rngs)

@@ -5,6 +5,7 @@ parameter tree, and a checkpoint that stores `config.to_dict()` rebuilds its mod
 `MambaVisionConfig.from_dict`. `RuntimeConfig` holds what changes the computation but not the
 weights (compute dtype, kernel choices, rematerialisation, BatchNorm groups).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,7 +23,7 @@ class ConfigError(ValueError):
 
 
 def unknown_names_message(what: str, unknown, valid, noun: str = "field") -> str:
-    """"{what}: unknown field(s) 'x' (did you mean 'y'?); valid fields: ..." """
+    """ "{what}: unknown field(s) 'x' (did you mean 'y'?); valid fields: ..." """
     hints = []
     for name in unknown:
         close = difflib.get_close_matches(str(name), valid, n=1)
@@ -70,8 +71,10 @@ class _Fields:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (tuples become lists) that `from_dict` turns back into this config."""
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-                for f in dataclasses.fields(self)}
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in dataclasses.fields(self)
+        }
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -87,8 +90,11 @@ class _Fields:
         unknown = [k for k in d if k not in names]
         if unknown:
             raise ConfigError(unknown_names_message(cls.__name__, unknown, names))
-        required = [f.name for f in dataclasses.fields(cls)
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
         missing = [k for k in required if k not in d]
         if missing:
             raise ConfigError(f"{cls.__name__}: missing field(s) {', '.join(missing)}")
@@ -98,8 +104,9 @@ class _Fields:
         """A copy with `changes` applied (and validated); an unknown field is a TypeError."""
         unknown = [k for k in changes if k not in self.field_names()]
         if unknown:
-            raise TypeError(unknown_names_message(f"{type(self).__name__}.replace", unknown,
-                                                    self.field_names()))
+            raise TypeError(
+                unknown_names_message(f"{type(self).__name__}.replace", unknown, self.field_names())
+            )
         return dataclasses.replace(self, **changes)
 
 
@@ -114,6 +121,7 @@ class MambaVisionConfig(_Fields):
     scales of the hybrid / convolutional blocks (None: no scale); name: the official variant the
     config derives from (its preprocessing is used), None for a custom model.
     """
+
     dim: int
     in_dim: int
     depths: tuple[int, ...]
@@ -159,15 +167,17 @@ class MambaVisionConfig(_Fields):
         for i in HYBRID_STAGES:
             c, h = self.stage_dims[i], self.num_heads[i]
             if c % h:
-                raise ConfigError(f"{own}.num_heads[{i}]={h} does not divide stage {i + 1}'s "
-                                  f"{c} channels (dim * 2**{i})")
+                raise ConfigError(
+                    f"{own}.num_heads[{i}]={h} does not divide stage {i + 1}'s {c} channels (dim * 2**{i})"
+                )
             if int(c * self.mlp_ratio) < 1:
-                raise ConfigError(f"{own}.mlp_ratio={self.mlp_ratio!r} gives stage {i + 1} an "
-                                  f"empty MLP ({c} channels)")
+                raise ConfigError(
+                    f"{own}.mlp_ratio={self.mlp_ratio!r} gives stage {i + 1} an empty MLP ({c} channels)"
+                )
 
     @property
     def stage_dims(self) -> tuple[int, ...]:
-        return tuple(self.dim * 2 ** i for i in range(len(self.depths)))
+        return tuple(self.dim * 2**i for i in range(len(self.depths)))
 
     @property
     def num_features(self) -> int:
@@ -188,6 +198,7 @@ class RuntimeConfig(_Fields):
     block's activations in the backward pass; bn_groups: BatchNorm statistics per group of the
     batch (the official per-GPU BatchNorm), 1 for the whole batch.
     """
+
     dtype: str = "float32"
     scan_impl: str = "auto"
     attn_impl: str = "auto"
@@ -205,6 +216,7 @@ class RuntimeConfig(_Fields):
         dtype = self.dtype
         if not isinstance(dtype, str):
             import numpy as np
+
             try:
                 dtype = np.dtype(dtype).name
             except TypeError:
@@ -212,8 +224,11 @@ class RuntimeConfig(_Fields):
         if dtype not in FLOAT_DTYPES:
             raise ConfigError(f"{own}.dtype must be one of {FLOAT_DTYPES}, got {self.dtype!r}")
         object.__setattr__(self, "dtype", dtype)
-        for field, valid in (("scan_impl", ("auto", *ops.SCAN_IMPLS)), ("attn_impl", ops.ATTN_IMPLS),
-                             ("conv_impl", ops.CONV_IMPLS)):
+        for field, valid in (
+            ("scan_impl", ("auto", *ops.SCAN_IMPLS)),
+            ("attn_impl", ops.ATTN_IMPLS),
+            ("conv_impl", ops.CONV_IMPLS),
+        ):
             v = getattr(self, field)
             if v not in valid:
                 raise ConfigError(f"{own}.{field} must be one of {list(valid)}, got {v!r}")
@@ -224,4 +239,5 @@ class RuntimeConfig(_Fields):
     @property
     def compute_dtype(self):
         import jax.numpy as jnp
+
         return jnp.dtype(self.dtype)

@@ -3,6 +3,7 @@
 Parameter names follow Flax (kernel/bias/scale, BatchNorm mean/var); the converter maps them to the
 official PyTorch names. Parameters are float32; `dtype` is the compute dtype.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,20 +30,36 @@ def torch_default_bias_init(fan_in: int):
     return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-def Conv2d(in_ch: int, out_ch: int, *, stride: int = 1, bias: bool, dtype, conv_impl: str = "auto",
-           rngs: nnx.Rngs) -> nnx.Conv:
+def Conv2d(
+    in_ch: int, out_ch: int, *, stride: int = 1, bias: bool, dtype, conv_impl: str = "auto", rngs: nnx.Rngs
+) -> nnx.Conv:
     """3x3 conv with PyTorch's explicit (1, 1) padding: 'SAME' pads (0, 1) on even inputs with
     stride 2, which shifts the sampling grid and breaks parity. `conv_impl`: see `ops.conv`."""
-    return nnx.Conv(in_ch, out_ch, kernel_size=(3, 3), strides=(stride, stride),
-                    padding=((1, 1), (1, 1)), use_bias=bias, dtype=dtype,
-                    kernel_init=torch_default_kernel_init,
-                    bias_init=torch_default_bias_init(in_ch * 9),
-                    conv_general_dilated=ops.conv_hook(conv_impl), rngs=rngs)
+    return nnx.Conv(
+        in_ch,
+        out_ch,
+        kernel_size=(3, 3),
+        strides=(stride, stride),
+        padding=((1, 1), (1, 1)),
+        use_bias=bias,
+        dtype=dtype,
+        kernel_init=torch_default_kernel_init,
+        bias_init=torch_default_bias_init(in_ch * 9),
+        conv_general_dilated=ops.conv_hook(conv_impl),
+        rngs=rngs,
+    )
 
 
 def Linear(in_f: int, out_f: int, *, bias: bool = True, dtype, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(in_f, out_f, use_bias=bias, dtype=dtype, kernel_init=linear_kernel_init,
-                      bias_init=nnx.initializers.zeros, rngs=rngs)
+    return nnx.Linear(
+        in_f,
+        out_f,
+        use_bias=bias,
+        dtype=dtype,
+        kernel_init=linear_kernel_init,
+        bias_init=nnx.initializers.zeros,
+        rngs=rngs,
+    )
 
 
 def LayerNorm(dim: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -61,9 +78,17 @@ class BatchNorm(nnx.Module):
     `num_groups = 1` gives global (synchronised) statistics.
     """
 
-    def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1,
-                 num_groups: int = 1, use_running_average: bool = False, dtype=jnp.float32,
-                 rngs: nnx.Rngs | None = None):
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        num_groups: int = 1,
+        use_running_average: bool = False,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs | None = None,
+    ):
         del rngs  # deterministic init: scale 1, bias 0
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.num_groups, self.use_running_average, self.dtype = num_groups, use_running_average, dtype

@@ -1,4 +1,5 @@
 """The MambaVision backbone and classifier (NVlabs/MambaVision, CVPR 2025), NHWC."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -24,11 +25,14 @@ class MambaVision(nnx.Module):
     >= 32. `model.train()` / `model.eval()` switch BatchNorm statistics and DropPath.
     """
 
-    def __init__(self, config: MambaVisionConfig, runtime: RuntimeConfig = DEFAULT_RUNTIME, *,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, config: MambaVisionConfig, runtime: RuntimeConfig = DEFAULT_RUNTIME, *, rngs: nnx.Rngs
+    ):
         if not isinstance(config, MambaVisionConfig):
-            raise TypeError(f"MambaVision(config, ...): config must be a MambaVisionConfig, got "
-                            f"{type(config).__name__} (build one with create_model or model_config)")
+            raise TypeError(
+                f"MambaVision(config, ...): config must be a MambaVisionConfig, got "
+                f"{type(config).__name__} (build one with create_model or model_config)"
+            )
         if not isinstance(runtime, RuntimeConfig):
             raise TypeError(f"MambaVision: runtime must be a RuntimeConfig, got {type(runtime).__name__}")
         self.config, self.runtime = config, runtime
@@ -40,13 +44,25 @@ class MambaVision(nnx.Module):
         dpr = [float(r) for r in np.linspace(0, config.drop_path_rate, sum(depths))]
         # One RNG stream shared by every DropPath: the whole model carries a single counter.
         rng_stream = rngs["dropout"].fork() if config.drop_path_rate > 0 else None
-        self.levels = nnx.List([
-            MambaVisionLayer(i, config, runtime, drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])],
-                             rng_stream=rng_stream, rngs=rngs)
-            for i in range(len(depths))])
+        self.levels = nnx.List(
+            [
+                MambaVisionLayer(
+                    i,
+                    config,
+                    runtime,
+                    drop_path=dpr[sum(depths[:i]) : sum(depths[: i + 1])],
+                    rng_stream=rng_stream,
+                    rngs=rngs,
+                )
+                for i in range(len(depths))
+            ]
+        )
         self.norm = BatchNorm(self.num_features, eps=1e-5, num_groups=runtime.bn_groups, dtype=self.dtype)
-        self.head = (Linear(self.num_features, config.num_classes, dtype=self.dtype, rngs=rngs)
-                     if config.num_classes > 0 else None)
+        self.head = (
+            Linear(self.num_features, config.num_classes, dtype=self.dtype, rngs=rngs)
+            if config.num_classes > 0
+            else None
+        )
 
     @property
     def name(self) -> str | None:
@@ -71,14 +87,20 @@ class MambaVision(nnx.Module):
 
     def _check_input(self, x: jax.Array) -> None:
         if x.ndim != 4:
-            raise ValueError(f"expected images of shape (batch, height, width, {self.in_chans}) "
-                             f"(NHWC), got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"expected images of shape (batch, height, width, {self.in_chans}) "
+                f"(NHWC), got shape {tuple(x.shape)}"
+            )
         if x.shape[-1] != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} channels in the last axis (NHWC), got shape "
-                             f"{tuple(x.shape)}; convert NCHW input with x.transpose(0, 2, 3, 1)")
+            raise ValueError(
+                f"expected {self.in_chans} channels in the last axis (NHWC), got shape "
+                f"{tuple(x.shape)}; convert NCHW input with x.transpose(0, 2, 3, 1)"
+            )
         if min(x.shape[1:3]) < TOTAL_STRIDE:
-            raise ValueError(f"image size {x.shape[1]}x{x.shape[2]} is too small: MambaVision "
-                             f"downsamples by {TOTAL_STRIDE}, so height and width must be >= {TOTAL_STRIDE}")
+            raise ValueError(
+                f"image size {x.shape[1]}x{x.shape[2]} is too small: MambaVision "
+                f"downsamples by {TOTAL_STRIDE}, so height and width must be >= {TOTAL_STRIDE}"
+            )
 
     def forward_intermediates(self, x: jax.Array, indices: Sequence[int] = (0, 1, 2, 3)) -> list[jax.Array]:
         """The stage outputs before each downsample (NHWC), as detection/segmentation heads take them."""

@@ -1,4 +1,5 @@
 """MambaVisionMixer: the official Mamba mixer variant (no causal conv, no z gating, two paths)."""
+
 from __future__ import annotations
 
 import math
@@ -29,7 +30,7 @@ class DepthwiseConv1d(nnx.Module):
         pad = k // 2
         w = self.kernel[...].astype(x.dtype)[:, 0, :]
         xp = jnp.pad(x, ((0, 0), (pad, pad), (0, 0)))
-        return sum(xp[:, i:i + L, :] * w[i] for i in range(k))
+        return sum(xp[:, i : i + L, :] * w[i] for i in range(k))
 
 
 class MambaVisionMixer(nnx.Module):
@@ -41,8 +42,17 @@ class MambaVisionMixer(nnx.Module):
     in the official code.
     """
 
-    def __init__(self, d_model: int, *, d_state: int = 8, d_conv: int = 3, expand: int = 1,
-                 scan_impl: str = "auto", dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int = 8,
+        d_conv: int = 3,
+        expand: int = 1,
+        scan_impl: str = "auto",
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self.d_inner = int(expand * d_model)
         self.d_state = d_state
         self.dt_rank = math.ceil(d_model / 16)
@@ -65,16 +75,26 @@ class MambaVisionMixer(nnx.Module):
         dt, B, C = jnp.split(self.x_proj(x), [self.dt_rank, self.dt_rank + self.d_state], axis=-1)
         delta = self.dt_proj(dt)
         A = -jnp.exp(self.A_log[...])
-        y = ops.selective_scan(x, delta, A, B, C, self.D[...], delta_bias=self.dt_proj.bias[...],
-                               delta_softplus=True, impl=self.scan_impl)
+        y = ops.selective_scan(
+            x,
+            delta,
+            A,
+            B,
+            C,
+            self.D[...],
+            delta_bias=self.dt_proj.bias[...],
+            delta_softplus=True,
+            impl=self.scan_impl,
+        )
         return self.out_proj(jnp.concatenate([y.astype(z.dtype), z], axis=-1))
 
 
 class Attention(nnx.Module):
     """Multi-head self-attention inside a window: qkv (with bias) -> softmax(q k^T / sqrt(hd)) v -> proj."""
 
-    def __init__(self, dim: int, num_heads: int, *, attn_impl: str = "auto", dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, dim: int, num_heads: int, *, attn_impl: str = "auto", dtype=jnp.float32, rngs: nnx.Rngs
+    ):
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         if attn_impl not in ops.ATTN_IMPLS:

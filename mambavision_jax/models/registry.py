@@ -1,5 +1,6 @@
 """The 11 official variants (their `MambaVisionConfig` and pretrained cfg), `create_model` and
 `list_models`."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,6 +20,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclasses.dataclass(frozen=True)
 class PretrainedCfg:
     """What evaluation needs to preprocess like the official code (timm's pretrained_cfg)."""
+
     hf_hub_id: str | None = None
     url: str | None = None
     input_size: tuple[int, int, int] = (3, 224, 224)
@@ -31,8 +33,11 @@ class PretrainedCfg:
 
 
 def _cfg(hub_name: str, filename: str, **kwargs) -> PretrainedCfg:
-    return PretrainedCfg(hf_hub_id=f"nvidia/{hub_name}",
-                         url=f"https://huggingface.co/nvidia/{hub_name}/resolve/main/{filename}", **kwargs)
+    return PretrainedCfg(
+        hf_hub_id=f"nvidia/{hub_name}",
+        url=f"https://huggingface.co/nvidia/{hub_name}/resolve/main/{filename}",
+        **kwargs,
+    )
 
 
 # ------------------------------------------------------------------ architectures
@@ -103,14 +108,16 @@ PRETRAINED_CFGS: dict[str, PretrainedCfg] = {
     "mamba_vision_L_21k": _cfg("MambaVision-L-21K", "mambavision_large_21k.pth.tar"),
     "mamba_vision_L2": _cfg("MambaVision-L2-1K", "mambavision_large2_1k.pth.tar"),
     "mamba_vision_L2_512_21k": _cfg("MambaVision-L2-512-21K", "mambavision_L2_21k_240m_512.pth.tar", **_512),
-    "mamba_vision_L3_256_21k": _cfg("MambaVision-L3-256-21K", "mambavision_L3_21k_740m_256.pth.tar",
-                                    input_size=(3, 256, 256)),
+    "mamba_vision_L3_256_21k": _cfg(
+        "MambaVision-L3-256-21K", "mambavision_L3_21k_740m_256.pth.tar", input_size=(3, 256, 256)
+    ),
     "mamba_vision_L3_512_21k": _cfg("MambaVision-L3-512-21K", "mambavision_L3_21k_740m_512.pth.tar", **_512),
 }
 
 # name: (config, pretrained cfg)
 VARIANTS: dict[str, tuple[MambaVisionConfig, PretrainedCfg]] = {
-    n: (CONFIGS[n], PRETRAINED_CFGS[n]) for n in CONFIGS}
+    n: (CONFIGS[n], PRETRAINED_CFGS[n]) for n in CONFIGS
+}
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -151,8 +158,9 @@ def pretrained_cfg_for(config: MambaVisionConfig) -> PretrainedCfg:
         base = PretrainedCfg()
     if (base.num_classes, base.input_size[0]) == (config.num_classes, config.in_chans):
         return base
-    return dataclasses.replace(base, num_classes=config.num_classes,
-                               input_size=(config.in_chans, *base.input_size[1:]))
+    return dataclasses.replace(
+        base, num_classes=config.num_classes, input_size=(config.in_chans, *base.input_size[1:])
+    )
 
 
 _ARCH_FIELDS = MambaVisionConfig.field_names()
@@ -170,9 +178,16 @@ def split_overrides(overrides: dict[str, Any], what: str = "create_model") -> tu
     return arch, runtime
 
 
-def create_model(name_or_config: str | MambaVisionConfig, *, pretrained: bool = False,
-                 rngs: nnx.Rngs | None = None, runtime: RuntimeConfig | None = None,
-                 features_only: bool = False, out_indices=(0, 1, 2, 3), **overrides) -> MambaVision:
+def create_model(
+    name_or_config: str | MambaVisionConfig,
+    *,
+    pretrained: bool = False,
+    rngs: nnx.Rngs | None = None,
+    runtime: RuntimeConfig | None = None,
+    features_only: bool = False,
+    out_indices=(0, 1, 2, 3),
+    **overrides,
+) -> MambaVision:
     """Build an official variant (by name) or any `MambaVisionConfig` with the official init (no
     weights are downloaded here: use `load_torch_checkpoint` for converted weights).
 
@@ -188,17 +203,20 @@ def create_model(name_or_config: str | MambaVisionConfig, *, pretrained: bool = 
     """
     if pretrained:
         from mambavision_jax.hub import create_pretrained
+
         if runtime is not None:
             overrides["runtime"] = runtime
-        return create_pretrained(name_or_config, rngs=rngs, features_only=features_only,
-                                 out_indices=out_indices, **overrides)
+        return create_pretrained(
+            name_or_config, rngs=rngs, features_only=features_only, out_indices=out_indices, **overrides
+        )
     if isinstance(name_or_config, MambaVisionConfig):
         config = name_or_config
     elif isinstance(name_or_config, str):
         config = model_config(name_or_config)
     else:
-        raise TypeError(f"create_model: expected a model name or a MambaVisionConfig, got "
-                        f"{type(name_or_config).__name__}")
+        raise TypeError(
+            f"create_model: expected a model name or a MambaVisionConfig, got {type(name_or_config).__name__}"
+        )
     arch, run = split_overrides(overrides)
     config = config.replace(**arch) if arch else config
     runtime = runtime if runtime is not None else RuntimeConfig()
@@ -206,5 +224,6 @@ def create_model(name_or_config: str | MambaVisionConfig, *, pretrained: bool = 
     model = MambaVision(config, runtime, rngs=rngs if rngs is not None else nnx.Rngs(0))
     if features_only:
         from mambavision_jax.models.features import FeatureExtractor
+
         return FeatureExtractor(model, out_indices=out_indices)
     return model

@@ -5,7 +5,13 @@ gradient barrier, and the exact GELU. The model files call these and state the a
 from mambavision_jax.ops.activations import gelu_exact
 from mambavision_jax.ops.attention import ATTN_IMPLS, attention, resolve_attn_impl
 from mambavision_jax.ops.conv import CONV_IMPLS, conv_general_dilated, conv_hook, resolve_conv_impl
-from mambavision_jax.ops.dispatch import SCAN_IMPLS, default_impl, kernel_mesh, selective_scan, under_kernel_mesh
+from mambavision_jax.ops.dispatch import (
+    SCAN_IMPLS,
+    default_impl,
+    kernel_mesh,
+    selective_scan,
+    under_kernel_mesh,
+)
 from mambavision_jax.ops.residual import residual_barrier
 
 __all__ = [

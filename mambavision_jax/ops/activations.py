@@ -1,4 +1,5 @@
 """Activations in the formulation that is both exact and fast where it runs."""
+
 from __future__ import annotations
 
 import jax

@@ -6,6 +6,7 @@ where XLA ran the (B, N, heads, hd) einsums ~1.3x slower forward and backward; c
 it applies (bf16 / f16, head dim a multiple of 8 up to 128: MambaVision-T/S/B's 32, not L's 49,
 falling back to XLA when cuDNN's trace-time checks refuse); XLA elsewhere (TPU, float32).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,12 @@ def resolve_attn_impl(impl: str, dtype, head_dim: int, *, platform_name: str | N
     plat = platform_name or platform()
     if plat == "cpu":
         return "bhnd"
-    cudnn_ok = (plat == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
-                and head_dim % 8 == 0 and head_dim <= 128)
+    cudnn_ok = (
+        plat == "gpu"
+        and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+        and head_dim % 8 == 0
+        and head_dim <= 128
+    )
     return "cudnn" if cudnn_ok else "xla"
 
 

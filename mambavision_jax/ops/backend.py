@@ -1,4 +1,5 @@
 """Which backend the code being traced will run on, read by the `impl="auto"` dispatchers."""
+
 from __future__ import annotations
 
 import jax

@@ -11,6 +11,7 @@ whole feature map and whose output is the small (kh, kw, Cin, Cout) kernel: unde
 (batch, height, width), is the same arithmetic at matmul speed. With XLA's Eigen convolutions
 (`mambavision_jax.xla_cpu.use_eigen_convolutions`) XLA's own kernel gradient is the faster one.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,8 +27,9 @@ CONV_IMPLS = ("auto", "xla", "matmul_grad")
 _NHWC_HWIO = ("NHWC", "HWIO", "NHWC")
 
 
-def resolve_conv_impl(impl: str = "auto", *, platform_name: str | None = None,
-                      eigen_convolutions: bool | None = None) -> str:
+def resolve_conv_impl(
+    impl: str = "auto", *, platform_name: str | None = None, eigen_convolutions: bool | None = None
+) -> str:
     """What `impl` means on `platform_name` (default: the backend being traced for)."""
     if impl not in CONV_IMPLS:
         raise ValueError(f"unknown conv impl {impl!r}; valid: {list(CONV_IMPLS)}")
@@ -41,8 +43,7 @@ def resolve_conv_impl(impl: str = "auto", *, platform_name: str | None = None,
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _conv_matmul_grad(x, w, strides, padding, precision):
-    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC_HWIO,
-                                    precision=precision)
+    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC_HWIO, precision=precision)
 
 
 def _conv_matmul_grad_fwd(x, w, strides, padding, precision):
@@ -51,8 +52,12 @@ def _conv_matmul_grad_fwd(x, w, strides, padding, precision):
 
 def _conv_matmul_grad_bwd(strides, padding, precision, res, g):
     x, w = res
-    _, x_vjp = jax.vjp(lambda x_: lax.conv_general_dilated(
-        x_, w, strides, padding, dimension_numbers=_NHWC_HWIO, precision=precision), x)
+    _, x_vjp = jax.vjp(
+        lambda x_: lax.conv_general_dilated(
+            x_, w, strides, padding, dimension_numbers=_NHWC_HWIO, precision=precision
+        ),
+        x,
+    )
     (dx,) = x_vjp(g)
     kh, kw, cin, cout = w.shape
     (sh, sw), (b, ho, wo, _) = strides, g.shape
@@ -61,10 +66,18 @@ def _conv_matmul_grad_bwd(strides, padding, precision, res, g):
     taps = []
     for i in range(kh):
         for j in range(kw):
-            xs = lax.slice(xp, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, cin),
-                           (1, sh, sw, 1))
-            taps.append(lax.dot_general(xs.reshape(-1, cin), g2, (((0,), (0,)), ((), ())),
-                                        precision=precision, preferred_element_type=jnp.float32))
+            xs = lax.slice(
+                xp, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, cin), (1, sh, sw, 1)
+            )
+            taps.append(
+                lax.dot_general(
+                    xs.reshape(-1, cin),
+                    g2,
+                    (((0,), (0,)), ((), ())),
+                    precision=precision,
+                    preferred_element_type=jnp.float32,
+                )
+            )
     dw = jnp.stack(taps).reshape(w.shape).astype(w.dtype)
     return dx, dw
 
@@ -72,24 +85,49 @@ def _conv_matmul_grad_bwd(strides, padding, precision, res, g):
 _conv_matmul_grad.defvjp(_conv_matmul_grad_fwd, _conv_matmul_grad_bwd)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, *,
-                         impl: str = "auto", **kwargs):
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    precision=None,
+    *,
+    impl: str = "auto",
+    **kwargs,
+):
     """`lax.conv_general_dilated` with the kernel gradient chosen by `impl`. Only plain NHWC/HWIO
     convolutions (no dilation or groups, explicit non-negative padding) can take "matmul_grad";
     everything else is passed to XLA unchanged."""
     plain = (
         resolve_conv_impl(impl) == "matmul_grad"
-        and lhs.ndim == 4 and feature_group_count == 1 and not kwargs.get("out_sharding")
-        and kwargs.get("preferred_element_type") is None and kwargs.get("batch_group_count", 1) == 1
-        and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1)))
-        and not isinstance(padding, str) and all(lo >= 0 and hi >= 0 for lo, hi in padding)
-        and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC_HWIO))
+        and lhs.ndim == 4
+        and feature_group_count == 1
+        and not kwargs.get("out_sharding")
+        and kwargs.get("preferred_element_type") is None
+        and kwargs.get("batch_group_count", 1) == 1
+        and all(d == 1 for d in (lhs_dilation or (1, 1)))
+        and all(d == 1 for d in (rhs_dilation or (1, 1)))
+        and not isinstance(padding, str)
+        and all(lo >= 0 and hi >= 0 for lo, hi in padding)
+        and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC_HWIO)
+    )
     if not plain:
-        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-                                        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                                        feature_group_count=feature_group_count, precision=precision,
-                                        **kwargs)
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            precision=precision,
+            **kwargs,
+        )
     return _conv_matmul_grad(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding), precision)
 
 

@@ -65,8 +65,9 @@ def _per_device(fn, mesh, axes, u, delta, A, B, C, D, delta_bias, delta_softplus
 
     # check_vma=False: pallas_call's outputs carry no varying-manual-axes annotation. The
     # transpose still sums the replicated parameters' per-device gradients over the axes.
-    return jax.shard_map(body, mesh=mesh, in_specs=(seq, seq, rep, seq, seq, rep, rep),
-                         out_specs=seq, check_vma=False)(u, delta, A, B, C, D, delta_bias)
+    return jax.shard_map(
+        body, mesh=mesh, in_specs=(seq, seq, rep, seq, seq, rep, rep), out_specs=seq, check_vma=False
+    )(u, delta, A, B, C, D, delta_bias)
 
 
 def _pallas_gpu(*args, interpret=False):
@@ -118,9 +119,15 @@ def _compile_pallas_gpu_probe() -> None:
 
     sd = jax.ShapeDtypeStruct
     b, l, d, n = 1, 20, 40, 8  # two chunks, a padded channel block, bf16 activations
-    args = (sd((b, l, d), jnp.bfloat16), sd((b, l, d), jnp.bfloat16), sd((d, n), jnp.float32),
-            sd((b, l, n), jnp.bfloat16), sd((b, l, n), jnp.bfloat16), sd((d,), jnp.float32),
-            sd((d,), jnp.float32))
+    args = (
+        sd((b, l, d), jnp.bfloat16),
+        sd((b, l, d), jnp.bfloat16),
+        sd((d, n), jnp.float32),
+        sd((b, l, n), jnp.bfloat16),
+        sd((b, l, n), jnp.bfloat16),
+        sd((d,), jnp.float32),
+        sd((d,), jnp.float32),
+    )
 
     def loss(*a):
         return jnp.sum(pallas_gpu.selective_scan(*a, True).astype(jnp.float32))
@@ -164,8 +171,12 @@ def default_impl(platform: str | None = None, device=None) -> str:
         return "pallas_tpu" if _pallas_available("pallas_tpu") else "associative"
     if platform in ("gpu", "cuda"):
         cc = _gpu_compute_capability(device) if device is not None else None
-        if (cc is not None and cc >= 8.0 and _pallas_available("pallas_gpu")
-                and _pallas_gpu_compiles(str(getattr(device, "device_kind", "gpu")))):
+        if (
+            cc is not None
+            and cc >= 8.0
+            and _pallas_available("pallas_gpu")
+            and _pallas_gpu_compiles(str(getattr(device, "device_kind", "gpu")))
+        ):
             return "pallas_gpu"
         return "associative"
     return "associative"  # rocm and anything else: plain XLA

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -285,9 +286,7 @@ def _backward_call(cfg, softplus, u, dl, a, b, c, dvec, bias, hb, dy):
     hb_spec = pl.BlockSpec((None, num_chunks, n, bd), lambda b, j: (b, 0, 0, j))
     per_seq_a = pl.BlockSpec((None, n, bd), lambda b, j: (b, 0, j))  # (bsz, n, d)
     per_seq_vec = pl.BlockSpec((None, 1, bd), lambda b, j: (b, 0, j))  # (bsz, 1, d)
-    per_blk_bc = pl.BlockSpec(
-        (None, None, seq_len, n), lambda b, j: (j, b, 0, 0)
-    )  # (nblk, bsz, L, n)
+    per_blk_bc = pl.BlockSpec((None, None, seq_len, n), lambda b, j: (j, b, 0, 0))  # (nblk, bsz, L, n)
     out_shape = [
         jax.ShapeDtypeStruct(u.shape, u.dtype),  # du
         jax.ShapeDtypeStruct(dl.shape, dl.dtype),  # d delta
@@ -301,9 +300,7 @@ def _backward_call(cfg, softplus, u, dl, a, b, c, dvec, bias, hb, dy):
     scratch_shapes = ()
     if cfg.scratch_as_output:
         out_shape.append(jax.ShapeDtypeStruct((bsz, nblk, cfg.chunk + 1, n, bd), f32))
-        out_specs.append(
-            pl.BlockSpec((None, None, cfg.chunk + 1, n, bd), lambda b, j: (b, j, 0, 0, 0))
-        )
+        out_specs.append(pl.BlockSpec((None, None, cfg.chunk + 1, n, bd), lambda b, j: (b, j, 0, 0, 0)))
     else:
         from jax.experimental.pallas import tpu as pltpu  # noqa: PLC0415
 
@@ -344,9 +341,7 @@ def _scan_core_fwd(cfg, softplus, u, dl, a, b, c, dvec, bias):
 
 def _scan_core_bwd(cfg, softplus, res, dy):
     u, dl, a, b, c, dvec, bias, hb = res
-    du, ddl, da, dd, dbias, db, dc = _backward_call(
-        cfg, softplus, u, dl, a, b, c, dvec, bias, hb, dy
-    )
+    du, ddl, da, dd, dbias, db, dc = _backward_call(cfg, softplus, u, dl, a, b, c, dvec, bias, hb, dy)
     return (
         du,
         ddl,
@@ -373,9 +368,7 @@ def _pad_axis(x, axis, size):
     return jnp.pad(x, pads)
 
 
-def selective_scan(
-    cfg: KernelConfig, u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False
-):
+def selective_scan(cfg: KernelConfig, u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
     """Channels-last selective scan on the shared Pallas kernels (see ``ops.selective_scan``).
 
     u, delta: (bsz, L, d) (float32 / bfloat16 / float16); A: (d, n); B, C: (bsz, L, n);

@@ -41,8 +41,6 @@ def config(d: int, n: int, interpret: bool = False) -> pallas_common.KernelConfi
     )
 
 
-def selective_scan(
-    u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, *, interpret=False
-):
+def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, *, interpret=False):
     cfg = config(u.shape[-1], A.shape[-1], bool(interpret))
     return pallas_common.selective_scan(cfg, u, delta, A, B, C, D, delta_bias, delta_softplus)

@@ -44,8 +44,6 @@ def config(interpret=False) -> pallas_common.KernelConfig:
     )
 
 
-def selective_scan(
-    u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, *, interpret=False
-):
+def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, *, interpret=False):
     cfg = config(interpret)
     return pallas_common.selective_scan(cfg, u, delta, A, B, C, D, delta_bias, delta_softplus)

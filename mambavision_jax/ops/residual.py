@@ -6,6 +6,7 @@ quadratic work that took ~20% of a MambaVision-T train step. XLA-CPU drops
 `lax.optimization_barrier`, so a conditional stands in: its result is a buffer that no consumer
 can fuse into. The identity in the forward pass, and on other backends.
 """
+
 from __future__ import annotations
 
 import jax

@@ -8,9 +8,9 @@ float64 so that finite-difference gradient checks are meaningful); the result ha
 
 from __future__ import annotations
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 __all__ = ["prepare_inputs", "selective_scan_sequential", "selective_scan_associative"]

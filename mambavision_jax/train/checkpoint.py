@@ -8,6 +8,7 @@ epath.
 The caller saves only states it has checked to be finite (see loop.py), so every checkpoint here
 is one that training can resume from.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,16 +29,22 @@ def to_saveable(tree):
 
 
 def from_saveable(tree, like):
-    return jax.tree.map(lambda x, l: jax.random.wrap_key_data(x, impl=jax.random.key_impl(l)) if _is_key(l) else x,
-                        tree, like)
+    return jax.tree.map(
+        lambda x, l: jax.random.wrap_key_data(x, impl=jax.random.key_impl(l)) if _is_key(l) else x, tree, like
+    )
 
 
 def _abstract_saveable(state, shardings):
     def one(x, s):
         if _is_key(x):
             data = jax.eval_shape(jax.random.key_data, x)
-            return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec()))
+            return jax.ShapeDtypeStruct(
+                data.shape,
+                data.dtype,
+                sharding=jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec()),
+            )
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+
     return jax.tree.map(one, state, shardings)
 
 
@@ -48,24 +55,32 @@ class Checkpointer:
         self.data_dir = workdir / "checkpoints" / "data_state"
         opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
         self.latest = ocp.CheckpointManager(self.directory, options=opts)
-        best_opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, best_fn=lambda m: m["score"],
-                                                 best_mode="max", enable_async_checkpointing=False)
+        best_opts = ocp.CheckpointManagerOptions(
+            max_to_keep=1,
+            create=True,
+            best_fn=lambda m: m["score"],
+            best_mode="max",
+            enable_async_checkpointing=False,
+        )
         self.best = ocp.CheckpointManager(workdir / "best", options=best_opts)
 
     def save(self, step: int, state, data_state: dict | None = None) -> None:
         if data_state is not None:
             # Every host writes its own iterator position before the state (small JSON, atomic).
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.data_dir / f"{step}.{jax.process_index()}.json",
-                              json.dumps(data_state, default=_json_default))
+            atomic_write_text(
+                self.data_dir / f"{step}.{jax.process_index()}.json",
+                json.dumps(data_state, default=_json_default),
+            )
         # force: the loop decides when to save (its own interval, eval, preemption).
         self.latest.save(step, args=ocp.args.StandardSave(to_saveable(state)), force=True)
 
     def save_best(self, step: int, state, score: float) -> None:
         if self.best.latest_step() == step:
             return
-        self.best.save(step, args=ocp.args.StandardSave(to_saveable(state)), metrics={"score": float(score)},
-                       force=True)
+        self.best.save(
+            step, args=ocp.args.StandardSave(to_saveable(state)), metrics={"score": float(score)}, force=True
+        )
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()

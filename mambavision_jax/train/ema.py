@@ -9,6 +9,7 @@ walks the whole ``state_dict()``, i.e. parameters AND buffers (BatchNorm running
 So: initialise the EMA tree as a copy of the initial params + batch stats, and call `ema_update`
 with the new params + batch stats after each step.
 """
+
 from __future__ import annotations
 
 import jax

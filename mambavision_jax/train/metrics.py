@@ -8,6 +8,7 @@ The workdir may be local or an object store (gs://...), which has no append and 
   `tensorboard/` when it is local, else a temporary directory whose event files are copied to
   `workdir/tensorboard/` (one object per event file, replaced whole) at every flush.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,12 @@ class MetricWriter:
     def write(self, step: int, kind: str, metrics: dict) -> None:
         if not self.enabled:
             return
-        row = {"step": int(step), "kind": kind, "time": round(time.time(), 3),
-               **{k: float(v) for k, v in metrics.items()}}
+        row = {
+            "step": int(step),
+            "kind": kind,
+            "time": round(time.time(), 3),
+            **{k: float(v) for k, v in metrics.items()},
+        }
         self._jsonl += json.dumps(row) + "\n"
         atomic_write_text(self._jsonl_path, self._jsonl)
         if self._tb is not None:

@@ -19,6 +19,7 @@ that when given integer images. On float (normalised) images mixing commutes wit
 affine normalisation, so the only difference is that rounding. Note also that each official
 process (GPU) mixes its own local batch of 128 with its own lam: ``num_groups`` reproduces that.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -37,9 +38,9 @@ __all__ = [
 
 
 class MixParams(NamedTuple):
-    lam: jax.Array         # float32 (): lam used for the targets (box-corrected for cutmix)
+    lam: jax.Array  # float32 (): lam used for the targets (box-corrected for cutmix)
     use_cutmix: jax.Array  # bool ()
-    box: jax.Array         # int32 (4,): yl, yh, xl, xh (half-open); empty unless cutmix
+    box: jax.Array  # int32 (4,): yl, yh, xl, xh (half-open); empty unless cutmix
 
 
 def smooth_labels(labels, num_classes: int, smoothing: float = 0.1):
@@ -60,7 +61,7 @@ def mixup_target(labels, num_classes: int, lam, smoothing: float = 0.1):
 def _rand_bbox(lam, cy, cx, height: int, width: int):
     """timm `rand_bbox` (margin 0) for a given centre; returns int32 yl, yh, xl, xh."""
     ratio = jnp.sqrt(jnp.maximum(1.0 - lam, 0.0))
-    cut_h = jnp.floor(height * ratio).astype(jnp.int32)   # int(img_h * ratio)
+    cut_h = jnp.floor(height * ratio).astype(jnp.int32)  # int(img_h * ratio)
     cut_w = jnp.floor(width * ratio).astype(jnp.int32)
     yl = jnp.clip(cy - cut_h // 2, 0, height)
     yh = jnp.clip(cy + (cut_h + 1) // 2, 0, height)
@@ -78,9 +79,16 @@ def _beta_symmetric(key, alpha):
     return (ga / (ga + gb)).astype(jnp.float32)
 
 
-def sample_mix_params(key, height: int, width: int, mixup_alpha: float = 0.8,
-                      cutmix_alpha: float = 1.0, prob: float = 1.0, switch_prob: float = 0.5,
-                      correct_lam: bool = True) -> MixParams:
+def sample_mix_params(
+    key,
+    height: int,
+    width: int,
+    mixup_alpha: float = 0.8,
+    cutmix_alpha: float = 1.0,
+    prob: float = 1.0,
+    switch_prob: float = 0.5,
+    correct_lam: bool = True,
+) -> MixParams:
     """timm `Mixup._params_per_batch` + `cutmix_bbox_and_lam` (no ``cutmix_minmax``)."""
     if not (mixup_alpha > 0 or cutmix_alpha > 0):
         raise ValueError("one of mixup_alpha > 0 or cutmix_alpha > 0 is required")
@@ -135,9 +143,19 @@ def apply_mix(images, labels, params: MixParams, num_classes: int, label_smoothi
     return out, targets
 
 
-def mixup_cutmix(key, images, labels, num_classes: int, mixup_alpha: float = 0.8,
-                 cutmix_alpha: float = 1.0, prob: float = 1.0, switch_prob: float = 0.5,
-                 label_smoothing: float = 0.1, correct_lam: bool = True, num_groups: int = 1):
+def mixup_cutmix(
+    key,
+    images,
+    labels,
+    num_classes: int,
+    mixup_alpha: float = 0.8,
+    cutmix_alpha: float = 1.0,
+    prob: float = 1.0,
+    switch_prob: float = 0.5,
+    label_smoothing: float = 0.1,
+    correct_lam: bool = True,
+    num_groups: int = 1,
+):
     """timm ``Mixup(mode='batch')`` on device: ``(key, images NHWC, int labels) -> (mixed, targets)``.
 
     ``num_groups > 1`` splits the batch into that many contiguous groups, each mixed on its own

@@ -16,11 +16,13 @@ decayed while the 1-D ``D`` is not) and hands them to `timm.optim.Lamb` with its
 Lamb skips the trust ratio for a group whose ``weight_decay`` is 0, so the no-decay group is plain
 Adam (with Lamb's global clip). `lamb` below reproduces that per leaf with a boolean ``mask``.
 """
+
 from __future__ import annotations
 
 import fnmatch
 import math
-from typing import Any, Collection, NamedTuple, Optional, Union
+from collections.abc import Collection
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,14 +42,15 @@ __all__ = [
     "make_optimizer",
 ]
 
-ScalarOrSchedule = Union[float, jax.Array, optax.Schedule]
+ScalarOrSchedule = float | jax.Array | optax.Schedule
 
 
 # ----------------------------------------------------------------------------------------------
 # Parameter names and the weight-decay mask
 # ----------------------------------------------------------------------------------------------
 
-def _key_name(k) -> Optional[str]:
+
+def _key_name(k) -> str | None:
     if isinstance(k, jax.tree_util.DictKey):
         return str(k.key)
     if isinstance(k, jax.tree_util.SequenceKey):
@@ -79,6 +82,7 @@ def weight_decay_mask(params, no_weight_decay: Collection[str] = (), exclude_1d:
     The official model defines no ``no_weight_decay()``, so the default ``()`` is what it does.
     Leaves are Python bools (static), so `lamb` resolves the two groups at trace time.
     """
+
     def one(path, leaf):
         name = param_name(path)
         ndim = np.ndim(leaf) if not hasattr(leaf, "ndim") else leaf.ndim
@@ -95,12 +99,14 @@ def weight_decay_mask(params, no_weight_decay: Collection[str] = (), exclude_1d:
 # Gradient clipping (torch.nn.utils.clip_grad_norm_)
 # ----------------------------------------------------------------------------------------------
 
+
 def clip_grad_norm(max_norm: float) -> optax.GradientTransformation:
     """`torch.nn.utils.clip_grad_norm_(params, max_norm)` (timm ``--clip-grad N --clip-mode norm``).
 
     Unlike `optax.clip_by_global_norm`, torch scales by ``min(max_norm / (norm + 1e-6), 1)``; the
     1e-6 is kept so the clipped gradients match bit for bit in intent.
     """
+
     def init_fn(params):
         del params
         return optax.EmptyState()
@@ -109,7 +115,7 @@ def clip_grad_norm(max_norm: float) -> optax.GradientTransformation:
         del params
         norm = optax.global_norm(updates)
         coef = jnp.minimum(max_norm / (norm + 1e-6), 1.0)
-        updates = jax.tree_util.tree_map(lambda g: (g * coef.astype(g.dtype)), updates)
+        updates = jax.tree_util.tree_map(lambda g: g * coef.astype(g.dtype), updates)
         return updates, state
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -119,8 +125,10 @@ def clip_grad_norm(max_norm: float) -> optax.GradientTransformation:
 # LAMB (timm.optim.Lamb)
 # ----------------------------------------------------------------------------------------------
 
+
 class MomentsState(NamedTuple):
     """State of `lamb` and `adamw` (torch names: ``step``, ``exp_avg``, ``exp_avg_sq``)."""
+
     count: jax.Array  # number of updates done (torch's step before its increment)
     mu: optax.Updates  # exp_avg
     nu: optax.Updates  # exp_avg_sq
@@ -132,8 +140,11 @@ LambState = MomentsState
 def _init_moments(params) -> MomentsState:
     """Zero first and second moments and a zero step count (LAMB and AdamW alike)."""
     zeros = lambda p: jnp.zeros_like(p)
-    return MomentsState(count=jnp.zeros([], jnp.int32), mu=jax.tree_util.tree_map(zeros, params),
-                        nu=jax.tree_util.tree_map(zeros, params))
+    return MomentsState(
+        count=jnp.zeros([], jnp.int32),
+        mu=jax.tree_util.tree_map(zeros, params),
+        nu=jax.tree_util.tree_map(zeros, params),
+    )
 
 
 def _resolve_mask(mask, params):
@@ -144,10 +155,19 @@ def _resolve_mask(mask, params):
     return mask
 
 
-def lamb(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-         weight_decay: float = 0.0, mask: Any = None, grad_averaging: bool = True,
-         max_grad_norm: Optional[float] = 1.0, trust_clip: bool = False,
-         always_adapt: bool = False, bias_correction: bool = True) -> optax.GradientTransformation:
+def lamb(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    mask: Any = None,
+    grad_averaging: bool = True,
+    max_grad_norm: float | None = 1.0,
+    trust_clip: bool = False,
+    always_adapt: bool = False,
+    bias_correction: bool = True,
+) -> optax.GradientTransformation:
     """`timm.optim.Lamb` (timm 1.0.31, ``decoupled_decay=False``, ``caution=False``) in optax.
 
     One update, per leaf ``p`` with gradient ``g``:
@@ -249,8 +269,15 @@ def _trust_ratio(p, u, trust_clip):
 # AdamW (torch.optim.AdamW via timm 'adamw')
 # ----------------------------------------------------------------------------------------------
 
-def adamw(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-          weight_decay: float = 0.0, mask: Any = None) -> optax.GradientTransformation:
+
+def adamw(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    mask: Any = None,
+) -> optax.GradientTransformation:
     """timm ``--opt adamw`` = `torch.optim.AdamW` (single-tensor, non-amsgrad) on timm's two groups.
 
     torch: ``p *= 1 - lr * wd`` (decay group only), ``m = lerp(m, g, 1 - b1)``,
@@ -295,6 +322,7 @@ def adamw(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, e
 # Builder
 # ----------------------------------------------------------------------------------------------
 
+
 def _get(cfg, name, default):
     try:
         return cfg.get(name, default) if hasattr(cfg, "get") else getattr(cfg, name, default)
@@ -302,8 +330,12 @@ def _get(cfg, name, default):
         return default
 
 
-def make_optimizer(config, steps_per_epoch: int, no_weight_decay: Collection[str] = (),
-                   schedule: Optional[optax.Schedule] = None) -> optax.GradientTransformation:
+def make_optimizer(
+    config,
+    steps_per_epoch: int,
+    no_weight_decay: Collection[str] = (),
+    schedule: optax.Schedule | None = None,
+) -> optax.GradientTransformation:
     """``chain(clip_grad_norm(config.optimizer.clip_grad), lamb|adamw(schedule, ...))``.
 
     The gradient clip (``--clip-grad 5.0 --clip-mode norm``) runs BEFORE the optimizer, as in the
@@ -331,8 +363,15 @@ def make_optimizer(config, steps_per_epoch: int, no_weight_decay: Collection[str
 
     name = oc.name.lower()
     if name == "lamb":
-        opt = lamb(schedule, b1=b1, b2=b2, eps=float(oc.eps), weight_decay=wd, mask=mask,
-                   max_grad_norm=_get(oc, "max_grad_norm", 1.0))
+        opt = lamb(
+            schedule,
+            b1=b1,
+            b2=b2,
+            eps=float(oc.eps),
+            weight_decay=wd,
+            mask=mask,
+            max_grad_norm=_get(oc, "max_grad_norm", 1.0),
+        )
     elif name == "adamw":
         opt = adamw(schedule, b1=b1, b2=b2, eps=float(oc.eps), weight_decay=wd, mask=mask)
     else:

@@ -11,6 +11,7 @@ How the processes agree on the step:
   such step where any flag is set;
 - one process: the flag alone.
 """
+
 from __future__ import annotations
 
 import signal
@@ -30,8 +31,10 @@ class Preempted(Exception):
 
     def __init__(self, step: int, checkpoint_dir: str):
         self.step, self.checkpoint_dir = step, checkpoint_dir
-        super().__init__(f"preempted (SIGTERM): stopped after step {step} and wrote its checkpoint to "
-                         f"{checkpoint_dir}; run the same command to resume from it")
+        super().__init__(
+            f"preempted (SIGTERM): stopped after step {step} and wrote its checkpoint to "
+            f"{checkpoint_dir}; run the same command to resume from it"
+        )
 
 
 def _jax_service_running() -> bool:
@@ -60,7 +63,11 @@ class PreemptionWatcher:
     def mechanism(self) -> str:
         if self._jax:
             return "jax preemption service"
-        return "SIGTERM flag" if jax.process_count() == 1 else f"SIGTERM flag, all-gathered every {self.sync_every} steps"
+        return (
+            "SIGTERM flag"
+            if jax.process_count() == 1
+            else f"SIGTERM flag, all-gathered every {self.sync_every} steps"
+        )
 
     def _on_sigterm(self, signum, frame) -> None:
         self._flag = True

@@ -22,6 +22,7 @@ Warmup is *not* a prefix (``warmup_prefix=False``): the cosine runs over ``t`` i
 t_initial * cycle_limit`` the lr is ``lr_min`` forever; the cooldown epochs are simply the
 epochs trained after the cosine has ended (create_scheduler adds them to the epoch count).
 """
+
 from __future__ import annotations
 
 import math
@@ -37,9 +38,20 @@ __all__ = [
 ]
 
 
-def timm_cosine_lr(t, *, base_lr: float, t_initial: int, lr_min: float = 0.0, warmup_t: int = 0,
-                   warmup_lr_init: float = 0.0, warmup_prefix: bool = False, cycle_mul: float = 1.0,
-                   cycle_decay: float = 1.0, cycle_limit: int = 1, k_decay: float = 1.0):
+def timm_cosine_lr(
+    t,
+    *,
+    base_lr: float,
+    t_initial: int,
+    lr_min: float = 0.0,
+    warmup_t: int = 0,
+    warmup_lr_init: float = 0.0,
+    warmup_prefix: bool = False,
+    cycle_mul: float = 1.0,
+    cycle_decay: float = 1.0,
+    cycle_limit: int = 1,
+    k_decay: float = 1.0,
+):
     """`CosineLRScheduler._get_lr(t)` (official copy == timm 1.0.31) for one param group, jittable.
 
     ``t`` is the scheduler time (an int or int array); the result is float32.
@@ -74,7 +86,7 @@ def timm_cosine_lr(t, *, base_lr: float, t_initial: int, lr_min: float = 0.0, wa
     if k_decay == 1.0:
         rest = (t_initial - (tc - i * t_initial)).astype(jnp.float32) / t_i
     else:
-        rest = (t_i ** k_decay - t_curr ** k_decay) / t_i ** k_decay
+        rest = (t_i**k_decay - t_curr**k_decay) / t_i**k_decay
     half = jnp.sin(jnp.float32(math.pi / 2) * rest)
     cos_lr = lr_min + (lr_max - lr_min) * (half * half)
     # Past the last allowed cycle timm returns lr_min (this is what the cooldown epochs see).
@@ -84,10 +96,20 @@ def timm_cosine_lr(t, *, base_lr: float, t_initial: int, lr_min: float = 0.0, wa
     return after.astype(jnp.float32)
 
 
-def cosine_schedule(base_lr: float, steps_per_epoch: int, epochs: int, warmup_epochs: int = 0,
-                    warmup_lr: float = 0.0, min_lr: float = 0.0, *, warmup_prefix: bool = False,
-                    cycle_decay: float = 1.0, cycle_limit: int = 1, k_decay: float = 1.0,
-                    step_offset: int = 1) -> optax.Schedule:
+def cosine_schedule(
+    base_lr: float,
+    steps_per_epoch: int,
+    epochs: int,
+    warmup_epochs: int = 0,
+    warmup_lr: float = 0.0,
+    min_lr: float = 0.0,
+    *,
+    warmup_prefix: bool = False,
+    cycle_decay: float = 1.0,
+    cycle_limit: int = 1,
+    k_decay: float = 1.0,
+    step_offset: int = 1,
+) -> optax.Schedule:
     """The official per-update cosine schedule: ``schedule(count)`` is the lr of update ``count``.
 
     Args:
@@ -103,9 +125,17 @@ def cosine_schedule(base_lr: float, steps_per_epoch: int, epochs: int, warmup_ep
 
     def schedule(count):
         return timm_cosine_lr(
-            jnp.asarray(count) + step_offset, base_lr=base_lr, t_initial=t_initial, lr_min=min_lr,
-            warmup_t=warmup_t, warmup_lr_init=warmup_lr, warmup_prefix=warmup_prefix,
-            cycle_decay=cycle_decay, cycle_limit=cycle_limit, k_decay=k_decay)
+            jnp.asarray(count) + step_offset,
+            base_lr=base_lr,
+            t_initial=t_initial,
+            lr_min=min_lr,
+            warmup_t=warmup_t,
+            warmup_lr_init=warmup_lr,
+            warmup_prefix=warmup_prefix,
+            cycle_decay=cycle_decay,
+            cycle_limit=cycle_limit,
+            k_decay=k_decay,
+        )
 
     return schedule
 
@@ -128,7 +158,13 @@ def make_schedule(config, steps_per_epoch: int) -> optax.Schedule:
     `num_train_epochs`)."""
     s = config.schedule
     return cosine_schedule(
-        base_lr=config.optimizer.lr, steps_per_epoch=steps_per_epoch, epochs=config.total_epochs,
-        warmup_epochs=s.warmup_epochs, warmup_lr=s.warmup_lr, min_lr=s.min_lr,
-        cycle_decay=_get(s, "cycle_decay", 1.0), cycle_limit=_get(s, "cycle_limit", 1),
-        k_decay=_get(s, "k_decay", 1.0))
+        base_lr=config.optimizer.lr,
+        steps_per_epoch=steps_per_epoch,
+        epochs=config.total_epochs,
+        warmup_epochs=s.warmup_epochs,
+        warmup_lr=s.warmup_lr,
+        min_lr=s.min_lr,
+        cycle_decay=_get(s, "cycle_decay", 1.0),
+        cycle_limit=_get(s, "cycle_limit", 1),
+        k_decay=_get(s, "k_decay", 1.0),
+    )

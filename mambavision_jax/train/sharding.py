@@ -1,12 +1,14 @@
 """Device mesh and sharding rules (big_vision style): the batch over every device, parameters and
 optimizer state replicated or FSDP-sharded by size."""
+
 from __future__ import annotations
 
 import math
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -67,4 +69,6 @@ def tree_shardings(abstract_tree, mesh: Mesh, min_size_mb: float = 1.0):
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
     """This host's part of the batch -> global arrays sharded over the mesh's batch axes."""
     sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()
+    }

@@ -1,4 +1,5 @@
 """The train state as one pytree, built directly into its shardings (no host copy of the model)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,11 +19,11 @@ from mambavision_jax.train import sharding as shd
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
-    params: Any           # nnx.State of nnx.Param
-    batch_stats: Any      # nnx.State of nnx.BatchStat
-    rngs: Any             # nnx.State of the DropPath RNG stream (empty without drop path)
+    params: Any  # nnx.State of nnx.Param
+    batch_stats: Any  # nnx.State of nnx.BatchStat
+    rngs: Any  # nnx.State of the DropPath RNG stream (empty without drop path)
     opt_state: Any
-    ema_params: Any       # None without EMA
+    ema_params: Any  # None without EMA
     ema_batch_stats: Any
 
 
@@ -36,8 +37,12 @@ def model_configs(config, num_classes: int, bn_groups: int) -> tuple[MambaVision
     if config.model.drop_path_rate >= 0:
         arch["drop_path_rate"] = config.model.drop_path_rate
     model = model_config(config.model.name).replace(num_classes=num_classes, **arch)
-    runtime = RuntimeConfig(dtype=config.model.dtype, scan_impl=config.model.scan_impl,
-                            remat=config.model.remat, bn_groups=bn_groups).replace(**run)
+    runtime = RuntimeConfig(
+        dtype=config.model.dtype,
+        scan_impl=config.model.scan_impl,
+        remat=config.model.remat,
+        bn_groups=bn_groups,
+    ).replace(**run)
     return model, runtime
 
 
@@ -56,8 +61,9 @@ def graphdefs(config, num_classes: int, bn_groups: int):
     return train_gd, eval_gd
 
 
-def create_train_state(config, num_classes: int, bn_groups: int, tx: optax.GradientTransformation,
-                       mesh) -> tuple[TrainState, Any]:
+def create_train_state(
+    config, num_classes: int, bn_groups: int, tx: optax.GradientTransformation, mesh
+) -> tuple[TrainState, Any]:
     """The initial state, created inside jit with its output shardings. Returns (state, shardings)."""
     arch, runtime = model_configs(config, num_classes, bn_groups)
 
@@ -65,9 +71,15 @@ def create_train_state(config, num_classes: int, bn_groups: int, tx: optax.Gradi
         model = MambaVision(arch, runtime, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
         _, params, stats, rngs = split_model(model)
         ema = config.ema.enabled
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats, rngs=rngs,
-                          opt_state=tx.init(params), ema_params=params if ema else None,
-                          ema_batch_stats=stats if ema else None)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=stats,
+            rngs=rngs,
+            opt_state=tx.init(params),
+            ema_params=params if ema else None,
+            ema_batch_stats=stats if ema else None,
+        )
 
     abstract = jax.eval_shape(init)
     shardings = shd.tree_shardings(abstract, mesh, config.mesh.min_size_to_shard_mb)
@@ -83,6 +95,10 @@ def with_weights(state: TrainState, params, batch_stats, shardings) -> TrainStat
     # may_alias=False: on one device device_put would hand back the same buffers, and the train
     # step donates the state, which must not hold an array twice.
     return state.replace(
-        params=params, batch_stats=batch_stats,
+        params=params,
+        batch_stats=batch_stats,
         ema_params=jax.device_put(params, shardings.ema_params, may_alias=False) if ema else None,
-        ema_batch_stats=jax.device_put(batch_stats, shardings.ema_batch_stats, may_alias=False) if ema else None)
+        ema_batch_stats=jax.device_put(batch_stats, shardings.ema_batch_stats, may_alias=False)
+        if ema
+        else None,
+    )

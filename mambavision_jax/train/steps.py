@@ -1,4 +1,5 @@
 """The jitted train and eval steps."""
+
 from __future__ import annotations
 
 import jax
@@ -28,8 +29,18 @@ def mesa_kd(logits, teacher_logits):
     return MESA_SCALE * jnp.mean(kl)
 
 
-def make_train_step(config, train_gd, eval_gd, tx, schedule, num_classes: int, steps_per_epoch: int,
-                    mix_groups: int, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD):
+def make_train_step(
+    config,
+    train_gd,
+    eval_gd,
+    tx,
+    schedule,
+    num_classes: int,
+    steps_per_epoch: int,
+    mix_groups: int,
+    mean=IMAGENET_DEFAULT_MEAN,
+    std=IMAGENET_DEFAULT_STD,
+):
     """batch: {"image": uint8 (B, H, W, 3), normalised here with mean / std (or float, already
     normalised), "label": int (B,), optional "erase": int (B, K, 4) random-erasing boxes, filled
     here with config.data.re_mode noise as timm's prefetcher does}."""
@@ -43,10 +54,18 @@ def make_train_step(config, train_gd, eval_gd, tx, schedule, num_classes: int, s
             images = erase_on_device(erase_key(config.seed, state.step), images, batch["erase"], re_mode)
         # The mixup key depends on the step alone, so a resumed run mixes exactly as before.
         key = jax.random.fold_in(jax.random.key(config.seed), state.step)
-        images, targets = mixup_cutmix(key, images, batch["label"], num_classes,
-                                       mixup_alpha=mix.mixup_alpha, cutmix_alpha=mix.cutmix_alpha,
-                                       prob=mix.prob, switch_prob=mix.switch_prob,
-                                       label_smoothing=mix.label_smoothing, num_groups=mix_groups)
+        images, targets = mixup_cutmix(
+            key,
+            images,
+            batch["label"],
+            num_classes,
+            mixup_alpha=mix.mixup_alpha,
+            cutmix_alpha=mix.cutmix_alpha,
+            prob=mix.prob,
+            switch_prob=mix.switch_prob,
+            label_smoothing=mix.label_smoothing,
+            num_groups=mix_groups,
+        )
 
         def loss_fn(params):
             model = nnx.merge(train_gd, params, state.batch_stats, state.rngs, copy=True)
@@ -60,7 +79,9 @@ def make_train_step(config, train_gd, eval_gd, tx, schedule, num_classes: int, s
                 active = epoch / config.total_epochs > mesa.start_ratio
 
                 def teacher_kd():
-                    teacher = nnx.merge(eval_gd, state.ema_params, state.ema_batch_stats, state.rngs, copy=True)
+                    teacher = nnx.merge(
+                        eval_gd, state.ema_params, state.ema_batch_stats, state.rngs, copy=True
+                    )
                     return mesa_kd(logits, jax.lax.stop_gradient(teacher(images)))
 
                 kd = jax.lax.cond(active, teacher_kd, lambda: jnp.zeros((), jnp.float32))
@@ -69,14 +90,21 @@ def make_train_step(config, train_gd, eval_gd, tx, schedule, num_classes: int, s
         (loss, (ce, kd, stats, rngs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        new = state.replace(step=state.step + 1, params=params, batch_stats=stats, rngs=rngs,
-                            opt_state=opt_state)
+        new = state.replace(
+            step=state.step + 1, params=params, batch_stats=stats, rngs=rngs, opt_state=opt_state
+        )
         if state.ema_params is not None:
-            ema_params, ema_stats = ema_update((state.ema_params, state.ema_batch_stats),
-                                               (params, stats), ema_decay)
+            ema_params, ema_stats = ema_update(
+                (state.ema_params, state.ema_batch_stats), (params, stats), ema_decay
+            )
             new = new.replace(ema_params=ema_params, ema_batch_stats=ema_stats)
-        metrics = {"loss": loss, "ce": ce, "mesa_kd": kd, "lr": schedule(state.step),
-                   "grad_norm": optax.global_norm(grads)}
+        metrics = {
+            "loss": loss,
+            "ce": ce,
+            "mesa_kd": kd,
+            "lr": schedule(state.step),
+            "grad_norm": optax.global_norm(grads),
+        }
         return new, metrics
 
     return train_step
