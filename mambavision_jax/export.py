@@ -37,6 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mambavision_jax.paths import swap_dir_into_place
+
 __all__ = ["check_onnx", "export_jax", "export_onnx", "load_jax_export", "main"]
 
 JAX_FILE, ONNX_FILE, CONFIG_FILE = "model.jax_export", "model.onnx", "export_config.json"
@@ -342,25 +344,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise FileNotFoundError(f"--out {out}: the folder {out.absolute().parent} does not exist")
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Swap the finished export folder in for `out` (kept until the new one is in place)."""
-    import shutil
-    import uuid
-
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     import shutil
     import tempfile
@@ -469,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config["input"]["layout"] = "NHWC (jax_export), NCHW (onnx)"
             print(msg)
         atomic_write_text(tmp / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
-        _move_into_place(tmp, out)
+        swap_dir_into_place(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -9,7 +9,9 @@ file is written in one piece directly.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import shutil
 import uuid
 
 from etils import epath
@@ -53,3 +55,35 @@ def atomic_write_bytes(path: PathLike, data: bytes, *, mode: int = 0o644) -> epa
 
 def atomic_write_text(path: PathLike, text: str, *, mode: int = 0o644) -> epath.Path:
     return atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
+
+
+def swap_dir_into_place(new: PathLike, final: PathLike) -> None:
+    """Put the finished local folder `new` at `final`, replacing what is there: in one step where
+    the system allows (Linux renameat2 RENAME_EXCHANGE), else by moving the old folder aside, renaming
+    the new one in and restoring the old one if that fails. The old folder is removed afterwards."""
+    new, final = os.fspath(new), os.fspath(final)
+    os.makedirs(os.path.dirname(os.path.abspath(final)), exist_ok=True)
+    if not os.path.lexists(final):
+        os.rename(new, final)
+        return
+    if _exchange(new, final):
+        shutil.rmtree(new)  # `new` now names the previous folder
+        return
+    old = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.old-{uuid.uuid4().hex[:8]}")
+    os.rename(final, old)
+    try:
+        os.rename(new, final)
+    except OSError:
+        os.rename(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically exchange two paths (Linux >= 3.15 with glibc >= 2.28); False where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0

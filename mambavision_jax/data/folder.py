@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import ctypes
 import dataclasses
 import io
 import json
@@ -41,6 +40,7 @@ from PIL import Image
 
 from mambavision_jax.data.image_io import encode_png, to_rgb_uint8
 from mambavision_jax.data.tfds_base import LocalBuilder
+from mambavision_jax.paths import swap_dir_into_place
 
 _SPLIT_DIRS = ({"train", "val"}, {"train", "validation"})
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -393,7 +393,7 @@ def build_folder_dataset(
     build_root = os.path.join(data_dir, f".{name}-{version}.build-{uuid.uuid4().hex[:8]}")
     try:
         report = build(builder_class(data_dir=build_root, file_format="array_record"))
-        _swap_dir(os.path.join(build_root, name, version), final)
+        swap_dir_into_place(os.path.join(build_root, name, version), final)
     finally:
         shutil.rmtree(build_root, ignore_errors=True)
     return report
@@ -414,29 +414,3 @@ def _check_every_class_has_examples(classes, splits, skipped) -> None:
             f"class folder(s) with no readable image: {[classes[i] for i in empty[:10]]} "
             f"(e.g. {path}: {why[path]}). Fix or remove them"
         )
-
-
-def _swap_dir(new: str, final: str) -> None:
-    """Put the complete folder `new` at `final`, replacing what is there in one step where the
-    system allows (Linux renameat2 RENAME_EXCHANGE), else in two renames microseconds apart."""
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    if not os.path.lexists(final):
-        os.rename(new, final)
-        return
-    if _exchange(new, final):
-        shutil.rmtree(new)  # `new` now names the previous data set
-        return
-    old = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.old-{uuid.uuid4().hex[:8]}")
-    os.rename(final, old)
-    os.rename(new, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _exchange(a: str, b: str) -> bool:
-    """Atomically exchange two paths (Linux >= 3.15 with glibc >= 2.28); False where unsupported."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
