@@ -37,7 +37,16 @@ from flax import nnx
 
 from mambavision_jax import cli, paths
 
-__all__ = ["PAPER", "count_params", "xla_cost", "jaxpr_macs", "zoo_rows", "markdown_table", "main"]
+__all__ = [
+    "PAPER",
+    "count_params",
+    "xla_cost",
+    "jaxpr_macs",
+    "jaxpr_macs_of",
+    "zoo_rows",
+    "markdown_table",
+    "main",
+]
 
 # The paper / official README: top-1 (%), params (M), GFLOPs (MACs, G).
 PAPER: dict[str, tuple[float, float, float]] = {
@@ -115,16 +124,19 @@ def _eqn_macs(eqn) -> int:
     return 0
 
 
-def _walk(jaxpr) -> int:
+def jaxpr_macs_of(jaxpr) -> int:
+    """Multiply-accumulates of every convolution and dot_general in `jaxpr`: a scan's body counted
+    `length` times, a cond's most expensive branch once, other sub-jaxprs (pjit, remat, custom_vjp)
+    once."""
     total = 0
     for eqn in jaxpr.eqns:
         total += _eqn_macs(eqn)
         mult = int(eqn.params.get("length", 1)) if eqn.primitive.name == "scan" else 1
         subs = list(_sub_jaxprs(eqn.params))
         if eqn.primitive.name == "cond":
-            total += max((_walk(j) for j in subs), default=0)
+            total += max((jaxpr_macs_of(j) for j in subs), default=0)
         else:
-            total += mult * sum(_walk(j) for j in subs)
+            total += mult * sum(jaxpr_macs_of(j) for j in subs)
     return total
 
 
@@ -132,7 +144,7 @@ def jaxpr_macs(model, *, batch: int = 1, image_size: int = 224) -> int:
     """Multiply-accumulates of every convolution and dot_general in the forward pass (scan bodies
     counted `length` times)."""
     forward, args = _forward_and_args(model, batch, image_size)
-    return _walk(jax.make_jaxpr(forward)(*args).jaxpr)
+    return jaxpr_macs_of(jax.make_jaxpr(forward)(*args).jaxpr)
 
 
 def zoo_rows(

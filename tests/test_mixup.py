@@ -144,7 +144,7 @@ def test_cutmix_box_matches_timm(monkeypatch):
     b, h, w = 4, 9, 7
     x = jax.random.normal(jax.random.PRNGKey(2), (b, h, w, 3))
     y = jnp.array([3, 1, 4, 1])
-    bbox = jax.jit(lambda lam, cy, cx: jnp.stack(mixup._rand_bbox(lam, cy, cx, h, w)).astype(jnp.int32))
+    bbox = jax.jit(lambda lam, cy, cx: jnp.stack(mixup.cutmix_box(lam, cy, cx, h, w)).astype(jnp.int32))
     apply = jax.jit(lambda x, y, p: mixup.apply_mix(x, y, p, NUM_CLASSES, 0.1))
     for lam in (0.05, 0.3, 0.5, 0.77, 0.99):
         for cy, cx in ((0, 0), (4, 3), (8, 6), (2, 5)):

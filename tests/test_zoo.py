@@ -40,7 +40,7 @@ def test_jaxpr_macs_counts_convs_matmuls_and_scan_steps():
         jax.ShapeDtypeStruct((4, 3), jnp.float32),
         jax.ShapeDtypeStruct((3, 3, 2, 4), jnp.float32),
     )
-    macs = zoo._walk(jax.make_jaxpr(f)(*args).jaxpr)
+    macs = zoo.jaxpr_macs_of(jax.make_jaxpr(f)(*args).jaxpr)
     conv = 2 * 5 * 5 * 4 * (3 * 3 * 2)
     assert macs == conv + 50 * 4 * 3 + 7 * 50 * 3 * 3
 

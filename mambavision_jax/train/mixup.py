@@ -33,6 +33,7 @@ __all__ = [
     "mixup_target",
     "sample_mix_params",
     "apply_mix",
+    "cutmix_box",
     "mixup_cutmix",
 ]
 
@@ -58,8 +59,9 @@ def mixup_target(labels, num_classes: int, lam, smoothing: float = 0.1):
     return y * lam + y[::-1] * (1.0 - lam)
 
 
-def _rand_bbox(lam, cy, cx, height: int, width: int):
-    """timm `rand_bbox` (margin 0) for a given centre; returns int32 yl, yh, xl, xh."""
+def cutmix_box(lam, cy, cx, height: int, width: int):
+    """The CutMix box of area ~(1 - lam) centred at (cy, cx), clipped to the image: timm's
+    `rand_bbox` (margin 0) with the centre given; returns int32 yl, yh, xl, xh."""
     ratio = jnp.sqrt(jnp.maximum(1.0 - lam, 0.0))
     cut_h = jnp.floor(height * ratio).astype(jnp.int32)  # int(img_h * ratio)
     cut_w = jnp.floor(width * ratio).astype(jnp.int32)
@@ -107,7 +109,7 @@ def sample_mix_params(
 
     cy = jax.random.randint(k_cy, (), 0, height)
     cx = jax.random.randint(k_cx, (), 0, width)
-    yl, yh, xl, xh = _rand_bbox(lam, cy, cx, height, width)
+    yl, yh, xl, xh = cutmix_box(lam, cy, cx, height, width)
     box = jnp.stack([yl, yh, xl, xh]).astype(jnp.int32)
     if correct_lam:
         area = ((yh - yl) * (xh - xl)).astype(jnp.float32)
