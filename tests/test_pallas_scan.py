@@ -279,6 +279,7 @@ def test_a_model_built_with_a_scan_sharding_runs_its_mixers_per_device(monkeypat
     from flax import nnx
 
     from mambavision_jax import create_model
+    from mambavision_jax.models.config import ConfigError, RuntimeConfig
     from mambavision_jax.ops import scan_xla
 
     stand_in = lambda *a, interpret=False: scan_xla.selective_scan_sequential(*a)  # noqa: E731
@@ -291,6 +292,8 @@ def test_a_model_built_with_a_scan_sharding_runs_its_mixers_per_device(monkeypat
         "mamba_vision_T", num_classes=3, scan_impl="pallas_gpu", scan_sharding=sharding, **arch
     )
     assert built.runtime.scan_sharding == sharding and "scan_sharding" not in built.runtime.to_dict()
+    with pytest.raises(ConfigError, match="scan_sharding must be None or a .*ScanSharding.*got Mesh"):
+        RuntimeConfig(scan_sharding=mesh)
     plain_gd, state = nnx.split(model)
     model.set_scan_sharding(sharding)
     sharded_gd, _ = nnx.split(model)

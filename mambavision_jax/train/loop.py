@@ -64,6 +64,34 @@ def _with_finite_flag(train_step):
     return step
 
 
+def _train_iterator(config, mesh, mean, std, num_examples: int) -> DevicePrefetch:
+    """This process's training batches (uint8 images, normalised in the train step), put on the
+    devices ahead of the step that takes them; `get_state()` is the position consumed."""
+    train_iter = mvdata.make_train_iterator(
+        config.data.name,
+        global_batch_size=config.batch_size,
+        image_size=config.data.image_size,
+        data_dir=config.data.dir,
+        split=config.data.train_split,
+        seed=config.seed,
+        augment=_augment(config),
+        mean=mean,
+        std=std,
+        num_workers=config.data.num_workers,
+        num_threads=config.data.num_threads,
+        normalize=False,
+    )
+    start, end = mvdata.shard_bounds(
+        num_examples, jax.process_index(), jax.process_count(), drop_remainder=True
+    )
+    print(
+        "data shard " + json.dumps({"process": jax.process_index(), "start": start, "end": end}), flush=True
+    )
+    return DevicePrefetch(
+        train_iter, lambda local: shd.global_batch(local, mesh), config.data.device_prefetch
+    )
+
+
 def train_and_evaluate(config, workdir: PathLike) -> dict:
     """Train `config` in `workdir` (a local path or a URL such as gs://bucket/run), resuming from
     its latest checkpoint. Returns the final eval.
@@ -173,33 +201,9 @@ def train_and_evaluate(config, workdir: PathLike) -> dict:
     )
 
     # ------------------------------------------------------------------ data
-    mean, std = cfg.mean, cfg.std
-    train_iter = mvdata.make_train_iterator(
-        config.data.name,
-        global_batch_size=config.batch_size,
-        image_size=config.data.image_size,
-        data_dir=config.data.dir,
-        split=config.data.train_split,
-        seed=config.seed,
-        augment=_augment(config),
-        mean=mean,
-        std=std,
-        num_workers=config.data.num_workers,
-        num_threads=config.data.num_threads,
-        normalize=False,
-    )  # uint8; normalised in train_step
-    # The next batches go to the devices while a step runs; get_state() is the consumed position.
-    train_iter = DevicePrefetch(
-        train_iter, lambda local: shd.global_batch(local, mesh), config.data.device_prefetch
-    )
+    train_iter = _train_iterator(config, mesh, cfg.mean, cfg.std, info.splits[config.data.train_split])
     if data_state is not None:
         train_iter.set_state(data_state)
-    start, end = mvdata.shard_bounds(
-        info.splits[config.data.train_split], jax.process_index(), jax.process_count(), drop_remainder=True
-    )
-    print(
-        "data shard " + json.dumps({"process": jax.process_index(), "start": start, "end": end}), flush=True
-    )
 
     # ------------------------------------------------------------------ loop
     log_every = config.log_every_steps
