@@ -479,7 +479,6 @@ def demo_bare_step(steps: int, data_dir: str) -> float:
 
     from mambavision_jax import data as mvdata
     from mambavision_jax.models.registry import pretrained_cfg
-    from mambavision_jax.ops import under_kernel_mesh
     from mambavision_jax.train import sharding as shd
     from mambavision_jax.train.optim import make_optimizer
     from mambavision_jax.train.schedule import make_schedule
@@ -492,16 +491,12 @@ def demo_bare_step(steps: int, data_dir: str) -> float:
     spe = info.splits[c.data.train_split] // c.batch_size
     schedule = make_schedule(c, spe)
     tx = make_optimizer(c, spe, schedule=schedule)
-    train_gd, eval_gd = graphdefs(c, info.num_classes, 1)
+    train_gd, eval_gd = graphdefs(c, info.num_classes, 1, mesh)
     state, shardings = create_train_state(c, info.num_classes, 1, tx, mesh)
     cfg = pretrained_cfg(c.model.name)
     step = jax.jit(
-        under_kernel_mesh(
-            make_train_step(
-                c, train_gd, eval_gd, tx, schedule, info.num_classes, spe, 1, mean=cfg.mean, std=cfg.std
-            ),
-            mesh,
-            shd.BATCH_AXES,
+        make_train_step(
+            c, train_gd, eval_gd, tx, schedule, info.num_classes, spe, 1, mean=cfg.mean, std=cfg.std
         ),
         in_shardings=(shardings, shd.batch_sharding(mesh)),
         out_shardings=(shardings, shd.replicated(mesh)),

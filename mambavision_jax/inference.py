@@ -29,7 +29,7 @@ from flax import nnx
 from mambavision_jax import cli
 from mambavision_jax.metrics import classification_metrics
 from mambavision_jax.models.registry import IMAGENET_MEAN, IMAGENET_STD
-from mambavision_jax.ops import under_kernel_mesh
+from mambavision_jax.ops import ScanSharding
 
 __all__ = [
     "RUN_MODEL_CONFIG",
@@ -390,11 +390,17 @@ def local_mesh(devices=None):
     return make_mesh(-1, 1, devices=list(devices or jax.local_devices()))
 
 
-def _eval_copy(model):
-    """A copy in eval mode that shares the arrays: the caller's model keeps its train/eval mode."""
+def _eval_copy(model, mesh):
+    """A copy in eval mode that shares the arrays, its Pallas scans run per device over `mesh`'s
+    batch axes: the caller's model keeps its mode and its own scan sharding."""
+    from mambavision_jax.models.mamba_vision import MambaVision
+    from mambavision_jax.train.sharding import BATCH_AXES
+
     graphdef, state = nnx.split(model)
     m = nnx.merge(graphdef, state)
     m.eval()
+    if isinstance(m, MambaVision):  # another module (e.g. a test's stand-in) runs as given
+        m.set_scan_sharding(ScanSharding(mesh, BATCH_AXES))
     return m
 
 
@@ -417,7 +423,7 @@ def _programs(graphdef, k: int, mesh):
 
 def _make_programs(graphdef, k: int, mesh):
     """(logits, metrics, top-k probabilities): jitted, the weights replicated, the batch sharded."""
-    from mambavision_jax.train.sharding import BATCH_AXES, batch_sharding, replicated
+    from mambavision_jax.train.sharding import batch_sharding, replicated
 
     rep, bat = replicated(mesh), batch_sharding(mesh)
 
@@ -431,11 +437,10 @@ def _make_programs(graphdef, k: int, mesh):
         probs = jax.nn.softmax(logits_fn(state, images), axis=-1)
         return jax.lax.top_k(probs, k)
 
-    per_device = lambda fn: under_kernel_mesh(fn, mesh, BATCH_AXES)
     return (
-        jax.jit(per_device(logits_fn), in_shardings=(rep, bat), out_shardings=bat),
-        jax.jit(per_device(metrics_fn), in_shardings=(rep, bat, bat, bat), out_shardings=rep),
-        jax.jit(per_device(probs_fn), in_shardings=(rep, bat), out_shardings=bat),
+        jax.jit(logits_fn, in_shardings=(rep, bat), out_shardings=bat),
+        jax.jit(metrics_fn, in_shardings=(rep, bat, bat, bat), out_shardings=rep),
+        jax.jit(probs_fn, in_shardings=(rep, bat), out_shardings=bat),
     )
 
 
@@ -451,7 +456,7 @@ class Runner:
     def __init__(self, model, mesh=None, topk: int = 5):
         self.mesh = mesh if mesh is not None else local_mesh()
         self.n_dev = self.mesh.devices.size
-        graphdef, state = nnx.split(_eval_copy(model))
+        graphdef, state = nnx.split(_eval_copy(model, self.mesh))
         from mambavision_jax.train.sharding import batch_sharding, replicated
 
         self.batch_sharding = batch_sharding(self.mesh)

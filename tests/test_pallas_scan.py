@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mambavision_jax import ops
 from mambavision_jax.ops import default_impl, dispatch, pallas_common, pallas_gpu, pallas_tpu, selective_scan
 
 PALLAS_IMPLS = ("pallas_gpu", "pallas_tpu")
@@ -217,20 +218,20 @@ def _sharded_args(mesh, args):
 
 
 def test_kernel_mesh_runs_per_device_with_the_same_values_and_grads():
-    """Under kernel_mesh the kernel runs under shard_map on each device's sequences; the
+    """With a ScanSharding the kernel runs under shard_map on each device's sequences; the
     replicated parameters' gradients are summed over the devices."""
     mesh = _batch_mesh()
     args = _sharded_args(mesh, make_inputs(5, 2 * mesh.size, 20, 40, 8))
 
-    def loss_and_y(impl):
+    def loss_and_y(impl, sharding=None):
         def f(*a):
-            y = selective_scan(*a, True, impl=impl, interpret=True)
+            y = selective_scan(*a, True, impl=impl, interpret=True, sharding=sharding)
             return jnp.sum(jnp.cos(y)), y
 
         return jax.value_and_grad(f, argnums=tuple(range(7)), has_aux=True)
 
     (_, y_ref), g_ref = jax.jit(loss_and_y("sequential"))(*args)
-    fn = dispatch.under_kernel_mesh(loss_and_y("pallas_gpu"), mesh)
+    fn = loss_and_y("pallas_gpu", ops.ScanSharding(mesh))
     assert "shard_map" in str(jax.make_jaxpr(fn)(*args))
     (_, y), g = jax.jit(fn)(*args)
     _assert_close(y, y_ref, 1e-5, "y")
@@ -239,7 +240,7 @@ def test_kernel_mesh_runs_per_device_with_the_same_values_and_grads():
 
 
 def test_kernel_mesh_gives_each_device_its_share_of_the_batch():
-    # The Triton call in the CUDA lowering: the whole batch without the context (XLA would
+    # The Triton call in the CUDA lowering: the whole batch without a sharding (XLA would
     # gather it on every device), batch / devices with it.
     import re
 
@@ -255,16 +256,59 @@ def test_kernel_mesh_gives_each_device_its_share_of_the_batch():
         (call,) = [x for x in _lower(fn, args, "cuda").splitlines() if "xla.gpu.triton" in x]
         return {int(m) for m in re.findall(rf"tensor<(\d+)x{l}x{d}xf32>", call)}
 
-    scan = lambda *a: selective_scan(*a, True, impl="pallas_gpu")  # noqa: E731
-    assert triton_batch(scan) == {b}
-    assert triton_batch(dispatch.under_kernel_mesh(scan, mesh)) == {2}
+    def scan(sharding, impl="pallas_gpu", interpret=False):
+        return lambda *a: selective_scan(*a, True, impl=impl, interpret=interpret, sharding=sharding)
+
+    sharding = ops.ScanSharding(mesh, batch_axes=("data", "fsdp"))
+    assert triton_batch(scan(None)) == {b}
+    assert triton_batch(scan(sharding)) == {2}
     # A batch that does not divide over the devices keeps the plain (whole-batch) call.
-    with dispatch.kernel_mesh(mesh):
-        u = jnp.ones((3, l, d))
-        jaxpr = jax.make_jaxpr(lambda *a: selective_scan(*a, True, impl="pallas_gpu", interpret=True))(
-            u, u, jnp.ones((d, n)) * -1, jnp.ones((3, l, n)), jnp.ones((3, l, n)), None, None
-        )
-    assert "shard_map" not in str(jaxpr)
+    u = jnp.ones((3, l, d))
+    small = (u, u, jnp.ones((d, n)) * -1, jnp.ones((3, l, n)), jnp.ones((3, l, n)), None, None)
+    assert "shard_map" not in str(jax.make_jaxpr(scan(sharding, interpret=True))(*small))
+    # The XLA scans ignore the sharding: the partitioner splits them by itself.
+    full = [jnp.ones(s) for s in shapes]
+    assert "shard_map" not in str(jax.make_jaxpr(scan(sharding, impl="associative"))(*full))
+
+
+def test_a_model_built_with_a_scan_sharding_runs_its_mixers_per_device(monkeypatch):
+    """RuntimeConfig.scan_sharding (or MambaVision.set_scan_sharding) reaches every Mamba mixer:
+    the forward holds one shard_map per mixer and gives the plain call's logits; the sharding stays
+    out of the runtime's dict (it is process-local). The kernel's own values are tested above:
+    here the XLA scan stands in for it under its name (the interpreter would take ~20 s)."""
+    from flax import nnx
+
+    from mambavision_jax import create_model
+    from mambavision_jax.models.config import ConfigError, RuntimeConfig
+    from mambavision_jax.ops import scan_xla
+
+    stand_in = lambda *a, interpret=False: scan_xla.selective_scan_sequential(*a)  # noqa: E731
+    monkeypatch.setitem(ops.SCAN_IMPLS, "pallas_gpu", stand_in)
+    mesh = _batch_mesh()
+    sharding = ops.ScanSharding(mesh)
+    arch = dict(dim=8, in_dim=8, depths=(1, 1, 2, 1), num_heads=(1, 1, 1, 1), window_size=(2, 2, 2, 1))
+    model = create_model("mamba_vision_T", num_classes=3, scan_impl="pallas_gpu", **arch)
+    built = create_model(
+        "mamba_vision_T", num_classes=3, scan_impl="pallas_gpu", scan_sharding=sharding, **arch
+    )
+    assert built.runtime.scan_sharding == sharding and "scan_sharding" not in built.runtime.to_dict()
+    with pytest.raises(ConfigError, match="scan_sharding must be None or a .*ScanSharding.*got Mesh"):
+        RuntimeConfig(scan_sharding=mesh)
+    plain_gd, state = nnx.split(model)
+    model.set_scan_sharding(sharding)
+    sharded_gd, _ = nnx.split(model)
+    assert sharded_gd == nnx.split(built)[0] and sharded_gd != plain_gd
+    images = np.random.default_rng(0).standard_normal((mesh.size, 32, 32, 3)).astype(np.float32)
+    x = jax.device_put(images, _scan_shardings(mesh)[0])
+
+    def forward(graphdef):
+        return lambda s, x: nnx.merge(graphdef, s)(x)
+
+    # Stage 3's and stage 4's Mamba blocks, each on one window (sequence) per device.
+    assert str(jax.make_jaxpr(forward(sharded_gd))(state, x)).count("shard_map") == 2
+    assert "shard_map" not in str(jax.make_jaxpr(forward(plain_gd))(state, x))
+    y = jax.jit(forward(sharded_gd))(state, x)
+    _assert_close(y, jax.jit(forward(plain_gd))(state, x), 1e-5, "logits")
 
 
 class _FakeDevice:
@@ -284,10 +328,10 @@ def probe(monkeypatch):
         if fail:
             raise RuntimeError("Triton: PTX too new for this driver")
 
-    monkeypatch.setattr(dispatch, "_compile_pallas_gpu_probe", fake_probe)
-    dispatch._pallas_gpu_compiles.cache_clear()
+    monkeypatch.setattr(dispatch, "compile_pallas_gpu_probe", fake_probe)
+    ops.pallas_gpu_compiles.cache_clear()
     yield calls, fail
-    dispatch._pallas_gpu_compiles.cache_clear()
+    ops.pallas_gpu_compiles.cache_clear()
 
 
 def test_auto_selection(probe):
@@ -302,7 +346,7 @@ def test_auto_selection(probe):
     assert default_impl(device=_FakeDevice("gpu")) == "associative"
     assert default_impl(device=_FakeDevice("rocm")) == "associative"
     assert default_impl(device=_FakeDevice("tpu")) == "pallas_tpu"
-    assert dispatch._pallas_available("pallas_gpu") and dispatch._pallas_available("pallas_tpu")
+    assert ops.pallas_available("pallas_gpu") and ops.pallas_available("pallas_tpu")
 
 
 def test_auto_falls_back_when_the_kernel_does_not_compile(probe):
@@ -316,12 +360,12 @@ def test_auto_falls_back_when_the_kernel_does_not_compile(probe):
 def test_compile_probe_fails_cleanly_without_a_gpu():
     # The real probe on this CPU: the Triton kernel cannot compile for the host, so auto must not
     # pick it (this is the path a GPU with a broken Triton toolchain takes).
-    dispatch._pallas_gpu_compiles.cache_clear()
+    ops.pallas_gpu_compiles.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="falls back"):
-            assert dispatch._pallas_gpu_compiles("cpu-test") is False
+            assert ops.pallas_gpu_compiles("cpu-test") is False
     finally:
-        dispatch._pallas_gpu_compiles.cache_clear()
+        ops.pallas_gpu_compiles.cache_clear()
 
 
 # ------------------------------------------------------------------- compiled, on a CUDA GPU only

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mambavision_jax.train import sharding as shd
-from mambavision_jax.train.loop import NonFiniteLossError, _check_finite, _flush
+from mambavision_jax.train.loop import NonFiniteLossError, check_finite, report_train_metrics
 from mambavision_jax.train.metrics import Throughput
 from mambavision_jax.train.optim import make_optimizer
 from mambavision_jax.train.schedule import make_schedule
@@ -130,7 +130,7 @@ def test_nan_loss_stops_and_names_the_step(tmp_path):
         {"loss": jnp.float32(np.nan), "lr": jnp.float32(1e-3), "grad_norm": jnp.float32(1.0)},
     ]
     with pytest.raises(NonFiniteLossError, match=r"nan at step 50.*checkpoint \(step 40\) is kept"):
-        _flush(rows, 50, 10, Throughput(0, 100, 8), _NullWriter(), FakeCkpt())
+        report_train_metrics(rows, 50, 10, Throughput(0, 100, 8), _NullWriter(), FakeCkpt())
 
 
 def test_non_finite_weights_stop_before_a_save_and_say_there_is_no_checkpoint():
@@ -147,7 +147,7 @@ def test_non_finite_weights_stop_before_a_save_and_say_there_is_no_checkpoint():
         match=r"weights stopped being finite \(loss 1.5\) at step 12; "
         r"stopping. No checkpoint had been written yet",
     ):
-        _check_finite(rows, 12, NoCkpt())
+        check_finite(rows, 12, NoCkpt())
 
 
 def _all_finite_checkpoints(directory):

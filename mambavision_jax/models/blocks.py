@@ -120,7 +120,14 @@ class Block(nnx.Module):
             self.mixer = Attention(dim, num_heads, attn_impl=runtime.attn_impl, dtype=dtype, rngs=rngs)
         else:
             self.mixer = MambaVisionMixer(
-                dim, d_state=8, d_conv=3, expand=1, scan_impl=runtime.scan_impl, dtype=dtype, rngs=rngs
+                dim,
+                d_state=8,
+                d_conv=3,
+                expand=1,
+                scan_impl=runtime.scan_impl,
+                scan_sharding=runtime.scan_sharding,
+                dtype=dtype,
+                rngs=rngs,
             )
         self.drop_path = DropPath(drop_path, rng_stream=rng_stream)
         self.norm2 = LayerNorm(dim, rngs=rngs)

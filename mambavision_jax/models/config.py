@@ -12,7 +12,10 @@ import dataclasses
 import difflib
 import math
 import numbers
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mambavision_jax.ops import ScanSharding
 
 NUM_STAGES = 4  # two convolutional stages, two hybrid (Mamba + attention) stages, as the official
 HYBRID_STAGES = (2, 3)  # the stages whose blocks have mixers, heads and windows
@@ -70,10 +73,13 @@ class _Fields:
     """`to_dict` / `from_dict` / `replace` shared by both configs."""
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict (tuples become lists) that `from_dict` turns back into this config."""
+        """A JSON-safe dict (tuples become lists) that `from_dict` turns back into this config.
+        Process-local fields (`metadata={"process_local": True}`, e.g. a device mesh) are left
+        out: they mean nothing to another process."""
         return {
             f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
             for f in dataclasses.fields(self)
+            if not f.metadata.get("process_local")
         }
 
     @classmethod
@@ -196,7 +202,10 @@ class RuntimeConfig(_Fields):
     a name or a jnp dtype, stored as its name; scan_impl / attn_impl / conv_impl: the
     `mambavision_jax.ops` implementations ("auto" picks by platform); remat: recompute each
     block's activations in the backward pass; bn_groups: BatchNorm statistics per group of the
-    batch (the official per-GPU BatchNorm), 1 for the whole batch.
+    batch (the official per-GPU BatchNorm), 1 for the whole batch; scan_sharding: an
+    `ops.ScanSharding` (the mesh and batch axes of the jit the model runs under) with which the
+    Pallas scans run per device, None for the plain call. scan_sharding holds devices: it is
+    process-local, so `to_dict()` (and every file written from it) leaves it out.
     """
 
     dtype: str = "float32"
@@ -205,6 +214,7 @@ class RuntimeConfig(_Fields):
     conv_impl: str = "auto"
     remat: bool = False
     bn_groups: int = 1
+    scan_sharding: ScanSharding | None = dataclasses.field(default=None, metadata={"process_local": True})
 
     def __post_init__(self):
         self.validate()
@@ -235,6 +245,11 @@ class RuntimeConfig(_Fields):
         if not isinstance(self.remat, bool):
             raise ConfigError(f"{own}.remat must be True or False, got {self.remat!r}")
         object.__setattr__(self, "bn_groups", _int(own, "bn_groups", self.bn_groups, minimum=1))
+        if self.scan_sharding is not None and not isinstance(self.scan_sharding, ops.ScanSharding):
+            raise ConfigError(
+                f"{own}.scan_sharding must be None or a mambavision_jax.ops.ScanSharding(mesh, "
+                f"batch_axes), got {type(self.scan_sharding).__name__}"
+            )
 
     @property
     def compute_dtype(self):

@@ -12,6 +12,8 @@ from flax import nnx
 from mambavision_jax.models.blocks import MambaVisionLayer, PatchEmbed
 from mambavision_jax.models.config import MambaVisionConfig, RuntimeConfig
 from mambavision_jax.models.layers import BatchNorm, Linear
+from mambavision_jax.models.mixer import MambaVisionMixer
+from mambavision_jax.ops import ScanSharding
 
 DEFAULT_RUNTIME = RuntimeConfig()  # float32, every kernel "auto"
 # Two stride-2 convs in the stem and three downsamples: the coarsest map is 1/32 of the input.
@@ -84,6 +86,21 @@ class MambaVision(nnx.Module):
         from mambavision_jax.models.registry import pretrained_cfg_for  # registry imports this module
 
         return pretrained_cfg_for(self.config)
+
+    def set_scan_sharding(self, sharding: ScanSharding | None) -> None:
+        """Run the Pallas selective scans per device under a jit sharded as `sharding` (an
+        `ops.ScanSharding`: the mesh and the axes that split the batch), or None for the plain
+        call; `runtime.scan_sharding` follows. For a model built before its mesh was known, e.g.
+        an evaluator's copy; set it before the model is traced (it is part of the graphdef)."""
+        if sharding is not None and not isinstance(sharding, ScanSharding):
+            raise TypeError(
+                f"set_scan_sharding: expected a mambavision_jax.ops.ScanSharding or None, got "
+                f"{type(sharding).__name__}"
+            )
+        for _, module in nnx.iter_modules(self):
+            if isinstance(module, MambaVisionMixer):
+                module.scan_sharding = sharding
+        self.runtime = self.runtime.replace(scan_sharding=sharding)
 
     def _check_input(self, x: jax.Array) -> None:
         if x.ndim != 4:

@@ -39,7 +39,7 @@ class MambaVisionMixer(nnx.Module):
     x, z = split(in_proj(u)); x = silu(conv(x)); z = silu(conv(z));
     dt, B, C = split(x_proj(x)); y = scan(x, dt_proj(dt), A, B, C, D, delta_bias=dt_proj.bias);
     out = out_proj([y, z]). The dt_proj bias is added twice (by the Linear and as delta_bias), as
-    in the official code.
+    in the official code. scan_impl / scan_sharding: `ops.selective_scan`'s impl and sharding.
     """
 
     def __init__(
@@ -50,13 +50,14 @@ class MambaVisionMixer(nnx.Module):
         d_conv: int = 3,
         expand: int = 1,
         scan_impl: str = "auto",
+        scan_sharding: ops.ScanSharding | None = None,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
         self.d_inner = int(expand * d_model)
         self.d_state = d_state
         self.dt_rank = math.ceil(d_model / 16)
-        self.scan_impl = scan_impl
+        self.scan_impl, self.scan_sharding = scan_impl, scan_sharding
         half = self.d_inner // 2
         self.in_proj = Linear(d_model, self.d_inner, bias=False, dtype=dtype, rngs=rngs)
         self.x_proj = Linear(half, self.dt_rank + 2 * d_state, bias=False, dtype=dtype, rngs=rngs)
@@ -85,6 +86,7 @@ class MambaVisionMixer(nnx.Module):
             delta_bias=self.dt_proj.bias[...],
             delta_softplus=True,
             impl=self.scan_impl,
+            sharding=self.scan_sharding,
         )
         return self.out_proj(jnp.concatenate([y.astype(z.dtype), z], axis=-1))
 

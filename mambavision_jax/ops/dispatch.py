@@ -2,55 +2,67 @@
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
+import dataclasses
 import functools
 import math
 import warnings
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from mambavision_jax.ops import scan_xla
 
-__all__ = ["selective_scan", "SCAN_IMPLS", "default_impl", "kernel_mesh", "under_kernel_mesh"]
+__all__ = [
+    "SCAN_IMPLS",
+    "ScanSharding",
+    "compile_pallas_gpu_probe",
+    "default_impl",
+    "pallas_available",
+    "pallas_gpu_compiles",
+    "selective_scan",
+]
 
-# (mesh, batch axes) set by `kernel_mesh`; read when a Pallas impl is traced.
-_KERNEL_MESH: contextvars.ContextVar = contextvars.ContextVar("selective_scan_mesh", default=None)
 
-
-@contextlib.contextmanager
-def kernel_mesh(mesh, batch_axes=("data", "fsdp")):
-    """Within this context, traced Pallas scans run per device under `jax.shard_map`, with the
-    leading (sequence) axis split over `batch_axes` of `mesh`.
+@dataclasses.dataclass(frozen=True)
+class ScanSharding:
+    """Where a jitted caller's batch lives, for the Pallas scans: `selective_scan(...,
+    sharding=ScanSharding(mesh))` runs a Pallas impl per device under `jax.shard_map`, with the
+    leading (sequence) axis split over `batch_axes` of `mesh` (the names missing from the mesh
+    are ignored) and the parameters replicated.
 
     A ``pallas_call`` is opaque to XLA's SPMD partitioner: under a jit whose inputs are sharded
     over the batch it would gather every sequence onto every device and run the whole batch's scan
-    on each (right, but n_devices times the work and an all-gather per layer). The training loop
-    and the evaluator enter this context around their jitted steps. The XLA impls need nothing:
-    the partitioner splits them by itself. A batch that does not divide over the axes (or a
-    one-device mesh) keeps the plain call. The context must be active when the calling function
-    is traced (see `under_kernel_mesh`).
+    on each (right, but n_devices times the work and an all-gather per layer). The XLA impls ignore
+    the sharding: the partitioner splits them by itself. A batch that does not divide over the
+    axes (or a one-device mesh) keeps the plain call. Models take it as
+    ``RuntimeConfig.scan_sharding`` (or ``MambaVision.set_scan_sharding``); it is hashable, so a
+    graphdef that holds it stays a valid static argument.
     """
-    token = _KERNEL_MESH.set((mesh, tuple(batch_axes)))
-    try:
-        yield
-    finally:
-        _KERNEL_MESH.reset(token)
 
+    mesh: Mesh
+    batch_axes: tuple[str, ...] = ("data", "fsdp")
 
-def under_kernel_mesh(fn, mesh, batch_axes=("data", "fsdp")):
-    """`fn` with `kernel_mesh(mesh, batch_axes)` active while it runs: wrap a step function before
-    `jax.jit`, so that the context is there whenever the step is traced (a jit's cache does not
-    see context variables: a step traced outside the context keeps the plain kernel call)."""
+    def __post_init__(self):
+        if not isinstance(self.mesh, Mesh):
+            raise TypeError(f"ScanSharding.mesh must be a jax.sharding.Mesh, got {type(self.mesh).__name__}")
+        axes = (self.batch_axes,) if isinstance(self.batch_axes, str) else self.batch_axes
+        if not isinstance(axes, (tuple, list)) or not all(isinstance(a, str) for a in axes):
+            raise TypeError(
+                f"ScanSharding.batch_axes must be a tuple of mesh axis names, got {self.batch_axes!r}"
+            )
+        object.__setattr__(self, "batch_axes", tuple(axes))
 
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        with kernel_mesh(mesh, batch_axes):
-            return fn(*args, **kwargs)
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """The batch axes this mesh has."""
+        return tuple(a for a in self.batch_axes if a in self.mesh.shape)
 
-    return wrapped
+    @property
+    def num_shards(self) -> int:
+        """How many parts the batch is split into."""
+        return math.prod(self.mesh.shape[a] for a in self.axes)
 
 
 def _per_device(fn, mesh, axes, u, delta, A, B, C, D, delta_bias, delta_softplus):
@@ -102,7 +114,12 @@ def _gpu_compute_capability(device) -> float | None:
 
 
 @functools.cache
-def _pallas_available(name: str) -> bool:
+def pallas_available(name: str) -> bool:
+    """Whether the Pallas kernel module `name` ("pallas_gpu" or "pallas_tpu") imports with this
+    jaxlib (checked once per process). It says nothing about compiling on a device: for the GPU
+    kernel see `pallas_gpu_compiles`."""
+    if name not in ("pallas_gpu", "pallas_tpu"):
+        raise ValueError(f"pallas_available: unknown kernel {name!r}; valid: 'pallas_gpu', 'pallas_tpu'")
     try:
         if name == "pallas_gpu":
             from mambavision_jax.ops import pallas_gpu  # noqa: F401
@@ -113,8 +130,9 @@ def _pallas_available(name: str) -> bool:
     return True
 
 
-def _compile_pallas_gpu_probe() -> None:
-    """Compile (not run) the Triton kernels' forward and backward for a tiny problem."""
+def compile_pallas_gpu_probe() -> None:
+    """Compile (not run) the Triton kernels' forward and backward for a tiny problem on the
+    default GPU; raises whatever the lowering or the Triton compiler raises."""
     from mambavision_jax.ops import pallas_gpu
 
     sd = jax.ShapeDtypeStruct
@@ -136,7 +154,7 @@ def _compile_pallas_gpu_probe() -> None:
 
 
 @functools.cache
-def _pallas_gpu_compiles(device_kind: str) -> bool:
+def pallas_gpu_compiles(device_kind: str) -> bool:
     """Whether the Triton kernels compile on this process's GPU (checked once per device kind).
 
     ``impl="auto"`` is resolved while a model is being traced, where a failing Triton compile would
@@ -144,9 +162,11 @@ def _pallas_gpu_compiles(device_kind: str) -> bool:
     or broken, or a driver / PTX toolchain that cannot build for the chip, falls back to XLA's
     associative scan with a warning instead. AOT lowering + compile needs no concrete arrays, so it
     also works while an outer function is being traced.
+
+    The result is cached per `device_kind` (`pallas_gpu_compiles.cache_clear()` forgets it).
     """
     try:
-        _compile_pallas_gpu_probe()
+        compile_pallas_gpu_probe()
     except Exception as e:  # noqa: BLE001 - any failure means: do not use the kernel here
         warnings.warn(
             f"selective_scan: the Pallas Triton kernel does not compile on this GPU ({device_kind}): "
@@ -168,14 +188,14 @@ def default_impl(platform: str | None = None, device=None) -> str:
     if platform == "cpu":
         return "sequential"
     if platform == "tpu":
-        return "pallas_tpu" if _pallas_available("pallas_tpu") else "associative"
+        return "pallas_tpu" if pallas_available("pallas_tpu") else "associative"
     if platform in ("gpu", "cuda"):
         cc = _gpu_compute_capability(device) if device is not None else None
         if (
             cc is not None
             and cc >= 8.0
-            and _pallas_available("pallas_gpu")
-            and _pallas_gpu_compiles(str(getattr(device, "device_kind", "gpu")))
+            and pallas_available("pallas_gpu")
+            and pallas_gpu_compiles(str(getattr(device, "device_kind", "gpu")))
         ):
             return "pallas_gpu"
         return "associative"
@@ -194,6 +214,7 @@ def selective_scan(
     *,
     impl="auto",
     interpret=False,
+    sharding: ScanSharding | None = None,
 ):
     """Selective scan (Mamba S6), channels-last.
 
@@ -204,10 +225,12 @@ def selective_scan(
 
     impl: "auto" (sequential on CPU; pallas_gpu on CUDA GPUs with compute capability >= 8.0 where
     the Triton kernel compiles, checked once per process; pallas_tpu on TPU; associative
-    elsewhere), or one of ``SCAN_IMPLS``. Under `kernel_mesh` the Pallas impls run per device.
+    elsewhere), or one of ``SCAN_IMPLS``.
     interpret: run a Pallas kernel in Pallas's interpreter (works on a CPU; slow). For pallas_tpu it
     may also be a ``jax.experimental.pallas.tpu.InterpretParams()`` (the TPU-semantics interpreter,
     much slower). Ignored by the XLA impls.
+    sharding: a `ScanSharding` (the caller's mesh and batch axes): the Pallas impls run per device
+    on each device's share of the sequences; None: the plain call. Ignored by the XLA impls.
     """
     if impl == "auto":
         impl = default_impl()
@@ -218,11 +241,14 @@ def selective_scan(
         u, jnp.asarray(delta), jnp.asarray(A), jnp.asarray(B), jnp.asarray(C), D, delta_bias
     )
     fn = functools.partial(SCAN_IMPLS[impl], interpret=interpret)
-    ctx = _KERNEL_MESH.get()
-    if impl.startswith("pallas") and ctx is not None:
-        mesh, axes = ctx
-        axes = tuple(a for a in axes if a in mesh.shape)
-        shards = math.prod(mesh.shape[a] for a in axes)
+    if sharding is not None and not isinstance(sharding, ScanSharding):
+        raise TypeError(
+            f"selective_scan: sharding must be a ScanSharding or None, got {type(sharding).__name__}"
+        )
+    if impl.startswith("pallas") and sharding is not None:
+        shards = sharding.num_shards
         if shards > 1 and u.shape[0] % shards == 0:
-            return _per_device(fn, mesh, axes, u, delta, A, B, C, D, delta_bias, delta_softplus)
+            return _per_device(
+                fn, sharding.mesh, sharding.axes, u, delta, A, B, C, D, delta_bias, delta_softplus
+            )
     return fn(u, delta, A, B, C, D, delta_bias, delta_softplus)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 
 import jax
@@ -10,19 +9,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from mambavision_jax import data as mvdata
-from mambavision_jax.data.device_ops import DevicePrefetch, normalize_on_device
+from mambavision_jax.data.device_ops import DevicePrefetch
 from mambavision_jax.models.registry import pretrained_cfg
-from mambavision_jax.ops import under_kernel_mesh
 from mambavision_jax.paths import PathLike, as_path, atomic_write_text
 from mambavision_jax.train import sharding as shd
 from mambavision_jax.train.checkpoint import Checkpointer
 from mambavision_jax.train.config import validate
+from mambavision_jax.train.evaluator import Evaluator
 from mambavision_jax.train.metrics import MetricWriter, Throughput
+from mambavision_jax.train.multihost import CompileThenAlign, wait_for_all_processes
 from mambavision_jax.train.optim import make_optimizer
 from mambavision_jax.train.preemption import Preempted, PreemptionWatcher
 from mambavision_jax.train.schedule import make_schedule, num_train_epochs
 from mambavision_jax.train.state import create_train_state, graphdefs, model_configs, with_weights
-from mambavision_jax.train.steps import make_eval_step, make_train_step
+from mambavision_jax.train.steps import make_train_step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -64,31 +64,32 @@ def _with_finite_flag(train_step):
     return step
 
 
-def _wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
-    """A coordination-service barrier with a long timeout. The first cross-process collective (orbax's
-    barrier) sets up the CPU collectives with a 30 s rendezvous: a host still compiling or reading
-    the data set info that much later would fail the run."""
-    if jax.process_count() == 1:
-        return
-    from jax._src import distributed
-
-    if distributed.global_state.client is not None:
-        distributed.global_state.client.wait_at_barrier(name, timeout_s * 1000)
-
-
-class _CompileThenAlign:
-    """Several processes: compile a jitted function ahead of its first call, then wait for every
-    process before running it, so that its collectives start together however unequal the compile
-    times (the CPU collectives give a peer 30 s)."""
-
-    def __init__(self, jitted, name: str):
-        self.jitted, self.name, self.compiled = jitted, name, None
-
-    def __call__(self, *args):
-        if self.compiled is None:
-            self.compiled = self.jitted.lower(*args).compile()
-            _wait_for_all_processes(f"mambavision_jax_{self.name}_compiled")
-        return self.compiled(*args)
+def _train_iterator(config, mesh, mean, std, num_examples: int) -> DevicePrefetch:
+    """This process's training batches (uint8 images, normalised in the train step), put on the
+    devices ahead of the step that takes them; `get_state()` is the position consumed."""
+    train_iter = mvdata.make_train_iterator(
+        config.data.name,
+        global_batch_size=config.batch_size,
+        image_size=config.data.image_size,
+        data_dir=config.data.dir,
+        split=config.data.train_split,
+        seed=config.seed,
+        augment=_augment(config),
+        mean=mean,
+        std=std,
+        num_workers=config.data.num_workers,
+        num_threads=config.data.num_threads,
+        normalize=False,
+    )
+    start, end = mvdata.shard_bounds(
+        num_examples, jax.process_index(), jax.process_count(), drop_remainder=True
+    )
+    print(
+        "data shard " + json.dumps({"process": jax.process_index(), "start": start, "end": end}), flush=True
+    )
+    return DevicePrefetch(
+        train_iter, lambda local: shd.global_batch(local, mesh), config.data.device_prefetch
+    )
 
 
 def train_and_evaluate(config, workdir: PathLike) -> dict:
@@ -137,7 +138,8 @@ def train_and_evaluate(config, workdir: PathLike) -> dict:
     bn_groups = n_dev if config.bn_stats == "per_device" else 1
     schedule = make_schedule(config, steps_per_epoch)
     tx = make_optimizer(config, steps_per_epoch, schedule=schedule)
-    train_gd, eval_gd = graphdefs(config, num_classes, bn_groups)
+    # With the mesh the graphdefs' Pallas scans run per device on their share of the batch.
+    train_gd, eval_gd = graphdefs(config, num_classes, bn_groups, mesh)
     state, shardings = create_train_state(config, num_classes, bn_groups, tx, mesh)
     writer = MetricWriter(workdir, total_steps)
     if jax.process_index() == 0:  # the run's config, and its architecture for readers of its checkpoints
@@ -146,7 +148,7 @@ def train_and_evaluate(config, workdir: PathLike) -> dict:
             workdir / "model_config.json",
             json.dumps(model_configs(config, num_classes, bn_groups)[0].to_dict(), indent=2) + "\n",
         )
-    _wait_for_all_processes("mambavision_jax_setup")
+    wait_for_all_processes("mambavision_jax_setup")
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
 
     start_step, data_state = 0, None
@@ -166,106 +168,42 @@ def train_and_evaluate(config, workdir: PathLike) -> dict:
     # ------------------------------------------------------------------ steps
     batch_sharding = shd.batch_sharding(mesh)
     repl = shd.replicated(mesh)
-    # The Pallas scans run per device on their share of the batch (see ops.kernel_mesh).
     train_step = jax.jit(
         _with_finite_flag(
-            under_kernel_mesh(
-                make_train_step(
-                    config,
-                    train_gd,
-                    eval_gd,
-                    tx,
-                    schedule,
-                    num_classes,
-                    steps_per_epoch,
-                    mix_groups=n_dev if config.bn_stats == "per_device" else 1,
-                    mean=cfg.mean,
-                    std=cfg.std,
-                ),
-                mesh,
-                shd.BATCH_AXES,
+            make_train_step(
+                config,
+                train_gd,
+                eval_gd,
+                tx,
+                schedule,
+                num_classes,
+                steps_per_epoch,
+                mix_groups=n_dev if config.bn_stats == "per_device" else 1,
+                mean=cfg.mean,
+                std=cfg.std,
             )
         ),
         in_shardings=(shardings, batch_sharding),
         out_shardings=(shardings, repl),
         donate_argnums=(0,),
     )
-    eval_step = jax.jit(under_kernel_mesh(make_eval_step(eval_gd), mesh, shd.BATCH_AXES), out_shardings=repl)
     if jax.process_count() > 1:
-        train_step, eval_step = _CompileThenAlign(train_step, "train"), _CompileThenAlign(eval_step, "eval")
+        train_step = CompileThenAlign(train_step, "train")
+    evaluator = Evaluator(
+        config,
+        eval_gd,
+        mesh,
+        batch_size=eval_batch,
+        crop_pct=crop_pct,
+        crop_mode=crop_mode,
+        mean=cfg.mean,
+        std=cfg.std,
+    )
 
     # ------------------------------------------------------------------ data
-    mean, std = cfg.mean, cfg.std
-    train_iter = mvdata.make_train_iterator(
-        config.data.name,
-        global_batch_size=config.batch_size,
-        image_size=config.data.image_size,
-        data_dir=config.data.dir,
-        split=config.data.train_split,
-        seed=config.seed,
-        augment=_augment(config),
-        mean=mean,
-        std=std,
-        num_workers=config.data.num_workers,
-        num_threads=config.data.num_threads,
-        normalize=False,
-    )  # uint8; normalised in train_step
-    # The next batches go to the devices while a step runs; get_state() is the consumed position.
-    train_iter = DevicePrefetch(
-        train_iter, lambda local: shd.global_batch(local, mesh), config.data.device_prefetch
-    )
+    train_iter = _train_iterator(config, mesh, cfg.mean, cfg.std, info.splits[config.data.train_split])
     if data_state is not None:
         train_iter.set_state(data_state)
-    start, end = mvdata.shard_bounds(
-        info.splits[config.data.train_split], jax.process_index(), jax.process_count(), drop_remainder=True
-    )
-    print(
-        "data shard " + json.dumps({"process": jax.process_index(), "start": start, "end": end}), flush=True
-    )
-
-    to_float = jax.jit(functools.partial(normalize_on_device, mean=mean, std=std))
-
-    def evaluate(step: int) -> dict:
-        it = mvdata.make_eval_iterator(
-            config.data.name,
-            global_batch_size=eval_batch,
-            image_size=config.data.image_size,
-            crop_pct=crop_pct,
-            crop_mode=crop_mode,
-            data_dir=config.data.dir,
-            split=config.data.eval_split or None,
-            mean=mean,
-            std=std,
-            num_threads=config.data.num_threads,
-            normalize=False,
-        )
-        weights = {"": (state.params, state.batch_stats)}
-        if state.ema_params is not None:
-            weights["ema_"] = (state.ema_params, state.ema_batch_stats)
-        sums = {p: None for p in weights}
-        for batch in DevicePrefetch(
-            it,
-            lambda local: shd.global_batch({k: local[k] for k in ("image", "label", "mask")}, mesh),
-            config.data.device_prefetch,
-        ):
-            batch["image"] = to_float(batch["image"])  # uint8 -> normalised, on the devices
-            for prefix, (params, stats) in weights.items():
-                out = eval_step(params, stats, state.rngs, batch)
-                sums[prefix] = out if sums[prefix] is None else jax.tree.map(jnp.add, sums[prefix], out)
-        result = {}
-        for prefix, s in sums.items():
-            s = jax.device_get(s)
-            n = max(float(s["count"]), 1.0)
-            result.update(
-                {
-                    f"{prefix}top1": 100 * s["correct1"] / n,
-                    f"{prefix}top5": 100 * s["correct5"] / n,
-                    f"{prefix}loss": s["loss_sum"] / n,
-                }
-            )
-        writer.write(step, "eval", result)
-        writer.log(f"eval  step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in result.items()))
-        return result
 
     # ------------------------------------------------------------------ loop
     log_every = config.log_every_steps
@@ -285,10 +223,10 @@ def train_and_evaluate(config, workdir: PathLike) -> dict:
             is_ckpt = step % ckpt_every == 0 or step == total_steps or preempted
             is_eval = step % eval_every == 0 or step == total_steps
             if step % log_every == 0 or is_ckpt:
-                _flush(pending, step, steps_per_epoch, meter, writer, ckpt)
+                report_train_metrics(pending, step, steps_per_epoch, meter, writer, ckpt)
                 pending = []
             elif is_eval:
-                _check_finite(pending, step, ckpt)  # best/ too holds only finite states
+                check_finite(pending, step, ckpt)  # best/ too holds only finite states
             if is_ckpt:
                 ckpt.save(step, state, train_iter.get_state())
             if preempted:
@@ -296,7 +234,9 @@ def train_and_evaluate(config, workdir: PathLike) -> dict:
                 writer.log(f"preempted: checkpoint of step {step} written to {ckpt.directory}")
                 raise Preempted(step, str(ckpt.directory))
             if is_eval:
-                last_eval = evaluate(step)
+                last_eval = evaluator.run(state)
+                writer.write(step, "eval", last_eval)
+                writer.log(f"eval  step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in last_eval.items()))
                 score = last_eval.get("ema_top1", last_eval["top1"])
                 ckpt.save_best(step, state, score)
                 meter.restart(step)
@@ -308,9 +248,12 @@ def train_and_evaluate(config, workdir: PathLike) -> dict:
     return last_eval
 
 
-def _check_finite(pending, step, ckpt) -> list[dict]:
+def check_finite(pending, step, ckpt) -> list[dict]:
     """The metrics of the steps since the last report on the host (one sync); raises
-    NonFiniteLossError naming the first step whose loss or updated weights are not finite."""
+    NonFiniteLossError naming the first step whose loss or updated weights are not finite.
+
+    pending: the train steps' metrics dicts (device arrays; "finite" optional), the last one of
+    `step`; ckpt: anything with `latest_step()` (the `Checkpointer`), named in the error."""
     rows = jax.device_get(pending)
     for i, r in enumerate(rows):
         loss, weights_ok = float(r["loss"]), bool(r.get("finite", True))
@@ -334,10 +277,11 @@ def _check_finite(pending, step, ckpt) -> list[dict]:
     return rows
 
 
-def _flush(pending, step, steps_per_epoch, meter, writer, ckpt) -> None:
-    """Fetch the metrics of the steps since the last report (one host sync), log their mean, and
-    stop on a non-finite loss or weights before anything is checkpointed."""
-    rows = _check_finite(pending, step, ckpt)
+def report_train_metrics(pending, step, steps_per_epoch, meter, writer, ckpt) -> None:
+    """Fetch the metrics of the steps since the last report (one host sync), write their mean to
+    `writer` (a "train" row and the progress line, with `meter`'s img/s and ETA), and stop on a
+    non-finite loss or weights (`check_finite`) before anything is checkpointed."""
+    rows = check_finite(pending, step, ckpt)
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "finite"}
     mean["lr"] = float(rows[-1]["lr"])
     ips, eta = meter.report(step)

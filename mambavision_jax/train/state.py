@@ -13,6 +13,7 @@ from flax import nnx
 from mambavision_jax.models.config import MambaVisionConfig, RuntimeConfig
 from mambavision_jax.models.mamba_vision import MambaVision
 from mambavision_jax.models.registry import model_config, split_overrides
+from mambavision_jax.ops import ScanSharding
 from mambavision_jax.train import sharding as shd
 
 
@@ -27,11 +28,14 @@ class TrainState:
     ema_batch_stats: Any
 
 
-def model_configs(config, num_classes: int, bn_groups: int) -> tuple[MambaVisionConfig, RuntimeConfig]:
+def model_configs(
+    config, num_classes: int, bn_groups: int, mesh=None
+) -> tuple[MambaVisionConfig, RuntimeConfig]:
     """The model a training config describes: `config.model.name`'s architecture with
     `config.model.overrides` (any create_model argument), the drop path rate and the class count
     applied, and its runtime (dtype, scan, remat, BatchNorm groups). The same for init and
-    fine-tuning."""
+    fine-tuning. mesh: the training mesh, with which the Pallas scans run per device on each
+    device's share of the batch (`runtime.scan_sharding`); None: the plain call."""
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(config.model.overrides).items()}
     arch, run = split_overrides(overrides, "config.model.overrides")
     if config.model.drop_path_rate >= 0:
@@ -42,6 +46,7 @@ def model_configs(config, num_classes: int, bn_groups: int) -> tuple[MambaVision
         scan_impl=config.model.scan_impl,
         remat=config.model.remat,
         bn_groups=bn_groups,
+        scan_sharding=None if mesh is None else ScanSharding(mesh, shd.BATCH_AXES),
     ).replace(**run)
     return model, runtime
 
@@ -50,9 +55,11 @@ def split_model(model):
     return nnx.split(model, nnx.Param, nnx.BatchStat, ...)
 
 
-def graphdefs(config, num_classes: int, bn_groups: int):
-    """(train graphdef, eval graphdef): the mode (BatchNorm statistics, DropPath) is static."""
-    arch, runtime = model_configs(config, num_classes, bn_groups)
+def graphdefs(config, num_classes: int, bn_groups: int, mesh=None):
+    """(train graphdef, eval graphdef): the mode (BatchNorm statistics, DropPath) is static. mesh:
+    the mesh the steps are jitted over (see `model_configs`); pass it wherever the batch is
+    sharded, else each device runs a Pallas scan on the whole batch."""
+    arch, runtime = model_configs(config, num_classes, bn_groups, mesh)
     abstract = nnx.eval_shape(lambda: MambaVision(arch, runtime, rngs=nnx.Rngs(0)))
     abstract.train()
     train_gd = split_model(abstract)[0]

@@ -1,4 +1,4 @@
-"""The jitted train and eval steps."""
+"""The train step (jitted by the loop); the eval step is `train.evaluator.make_eval_step`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from mambavision_jax.data.device_ops import (
     normalize_on_device,
 )
 from mambavision_jax.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from mambavision_jax.metrics import classification_metrics
 from mambavision_jax.train.ema import ema_update
 from mambavision_jax.train.mixup import mixup_cutmix
 from mambavision_jax.train.state import TrainState, split_model
@@ -108,11 +107,3 @@ def make_train_step(
         return new, metrics
 
     return train_step
-
-
-def make_eval_step(eval_gd):
-    def eval_step(params, batch_stats, rngs, batch):
-        logits = nnx.merge(eval_gd, params, batch_stats, rngs)(batch["image"])
-        return classification_metrics(logits, batch["label"], batch["mask"])
-
-    return eval_step

@@ -1,0 +1,35 @@
+"""Keeping several processes in step: a long coordination barrier, and compile-then-align for
+jitted functions whose collectives must start together."""
+
+from __future__ import annotations
+
+import jax
+
+__all__ = ["CompileThenAlign", "wait_for_all_processes"]
+
+
+def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
+    """A coordination-service barrier with a long timeout. The first cross-process collective (orbax's
+    barrier) sets up the CPU collectives with a 30 s rendezvous: a host still compiling or reading
+    the data set info that much later would fail the run."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed
+
+    if distributed.global_state.client is not None:
+        distributed.global_state.client.wait_at_barrier(name, timeout_s * 1000)
+
+
+class CompileThenAlign:
+    """Several processes: compile a jitted function ahead of its first call, then wait for every
+    process before running it, so that its collectives start together however unequal the compile
+    times (the CPU collectives give a peer 30 s)."""
+
+    def __init__(self, jitted, name: str):
+        self.jitted, self.name, self.compiled = jitted, name, None
+
+    def __call__(self, *args):
+        if self.compiled is None:
+            self.compiled = self.jitted.lower(*args).compile()
+            wait_for_all_processes(f"mambavision_jax_{self.name}_compiled")
+        return self.compiled(*args)
