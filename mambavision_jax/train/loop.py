@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +23,7 @@ from mambavision_jax.train.multihost import CompileThenAlign, wait_for_all_proce
 from mambavision_jax.train.optim import make_optimizer
 from mambavision_jax.train.preemption import Preempted, PreemptionWatcher
 from mambavision_jax.train.schedule import make_schedule, num_train_epochs
-from mambavision_jax.train.state import create_train_state, graphdefs, model_configs, with_weights
+from mambavision_jax.train.state import TrainState, create_train_state, graphdefs, model_configs, with_weights
 from mambavision_jax.train.steps import make_train_step
 
 
@@ -29,7 +31,8 @@ class NonFiniteLossError(RuntimeError):
     """The loss or the parameters stopped being finite; nothing from that state was saved."""
 
 
-def _augment(config) -> mvdata.TrainAugConfig:
+def train_augment_config(config) -> mvdata.TrainAugConfig:
+    """The training augmentation `config.data` describes."""
     d = config.data
     return mvdata.TrainAugConfig(
         random_resized_crop=d.random_resized_crop,
@@ -74,7 +77,7 @@ def _train_iterator(config, mesh, mean, std, num_examples: int) -> DevicePrefetc
         data_dir=config.data.dir,
         split=config.data.train_split,
         seed=config.seed,
-        augment=_augment(config),
+        augment=train_augment_config(config),
         mean=mean,
         std=std,
         num_workers=config.data.num_workers,
@@ -90,6 +93,55 @@ def _train_iterator(config, mesh, mean, std, num_examples: int) -> DevicePrefetc
     return DevicePrefetch(
         train_iter, lambda local: shd.global_batch(local, mesh), config.data.device_prefetch
     )
+
+
+def _bn_groups(config, mesh) -> int:
+    """BatchNorm statistics per device (the official DDP) or over the whole global batch."""
+    return mesh.size if config.bn_stats == "per_device" else 1
+
+
+class TrainProgram(NamedTuple):
+    """What `build_train_program` returns: `step(state, batch) -> (state, metrics)` jitted over the
+    mesh (uint8 images in, normalised inside; metrics include "finite"), the initial `state` and
+    its `shardings`, and the eval-mode graphdef for the evaluator."""
+
+    step: Callable
+    state: TrainState
+    shardings: Any
+    eval_gd: Any
+
+
+def build_train_program(config, mesh, num_classes: int, steps_per_epoch: int) -> TrainProgram:
+    """The optimizer, schedule, model graphdefs (their Pallas scans per device on the mesh), the
+    initial sharded state and the jitted train step of `config`: what `train_and_evaluate` runs,
+    and what the benchmarks time as the bare step."""
+    bn_groups = _bn_groups(config, mesh)
+    schedule = make_schedule(config, steps_per_epoch)
+    tx = make_optimizer(config, steps_per_epoch, schedule=schedule)
+    train_gd, eval_gd = graphdefs(config, num_classes, bn_groups, mesh)
+    state, shardings = create_train_state(config, num_classes, bn_groups, tx, mesh)
+    cfg = pretrained_cfg(config.model.name)
+    step = make_train_step(
+        config,
+        train_gd,
+        eval_gd,
+        tx,
+        schedule,
+        num_classes,
+        steps_per_epoch,
+        mix_groups=bn_groups,
+        mean=cfg.mean,
+        std=cfg.std,
+    )
+    step = jax.jit(
+        _with_finite_flag(step),
+        in_shardings=(shardings, shd.batch_sharding(mesh)),
+        out_shardings=(shardings, shd.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    if jax.process_count() > 1:
+        step = CompileThenAlign(step, "train")
+    return TrainProgram(step, state, shardings, eval_gd)
 
 
 def train_and_evaluate(config, workdir: PathLike) -> dict:
@@ -134,13 +186,10 @@ def train_and_evaluate(config, workdir: PathLike) -> dict:
     crop_pct = config.data.crop_pct if config.data.crop_pct > 0 else cfg.crop_pct
     crop_mode = config.data.crop_mode or cfg.crop_mode
 
-    # ------------------------------------------------------------------ model, optimizer, state
-    bn_groups = n_dev if config.bn_stats == "per_device" else 1
-    schedule = make_schedule(config, steps_per_epoch)
-    tx = make_optimizer(config, steps_per_epoch, schedule=schedule)
-    # With the mesh the graphdefs' Pallas scans run per device on their share of the batch.
-    train_gd, eval_gd = graphdefs(config, num_classes, bn_groups, mesh)
-    state, shardings = create_train_state(config, num_classes, bn_groups, tx, mesh)
+    # ------------------------------------------------------------------ model, optimizer, state, step
+    bn_groups = _bn_groups(config, mesh)
+    program = build_train_program(config, mesh, num_classes, steps_per_epoch)
+    state, shardings = program.state, program.shardings
     writer = MetricWriter(workdir, total_steps)
     if jax.process_index() == 0:  # the run's config, and its architecture for readers of its checkpoints
         atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
@@ -165,33 +214,10 @@ def train_and_evaluate(config, workdir: PathLike) -> dict:
         f"{total_steps} steps, global batch {config.batch_size}"
     )
 
-    # ------------------------------------------------------------------ steps
-    batch_sharding = shd.batch_sharding(mesh)
-    repl = shd.replicated(mesh)
-    train_step = jax.jit(
-        _with_finite_flag(
-            make_train_step(
-                config,
-                train_gd,
-                eval_gd,
-                tx,
-                schedule,
-                num_classes,
-                steps_per_epoch,
-                mix_groups=n_dev if config.bn_stats == "per_device" else 1,
-                mean=cfg.mean,
-                std=cfg.std,
-            )
-        ),
-        in_shardings=(shardings, batch_sharding),
-        out_shardings=(shardings, repl),
-        donate_argnums=(0,),
-    )
-    if jax.process_count() > 1:
-        train_step = CompileThenAlign(train_step, "train")
+    # ------------------------------------------------------------------ eval
     evaluator = Evaluator(
         config,
-        eval_gd,
+        program.eval_gd,
         mesh,
         batch_size=eval_batch,
         crop_pct=crop_pct,
@@ -216,7 +242,7 @@ def train_and_evaluate(config, workdir: PathLike) -> dict:
     try:
         while step < total_steps:
             batch = next(train_iter)
-            state, metrics = train_step(state, batch)
+            state, metrics = program.step(state, batch)
             step += 1
             pending.append(metrics)
             preempted = preemption.reached(step)
