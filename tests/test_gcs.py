@@ -332,7 +332,7 @@ def test_weights_in_the_bucket_in_every_format_give_the_local_models_logits(buck
 def test_evaluate_and_predict_with_weights_in_the_bucket_and_json_into_it(
     gcs, bucket_weights, image_folder, tmp_path, capsys
 ):
-    from mambavision_jax import evaluate, predict
+    from mambavision_jax import cli, evaluate, predict
 
     fs = gcs[1]
     _, local, b = bucket_weights
@@ -363,6 +363,11 @@ def test_evaluate_and_predict_with_weights_in_the_bucket_and_json_into_it(
         assert json.loads(capsys.readouterr().out)[0]["predictions"] == want, w
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         predict.main([image, "--weights", f"{b}/missing"])
+    # image folders and images are local: a URL is refused in one line that says so
+    with pytest.raises(cli.UserError, match="read from a local disk"):
+        evaluate.main(["--weights", str(local), "--folder", f"{b}/val"])
+    with pytest.raises(cli.UserError, match="read from a local disk"):
+        predict.main([f"{b}/cat.png", "--weights", str(local)])
 
 
 def test_export_into_the_bucket(gcs, bucket_weights):
