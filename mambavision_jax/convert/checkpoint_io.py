@@ -59,22 +59,23 @@ def read_torch_file(
     code to load is refused, never executed."""
     torch = _torch()
     path = path_of(path)
-    try:
-        with local_copy(path) as local, torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(local, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+    with local_copy(path) as local:  # a download failure is no corrupt-file error
+        try:
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                ckpt = torch.load(local, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "weights_only" in str(e) or "Unsupported global" in str(e):
+                raise CheckpointError(
+                    f"{path}: refusing to load: the file needs arbitrary Python objects to unpickle, "
+                    f"which could run code ({msg}). Re-save its state_dict with torch.save on a trusted "
+                    f"machine, or convert it to .safetensors."
+                ) from e
             raise CheckpointError(
-                f"{path}: refusing to load: the file needs arbitrary Python objects to unpickle, "
-                f"which could run code ({msg}). Re-save its state_dict with torch.save on a trusted "
-                f"machine, or convert it to .safetensors."
+                f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {type(e).__name__}: {msg}"
             ) from e
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {type(e).__name__}: {msg}"
-        ) from e
     meta: dict[str, Any] = {}
     if isinstance(ckpt, dict) and isinstance(ckpt.get("args"), argparse.Namespace):
         meta["model_name"] = getattr(ckpt["args"], "model", None)
@@ -113,11 +114,13 @@ def read_safetensors_file(path: str | Path) -> tuple[dict[str, np.ndarray], dict
     path = path_of(path)
     if not path.is_file():
         raise FileNotFoundError(path)
-    try:
-        with local_copy(path) as local:
+    with local_copy(path) as local:  # a download failure is no corrupt-file error
+        try:
             sd = load_file(local)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from e
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(
+                f"{path}: not a readable safetensors file (truncated or corrupt?): {e}"
+            ) from e
     meta: dict[str, Any] = {}
     config = path.with_name(HF_CONFIG)
     if config.is_file():

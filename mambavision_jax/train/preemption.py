@@ -118,7 +118,8 @@ class PreemptionWatcher:
         me, key = jax.process_index(), f"{self._prefix}/{step}"
         client.key_value_set(f"{key}/{me}", "1" if self._flag else "0")
         flags = [
-            client.blocking_key_value_get(f"{key}/{p}", _EXCHANGE_TIMEOUT_MS) for p in range(jax.process_count())
+            client.blocking_key_value_get(f"{key}/{p}", _EXCHANGE_TIMEOUT_MS)
+            for p in range(jax.process_count())
         ]
         # Every process has read the flags of two exchanges ago (it wrote the last one after): drop ours.
         old = step - 2 * self.sync_every
