@@ -110,6 +110,7 @@ def test_sigterm_to_one_process_checkpoints_every_host_and_resumes_exactly(tmp_p
     _preempt_and_resume(tmp_path, data_dir, ref_losses)  # JAX's preemption service picks the step
 
 
+@pytest.mark.slow  # two more 2-process launches: 240 s on the shared 2-core machine
 def test_without_jax_preemption_service_the_flags_are_all_gathered(tmp_path, data_dir, ref_losses):
     """jax_enable_preemption_service off: the SIGTERM flag is exchanged every 4 steps, so the
     processes stop together at a multiple of 4."""
