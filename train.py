@@ -126,6 +126,10 @@ def main(argv):
         jax.distributed.initialize(_COORD.value, num_processes=_NPROC.value, process_id=_PID.value)
     elif _AUTO.value:
         jax.distributed.initialize()
+    # With several processes, each one's CPU backend waits at most 2 minutes for the others'
+    # topologies: start it now, while initialize has just lined the processes up, not after
+    # imports of uneven length.
+    jax.devices()
     from mambavision_jax.data import DatasetNotPreparedError
     from mambavision_jax.train import train_and_evaluate
     from mambavision_jax.train.loop import NonFiniteLossError

@@ -44,6 +44,7 @@ from mambavision_jax.inference import (
     weights_config,
 )
 from mambavision_jax.metrics import summarize
+from mambavision_jax.paths import is_remote
 
 # Preprocessing, Runner, ... are re-exported: they lived here before mambavision_jax.inference.
 __all__ = [
@@ -370,6 +371,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     check_weights_arguments(args)
+    if args.folder is not None and is_remote(args.folder):
+        raise cli.UserError(
+            f"--folder {args.folder}: image folders are read from a local disk; copy it there or "
+            f"mount the bucket with gcsfuse"
+        )
     if args.folder is not None and not Path(args.folder).is_dir():
         raise FileNotFoundError(f"--folder {args.folder}: no such folder")
     if args.json and args.json != "-":

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mambavision_jax.paths import swap_dir_into_place
+from mambavision_jax.paths import is_remote, path_of, swap_dir_into_place, upload_dir
 
 __all__ = ["check_onnx", "export_jax", "export_onnx", "load_jax_export", "main"]
 
@@ -113,7 +113,7 @@ def export_jax(
 
 def load_jax_export(path: str | os.PathLike) -> jax.export.Exported:
     """The `jax.export.Exported` written by `export_jax`; call it with `.call(images)`."""
-    return jax.export.deserialize(bytearray(Path(path).read_bytes()))
+    return jax.export.deserialize(bytearray(path_of(path).read_bytes()))
 
 
 # ----------------------------------------------------------------------------- ONNX
@@ -340,7 +340,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise cli.UserError(f"--out {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise cli.UserError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
-    if not out.absolute().parent.is_dir():
+    if not is_remote(out) and not out.absolute().parent.is_dir():
         raise FileNotFoundError(f"--out {out}: the folder {out.absolute().parent} does not exist")
 
 
@@ -357,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     check_weights_arguments(args)
     do_onnx, do_jax = (args.onnx, args.jax) if (args.onnx or args.jax) else (True, True)
-    out = Path(args.out)
+    out = path_of(args.out)
     _check_out(out, args.overwrite)
     if do_onnx:
         _check_onnx_tools(not args.no_check)
@@ -387,8 +387,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(model, "checkpoint_info"):
         config["checkpoint"] = model.checkpoint_info
     # Everything is written into a temporary folder beside --out and moved into place at the end:
-    # a failed or interrupted export leaves --out as it was.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.absolute().parent))
+    # a failed or interrupted export leaves --out as it was. For an object store (gs://...) the
+    # folder is built locally and uploaded once complete, export_config.json last.
+    local_parent = None if is_remote(out) else out.absolute().parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=local_parent))
     try:
         if do_jax:
             t = time.perf_counter()
@@ -452,7 +454,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config["input"]["layout"] = "NHWC (jax_export), NCHW (onnx)"
             print(msg)
         atomic_write_text(tmp / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
-        swap_dir_into_place(tmp, out)
+        if is_remote(out):
+            upload_dir(tmp, out, last=CONFIG_FILE)
+        else:
+            swap_dir_into_place(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

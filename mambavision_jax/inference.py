@@ -30,6 +30,7 @@ from mambavision_jax import cli
 from mambavision_jax.metrics import classification_metrics
 from mambavision_jax.models.registry import IMAGENET_MEAN, IMAGENET_STD
 from mambavision_jax.ops import ScanSharding
+from mambavision_jax.paths import as_path, is_remote, path_of
 
 __all__ = [
     "RUN_MODEL_CONFIG",
@@ -85,7 +86,7 @@ def weights_config(weights: str | os.PathLike | None) -> dict[str, Any] | None:
 
     if hub.is_hub_id(weights):  # the converted copy's folder (cached by the model's loading)
         weights = hub.resolve_weights(weights)
-    p = Path(weights)
+    p = path_of(weights)
     cfg = (
         p / "config.json"
         if p.is_dir()
@@ -102,10 +103,10 @@ def weights_config(weights: str | os.PathLike | None) -> dict[str, Any] | None:
 def training_run_preprocessing(weights: str | os.PathLike | None) -> dict[str, Any]:
     """The eval preprocessing a training run used (its config.json's data.image_size, crop_pct,
     crop_mode, where set), as resolve_preprocessing arguments; {} for anything else."""
-    if weights is None or not is_training_run(weights) or not (Path(weights) / "config.json").is_file():
+    if weights is None or not is_training_run(weights) or not (path_of(weights) / "config.json").is_file():
         return {}
     try:
-        data = json.loads((Path(weights) / "config.json").read_text()).get("data", {})
+        data = json.loads((path_of(weights) / "config.json").read_text()).get("data", {})
     except (OSError, ValueError, AttributeError):
         return {}
     out: dict[str, Any] = {}
@@ -177,8 +178,9 @@ def resolve_preprocessing(
 
 # ----------------------------------------------------------------------------- loading
 def is_training_run(path: str | os.PathLike) -> bool:
-    """Whether `path` is a training workdir (it has the orbax `checkpoints/` or `best/` folder)."""
-    p = Path(path)
+    """Whether `path` (local or a URL such as gs://bucket/run) is a training workdir (it has the
+    orbax `checkpoints/` or `best/` folder)."""
+    p = path_of(path)
     return p.is_dir() and any((p / d).is_dir() for d in _RUN_DIRS.values())
 
 
@@ -315,7 +317,7 @@ def load_checkpoint(
 
         # `path` as given: a hub id or a gs:// URL is no local Path
         return load_model_checkpoint(path, name, num_classes=num_classes, dtype=dtype, **kwargs)
-    p = Path(path)
+    p = path_of(path)
     if kwargs.pop("use_ema", None):
         raise ValueError(f"{p} is a training run: select its EMA weights with ema=True, not use_ema")
     return _load_run(
@@ -326,7 +328,7 @@ def load_checkpoint(
 def _load_run(
     workdir, which, *, ema: bool, require_ema: bool, name=None, num_classes=None, dtype=jnp.float32, **runtime
 ):
-    workdir = Path(workdir).absolute()
+    workdir = as_path(workdir) if is_remote(workdir) else Path(workdir).absolute()
     step_dir = _run_step_dir(workdir, which)
     model = _run_model(workdir, jnp.dtype(dtype), **runtime)
     if name is not None and name != getattr(model, "name", name):
@@ -576,9 +578,8 @@ def add_preprocessing_arguments(p: argparse.ArgumentParser) -> None:
 def check_weights_arguments(args) -> None:
     """What can be checked about --weights / --checkpoint before anything is loaded."""
     from mambavision_jax import hub
-    from mambavision_jax.paths import is_remote
 
-    if not (hub.is_hub_id(args.weights) or is_remote(args.weights) or Path(args.weights).exists()):
+    if not (hub.is_hub_id(args.weights) or path_of(args.weights).exists()):
         raise FileNotFoundError(
             f"--weights {args.weights}: no such file or folder (nor a hub id such as nvidia/MambaVision-T-1K)"
         )
@@ -587,8 +588,13 @@ def check_weights_arguments(args) -> None:
 
 
 def check_output_file(flag: str, path: str) -> None:
-    """An output file's folder must exist and the path must not be a folder: checked before work."""
-    p = Path(path)
+    """An output file's folder must exist and the path must not be a folder: checked before work.
+    (An object store has no folders to create: there only a folder of that name is refused.)"""
+    p = path_of(path)
+    if is_remote(p):
+        if p.is_dir():
+            raise IsADirectoryError(f"{flag} {path} is a folder; give a file name")
+        return
     if p.is_dir():
         raise IsADirectoryError(f"{flag} {path} is a folder; give a file name")
     if not p.absolute().parent.is_dir():

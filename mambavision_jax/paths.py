@@ -9,10 +9,14 @@ file is written in one piece directly.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import pathlib
 import shutil
+import tempfile
 import uuid
+from collections.abc import Iterator
 
 from etils import epath
 
@@ -29,6 +33,63 @@ def as_path(path: PathLike) -> epath.Path:
 def is_remote(path: PathLike) -> bool:
     """Whether the path names an object store (has a URL scheme such as gs://)."""
     return "://" in os.fspath(path)
+
+
+def path_of(path: PathLike) -> pathlib.Path | epath.Path:
+    """The path for file calls: epath.Path for a URL, else pathlib.Path exactly as given (a relative
+    path stays relative, so messages name the path the user typed)."""
+    return epath.Path(os.fspath(path)) if is_remote(path) else pathlib.Path(path)
+
+
+def _fs(url: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(url)
+
+
+@contextlib.contextmanager
+def local_copy(path: PathLike) -> Iterator[str]:
+    """A local file name holding `path`'s bytes, for readers that take only local files (torch.load,
+    safetensors): the path itself when it is local, else a temporary download removed afterwards."""
+    if not is_remote(path):
+        yield os.fspath(path)
+        return
+    url = os.fspath(path)
+    fs, key = _fs(url)
+    if not fs.isfile(key):
+        raise FileNotFoundError(f"no such file: {url}")
+    with tempfile.TemporaryDirectory(prefix="mambavision_jax-") as d:
+        local = os.path.join(d, os.path.basename(key.rstrip("/")) or "file")
+        fs.get_file(key, local)
+        yield local
+
+
+def upload_file(local: PathLike, url: PathLike) -> None:
+    """Copy the local file `local` to the object `url` in one whole-object upload: a reader sees the
+    old object or the new one, and an upload that fails midway leaves no partial object (the
+    store's resumable upload is cancelled, never finalised)."""
+    fs, key = _fs(os.fspath(url))
+    fs.put_file(os.fspath(local), key)
+
+
+def upload_dir(local_dir: PathLike, url: PathLike, *, last: str) -> None:
+    """Put the finished local folder `local_dir` at the object-store folder `url`: each file one
+    whole-object upload, the file named `last` (the one that tells a reader the folder is complete)
+    removed first and written after all the others, then the objects under `url` that the new
+    folder does not hold deleted, so a replaced folder keeps no stale file."""
+    fs, root = _fs(os.fspath(url))
+    root = root.rstrip("/")
+    before = set(fs.find(root)) if fs.exists(root) else set()
+    names = sorted(
+        os.path.relpath(os.path.join(d, f), local_dir) for d, _, files in os.walk(local_dir) for f in files
+    )
+    if f"{root}/{last}" in before:
+        fs.rm_file(f"{root}/{last}")
+    for name in sorted(names, key=lambda n: n == last):
+        fs.put_file(os.path.join(local_dir, name), f"{root}/{name}")
+    stale = before - {f"{root}/{n}" for n in names} - {f"{root}/{last}"}
+    if stale:
+        fs.rm(sorted(stale))
 
 
 def _tmp_sibling(path: epath.Path) -> epath.Path:

@@ -35,6 +35,7 @@ from mambavision_jax.labels import (
     imagenet_synsets,
     read_labels_file,
 )
+from mambavision_jax.paths import is_remote
 
 __all__ = [
     "class_names_for",
@@ -187,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     check_weights_arguments(args)
     for img in args.images:
+        if is_remote(img):
+            raise cli.UserError(f"{img}: images are read from a local disk; copy them there first")
         if Path(img).is_dir():
             raise IsADirectoryError(f"{img} is a folder, not an image file (evaluate --folder reads folders)")
         if not Path(img).is_file():

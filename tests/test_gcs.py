@@ -240,3 +240,151 @@ def test_metric_writer_rewrites_whole_objects_in_a_bucket(gcs):
     assert [(r["step"], r["kind"]) for r in rows] == [(1, "train"), (2, "eval")]
     events = [f for f in fs.find(f"{BUCKET}/mw/tensorboard") if "tfevents" in f]
     assert len(events) == 2 and all(fs.size(f) > 0 for f in events)
+
+
+# ----------------------------------------------------------------------------- weights and outputs
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """Two classes of two 40x48 PNGs each (evaluate --folder, predict)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("val")
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir()
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def bucket_weights(gcs, tmp_path_factory):
+    """A tiny model saved locally (orbax), then, through the command line, into the bucket as a
+    .pth.tar, a Hugging Face folder and (to-jax from the bucket's .pth.tar) an orbax folder; and a
+    training run written straight into the bucket by the training Checkpointer."""
+    from test_cli_inference import make_training_run
+
+    from mambavision_jax.convert import save_checkpoint
+    from mambavision_jax.convert.__main__ import main as convert_main
+    from mambavision_jax.paths import as_path
+
+    model = _tiny_model(3)
+    model.eval()
+    local = tmp_path_factory.mktemp("w") / "orbax"
+    save_checkpoint(model, local)
+    b = f"gs://{BUCKET}/w"
+    assert convert_main(["to-torch", str(local), f"{b}/t.pth.tar"]) == 0
+    assert convert_main(["to-torch", str(local), f"{b}/hf/model.safetensors"]) == 0
+    assert convert_main(["to-jax", f"{b}/t.pth.tar", f"{b}/orbax"]) == 0
+    make_training_run(as_path(f"{b}/run"), model)
+    return model, local, b
+
+
+def test_convert_writes_into_the_bucket_and_refuses_to_replace_without_overwrite(gcs, bucket_weights):
+    from mambavision_jax.convert.__main__ import main as convert_main
+
+    fs = gcs[1]
+    _, local, b = bucket_weights
+    key = f"{BUCKET}/w"
+    files = set(fs.find(key))
+    for f in ("t.pth.tar", "hf/model.safetensors", "hf/config.json", "orbax/mambavision_jax.json"):
+        assert f"{key}/{f}" in files, f
+    assert not any("tmp" in f.rsplit("/", 1)[-1] for f in files), files  # no temporary left behind
+    before = fs.info(f"{key}/t.pth.tar")["generation"]
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        convert_main(["to-torch", str(local), f"{b}/t.pth.tar"])
+    with pytest.raises(FileExistsError, match="to-jax writes a new folder"):
+        convert_main(["to-jax", f"{b}/hf", f"{b}/orbax"])
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        convert_main(["to-torch", str(local), f"{b}/hf"])
+    assert fs.info(f"{key}/t.pth.tar")["generation"] == before  # refused: left as it was
+    assert convert_main(["to-torch", str(local), f"{b}/t.pth.tar", "--overwrite"]) == 0
+    assert fs.info(f"{key}/t.pth.tar")["generation"] != before
+    with pytest.raises(FileNotFoundError, match=f"no such checkpoint: {b}/missing.pth.tar"):
+        convert_main(["info", f"{b}/missing.pth.tar"])
+
+
+def test_weights_in_the_bucket_in_every_format_give_the_local_models_logits(bucket_weights):
+    """--weights / load_model / mvj.load_checkpoint with a gs:// .pth.tar, safetensors file, Hugging
+    Face folder, orbax folder and training-run workdir: bit-identical logits to the local model."""
+    import mambavision_jax as mvj
+    from mambavision_jax.inference import is_training_run, load_model, preprocessing_for
+
+    model, _, b = bucket_weights
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    want = np.asarray(model(x))
+    for w in (f"{b}/t.pth.tar", f"{b}/hf/model.safetensors", f"{b}/hf", f"{b}/orbax"):
+        assert not is_training_run(w)
+        np.testing.assert_array_equal(np.asarray(load_model(w)(x)), want, err_msg=w)
+    run = f"{b}/run"
+    assert is_training_run(run)
+    raw = load_model(run, ema=False, which="latest")
+    np.testing.assert_array_equal(np.asarray(raw(x)), want)
+    assert raw.checkpoint_info == {"path": f"{run}/checkpoints/3", "step": 3, "ema": False}
+    ema = mvj.load_checkpoint(run)  # best, EMA weights (the weights * 0.5)
+    assert ema.checkpoint_info == {"path": f"{run}/best/3", "step": 3, "ema": True}
+    assert not np.array_equal(np.asarray(ema(x)), want)  # the comparisons above can fail
+    # the run's data config gives the preprocessing, as for a local run
+    pre = preprocessing_for(raw, run)
+    assert (pre.image_size, pre.crop_pct) == (32, 0.875)
+
+
+def test_evaluate_and_predict_with_weights_in_the_bucket_and_json_into_it(
+    gcs, bucket_weights, image_folder, tmp_path, capsys
+):
+    from mambavision_jax import cli, evaluate, predict
+
+    fs = gcs[1]
+    _, local, b = bucket_weights
+    # the run's data config sets crop_pct 0.875: the same for every weights, so the numbers compare
+    common = ["--folder", str(image_folder), "--image_size", "32", "--crop_pct", "0.875", "--no_progress"]
+    assert evaluate.main(["--weights", str(local), *common, "--json", str(tmp_path / "local.json")]) == 0
+    assert evaluate.main(["--weights", f"{b}/t.pth.tar", *common, "--json", f"{b}/eval/pth.json"]) == 0
+    run_args = ["--weights", f"{b}/run", "--no_ema", "--checkpoint", "latest", *common]
+    assert evaluate.main([*run_args, "--json", f"{b}/eval/run.json"]) == 0
+    want = json.loads((tmp_path / "local.json").read_text())
+    for name in ("pth", "run"):
+        got = json.loads(fs.cat(f"{BUCKET}/w/eval/{name}.json"))
+        assert {k: got[k] for k in ("n", "top1", "top5", "loss")} == {
+            k: want[k] for k in ("n", "top1", "top5", "loss")
+        }, name
+    assert got["weights"] == f"{b}/run" and got["checkpoint"]["path"] == f"{b}/run/checkpoints/3"
+    # --json replaces its file, in a bucket as on a disk; a folder of that name is refused
+    assert evaluate.main([*run_args, "--json", f"{b}/eval/run.json"]) == 0
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        evaluate.main([*run_args, "--json", f"{b}/eval"])
+
+    image = str(image_folder / "a" / "0.png")
+    capsys.readouterr()
+    assert predict.main([image, "--weights", str(local), "--image_size", "32", "--json"]) == 0
+    want = json.loads(capsys.readouterr().out)[0]["predictions"]
+    for w in (f"{b}/hf", f"{b}/orbax"):
+        assert predict.main([image, "--weights", w, "--image_size", "32", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)[0]["predictions"] == want, w
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        predict.main([image, "--weights", f"{b}/missing"])
+    # image folders and images are local: a URL is refused in one line that says so
+    with pytest.raises(cli.UserError, match="read from a local disk"):
+        evaluate.main(["--weights", str(local), "--folder", f"{b}/val"])
+    with pytest.raises(cli.UserError, match="read from a local disk"):
+        predict.main([f"{b}/cat.png", "--weights", str(local)])
+
+
+def test_export_into_the_bucket(gcs, bucket_weights):
+    from mambavision_jax import cli, export
+
+    fs = gcs[1]
+    model, _, b = bucket_weights
+    out = f"{b}/export"
+    args = ["--weights", f"{b}/hf", "--out", out, "--jax", "--image_size", "32", "--batch", "2"]
+    assert export.main(args) == 0
+    key = f"{BUCKET}/w/export"
+    assert sorted(fs.ls(key)) == [f"{key}/export_config.json", f"{key}/model.jax_export"]
+    with pytest.raises(cli.UserError, match="not empty; pass --overwrite"):
+        export.main(args)
+    fs.pipe(f"{key}/stale.txt", b"from an earlier export")
+    assert export.main([*args, "--overwrite"]) == 0
+    assert sorted(fs.ls(key)) == [f"{key}/export_config.json", f"{key}/model.jax_export"]
+    exp = export.load_jax_export(f"{out}/model.jax_export")
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    np.testing.assert_allclose(np.asarray(exp.call(x)), np.asarray(model(x)), rtol=1e-4, atol=1e-4)

@@ -10,6 +10,8 @@ Refused before any work: a missing SRC; an existing OUT (to-torch replaces it on
 would run code to unpickle, truncated files, tensors that are not floating point where weights
 belong, and NaN / inf weights (--allow-nonfinite loads those, for debugging). Outputs are
 written to a temporary name and renamed into place, so an interrupted run leaves the old output.
+SRC and OUT may be URLs (gs://bucket/...): there a file is uploaded as one whole object, and a
+to-jax folder is complete once its mambavision_jax.json is written (last).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import uuid
 from pathlib import Path
 
 from mambavision_jax import cli
+from mambavision_jax.paths import as_path, is_remote, path_of
 
 MAX_CLASSES = 1_000_000  # a head beyond this is a typo, not a data set (ImageNet-21k: 21,841)
 
@@ -93,7 +96,7 @@ def _validate(args) -> None:
     for what, value in (("SRC", args.src), ("OUT", getattr(args, "out", None))):
         if value == "":
             raise cli.UserError(f"{what} is an empty path; name a checkpoint file or folder")
-    src = Path(args.src)
+    src = path_of(args.src)
     if not src.exists():
         raise FileNotFoundError(f"no such checkpoint: {src}")
     if args.model is not None:
@@ -112,24 +115,34 @@ def _validate(args) -> None:
             f"{kind}, which holds one set of weights: drop --use-ema"
         )
     if args.command == "to-jax":
-        out = Path(args.out)
-        if out.exists() or out.is_symlink():
+        out = path_of(args.out)
+        if out.exists() or (not is_remote(out) and out.is_symlink()):
             raise FileExistsError(
                 f"{out} exists; to-jax writes a new folder: choose a path that does "
                 f"not exist (or remove the old one)"
             )
-        parent = next((p for p in out.absolute().parents if p.exists()), None)
+        parent = None if is_remote(out) else next((p for p in out.absolute().parents if p.exists()), None)
         if parent is not None and not parent.is_dir():
             raise NotADirectoryError(f"cannot write {out}: {parent} is a file, not a folder")
     elif args.command == "to-torch":
         io.check_output_file(args.out, overwrite=args.overwrite)
 
 
-def _save_orbax_atomically(model, out: str) -> Path:
+def _save_orbax_atomically(model, out: str):
     # Built in a hidden sibling folder and renamed into place when complete: an interrupted
-    # conversion leaves no half-written folder under the requested name.
+    # conversion leaves no half-written folder under the requested name. An object store has no
+    # folder rename: there the folder is written in place, its mambavision_jax.json last (a
+    # folder without it is no checkpoint to load_checkpoint), and removed again on failure.
     from mambavision_jax.convert import save_checkpoint
 
+    if is_remote(out):
+        out_path = as_path(out)
+        try:
+            return save_checkpoint(model, out_path)
+        except BaseException:
+            if out_path.exists():
+                out_path.rmtree()
+            raise
     out_path = Path(out).absolute()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp-{uuid.uuid4().hex[:8]}")

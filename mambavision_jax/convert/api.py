@@ -23,7 +23,7 @@ from mambavision_jax.convert.variants import (
 )
 from mambavision_jax.models.config import ConfigError, MambaVisionConfig
 from mambavision_jax.models.registry import CONFIGS, create_model, model_config
-from mambavision_jax.paths import as_path, atomic_write_text
+from mambavision_jax.paths import as_path, atomic_write_text, path_of
 
 _STATE = (nnx.Param, nnx.BatchStat)
 ORBAX_META = "mambavision_jax.json"
@@ -154,7 +154,7 @@ def load_torch_checkpoint(
     (fine-tuning). Non-float or NaN / inf weights are refused unless allow_nonfinite=True (NaN / inf
     only, for debugging)."""
     sd, meta = io.read_state_dict(path, use_ema=use_ema, allow_nonfinite=allow_nonfinite)
-    config = _resolve_config(Path(path), name, sd, meta)
+    config = _resolve_config(path_of(path), name, sd, meta)
     head = sd.get("head.weight")
     ckpt_classes = int(head.shape[0]) if head is not None else 0
     n_cls = ckpt_classes if num_classes is None else num_classes

@@ -1,6 +1,9 @@
 """Reading and writing official checkpoint files: `.pth.tar`, `.safetensors`, Hugging Face folders.
 
 Everything here speaks `{official key: numpy array}`; `api.py` maps that onto the NNX model.
+Paths may be local or URLs (gs://...): a remote file is read from a temporary local copy, and an
+output is written to a local temporary file first, then renamed into place (local) or uploaded as
+one whole object (an object store).
 """
 
 from __future__ import annotations
@@ -8,12 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mambavision_jax.paths import as_path, is_remote, local_copy, path_of, upload_file
 
 HF_PREFIX = "model."
 HF_WEIGHTS, HF_CONFIG = "model.safetensors", "config.json"
@@ -51,23 +58,24 @@ def read_torch_file(
     """A `.pth.tar` / `.pth` / `.bin`, loaded with `weights_only=True`: a file that would need to run
     code to load is refused, never executed."""
     torch = _torch()
-    path = Path(path)
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+    path = path_of(path)
+    with local_copy(path) as local:  # a download failure is no corrupt-file error
+        try:
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                ckpt = torch.load(local, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "weights_only" in str(e) or "Unsupported global" in str(e):
+                raise CheckpointError(
+                    f"{path}: refusing to load: the file needs arbitrary Python objects to unpickle, "
+                    f"which could run code ({msg}). Re-save its state_dict with torch.save on a trusted "
+                    f"machine, or convert it to .safetensors."
+                ) from e
             raise CheckpointError(
-                f"{path}: refusing to load: the file needs arbitrary Python objects to unpickle, "
-                f"which could run code ({msg}). Re-save its state_dict with torch.save on a trusted "
-                f"machine, or convert it to .safetensors."
+                f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {type(e).__name__}: {msg}"
             ) from e
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {type(e).__name__}: {msg}"
-        ) from e
     meta: dict[str, Any] = {}
     if isinstance(ckpt, dict) and isinstance(ckpt.get("args"), argparse.Namespace):
         meta["model_name"] = getattr(ckpt["args"], "model", None)
@@ -103,13 +111,16 @@ def read_safetensors_file(path: str | Path) -> tuple[dict[str, np.ndarray], dict
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    path = Path(path)
+    path = path_of(path)
     if not path.is_file():
         raise FileNotFoundError(path)
-    try:
-        sd = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from e
+    with local_copy(path) as local:  # a download failure is no corrupt-file error
+        try:
+            sd = load_file(local)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(
+                f"{path}: not a readable safetensors file (truncated or corrupt?): {e}"
+            ) from e
     meta: dict[str, Any] = {}
     config = path.with_name(HF_CONFIG)
     if config.is_file():
@@ -119,7 +130,7 @@ def read_safetensors_file(path: str | Path) -> tuple[dict[str, np.ndarray], dict
 
 def read_hf_config(path: str | Path) -> dict[str, Any]:
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(path_of(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON: {e}") from e
 
@@ -131,7 +142,7 @@ def read_state_dict(
     `module.` (DDP), `model.` (Hugging Face), `encoder.` / `backbone.` (detection/segmentation)
     prefixes removed and `num_batches_tracked` dropped. Weights that cannot be right are refused
     (see `check_weights`); `use_ema` applies to `.pth.tar` training checkpoints only."""
-    path = Path(path)
+    path = path_of(path)
     if not path.exists():
         raise FileNotFoundError(f"no such checkpoint: {path}")
     is_safetensors = path.is_dir() or path.suffix == ".safetensors"
@@ -259,8 +270,8 @@ def write_safetensors_file(
         if config_text is not None:
             pending.append((_write_tmp(config_path, lambda t: Path(t).write_text(config_text)), config_path))
     except BaseException:
-        for tmp, _ in pending:
-            tmp.unlink(missing_ok=True)
+        for tmp, final in pending:
+            _discard(tmp, final)
         raise
     _commit(pending)
 
@@ -270,6 +281,16 @@ def check_output_file(path: str | Path, *, overwrite: bool = False) -> Path:
     overwrite) an existing file. Called before any work, so a refusal costs nothing."""
     if not os.fspath(path):
         raise ValueError("the output path is empty; name a file")
+    if is_remote(path):  # an object store: no folders to check, no devices
+        path = as_path(path)
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"{path} is a folder; name the output file inside it, e.g. "
+                f"{path / 'model.pth.tar'} or {path / 'model.safetensors'}"
+            )
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
+        return path
     path = Path(path).absolute()
     if path.exists() and not path.is_dir() and not path.is_file():
         # os.replace would swap a device or pipe (e.g. /dev/null) for a regular file
@@ -290,19 +311,37 @@ def check_output_file(path: str | Path, *, overwrite: bool = False) -> Path:
 def _write_tmp(path: Path, write: Callable[[str], Any]) -> Path:
     # Written under a hidden temporary name beside the target (same file system, so the rename
     # that follows is atomic): a crash mid-write never leaves a truncated file under the real name.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    # For an object store, in a local temporary folder, uploaded whole by _commit.
+    if is_remote(path):
+        tmp = Path(tempfile.mkdtemp(prefix="mambavision_jax-")) / path.name
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         write(str(tmp))
         os.chmod(tmp, 0o644)  # safetensors creates 0600; checkpoints are meant to be shared like .pth.tar
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp, path)
         raise
     return tmp
 
 
+def _discard(tmp: Path, path) -> None:
+    if is_remote(path):
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+    else:
+        tmp.unlink(missing_ok=True)
+
+
 def _commit(pending: list[tuple[Path, Path]]) -> None:
-    for tmp, path in pending:
-        os.replace(tmp, path)
+    try:
+        for tmp, path in pending:
+            if is_remote(path):
+                upload_file(tmp, path)
+            else:
+                os.replace(tmp, path)
+    finally:
+        for tmp, path in pending:
+            _discard(tmp, path)
