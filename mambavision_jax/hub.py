@@ -29,6 +29,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from mambavision_jax.convert.checkpoint_io import HF_CONFIG, HF_WEIGHTS, CheckpointError
+from mambavision_jax.paths import publish_dir
 
 __all__ = ["HubError", "cache_root", "create_pretrained", "from_pretrained", "is_hub_id", "resolve_weights"]
 
@@ -232,26 +233,9 @@ def _name_override(config: dict[str, Any], official_name: str | None, repo_id: s
     return {}
 
 
-def _convert(folder: Path, overrides: dict[str, Any]):
-    from mambavision_jax.convert.api import load_torch_checkpoint
-
-    return load_torch_checkpoint(folder, **overrides)
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """Rename a finished entry into place; if another process got there first, keep theirs."""
-    try:
-        os.rename(tmp, final)
-    except OSError:
-        if not (final / "mambavision_jax.json").is_file():
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _build_entry(repo_id: str, commit: str, official_name: str | None, *, cache_dir, token) -> Path:
     """Download, check, convert and cache one hub commit; returns the entry folder."""
-    from mambavision_jax.convert.api import ORBAX_META, save_checkpoint
+    from mambavision_jax.convert.api import ORBAX_META, load_torch_checkpoint, save_checkpoint
     from mambavision_jax.convert.checkpoint_io import read_hf_config
 
     final = _entry_dir(repo_id, commit)
@@ -264,14 +248,15 @@ def _build_entry(repo_id: str, commit: str, official_name: str | None, *, cache_
     config = read_hf_config(config_path)
     check_mambavision_config(config, repo_id)
     _download(repo_id, HF_WEIGHTS, revision=commit, cache_dir=cache_dir, token=token, known=known)
-    model = _convert(config_path.parent, _name_override(config, official_name, repo_id))  # config + weights
+    # config.json + model.safetensors, side by side in huggingface_hub's snapshot folder
+    model = load_torch_checkpoint(config_path.parent, **_name_override(config, official_name, repo_id))
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     try:
         save_checkpoint(model, tmp)
         (tmp / HF_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / HUB_INFO).write_text(json.dumps({"repo_id": repo_id, "commit": commit}, indent=2) + "\n")
-        _publish(tmp, final)
+        publish_dir(tmp, final, complete=ORBAX_META)  # a concurrent builder's entry is kept
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

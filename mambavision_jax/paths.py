@@ -140,6 +140,19 @@ def swap_dir_into_place(new: PathLike, final: PathLike) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def publish_dir(new: PathLike, final: PathLike, *, complete: str) -> None:
+    """Rename the finished local folder `new` to `final`, which must not exist yet. If another
+    process got there first (`final/complete` exists), theirs is kept and `new` discarded: for
+    caches that several processes may fill at once. Any other failure removes `new` and raises."""
+    new, final = os.fspath(new), os.fspath(final)
+    try:
+        os.rename(new, final)
+    except OSError:
+        shutil.rmtree(new, ignore_errors=True)
+        if not os.path.isfile(os.path.join(final, complete)):
+            raise
+
+
 def _exchange(a: str, b: str) -> bool:
     """Atomically exchange two paths (Linux >= 3.15 with glibc >= 2.28); False where unsupported."""
     try:

@@ -24,6 +24,7 @@ from mambavision_jax.convert import (
     load_torch_checkpoint,
 )
 from mambavision_jax.convert.api import to_torch_state_dict
+from mambavision_jax.paths import publish_dir
 
 pytest.importorskip("huggingface_hub")
 
@@ -88,14 +89,17 @@ def images():
 
 
 def _count_conversions(monkeypatch):
+    """The hub folders converted from PyTorch weights (`convert.api.load_torch_checkpoint` calls)."""
+    from mambavision_jax.convert import api
+
     calls = []
-    real = hub._convert
+    real = api.load_torch_checkpoint
 
     def counting(*a, **k):
         calls.append(a[0])
         return real(*a, **k)
 
-    monkeypatch.setattr(hub, "_convert", counting)
+    monkeypatch.setattr(api, "load_torch_checkpoint", counting)
     return calls
 
 
@@ -105,7 +109,9 @@ def _forbid_hub_and_conversion(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the cached conversion should have been used")
 
-    monkeypatch.setattr(hub, "_convert", boom)
+    from mambavision_jax.convert import api
+
+    monkeypatch.setattr(api, "load_torch_checkpoint", boom)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", boom)
 
 
@@ -171,8 +177,18 @@ def test_a_racing_writer_keeps_the_first_entry(tmp_path):
     for d, text in ((final, "first"), (tmp, "second")):
         d.mkdir()
         (d / "mambavision_jax.json").write_text(text)
-    hub._publish(tmp, final)
+    publish_dir(tmp, final, complete="mambavision_jax.json")
     assert not tmp.exists() and (final / "mambavision_jax.json").read_text() == "first"
+
+
+def test_publishing_over_an_incomplete_entry_fails_and_leaves_no_temporary(tmp_path):
+    final, tmp = tmp_path / "entry", tmp_path / ".tmp-entry"
+    (final / "half").mkdir(parents=True)  # no mambavision_jax.json: not a finished entry
+    tmp.mkdir()
+    (tmp / "mambavision_jax.json").write_text("new")
+    with pytest.raises(OSError):
+        publish_dir(tmp, final, complete="mambavision_jax.json")
+    assert not tmp.exists() and not (final / "mambavision_jax.json").exists()
 
 
 def _one_line_error(fn, match):
