@@ -87,7 +87,15 @@ def make_data(a) -> None:
     src = os.path.join(a.out, "jpegs")
     write_folder(make_jpegs(a.images), src, num_classes=a.classes)
     log(f"{a.images} JPEGs in {src} ({time.perf_counter() - t0:.0f} s)")
-    cmd = [sys.executable, "-m", "mambavision_jax.data.make_folder_dataset", "--src", src, "--name", DATA_NAME]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mambavision_jax.data.make_folder_dataset",
+        "--src",
+        src,
+        "--name",
+        DATA_NAME,
+    ]
     cmd += ["--data_dir", a.data_dir, "--val_fraction", "0.1", "--num_workers", str(min(os.cpu_count(), 16))]
     subprocess.run(cmd, check=True, timeout=a.stage_timeout)
     log(f"TFDS data set {DATA_NAME} built ({time.perf_counter() - t0:.0f} s)")
@@ -135,12 +143,13 @@ def bare_step_img_per_s(a, steps: int) -> float:
 
     from mambavision_jax import data as mvdata
     from mambavision_jax.train import sharding as shd
-    from mambavision_jax.train.loop import build_train_step
+    from mambavision_jax.train.loop import build_train_program
 
     c = load_config(a.config, a)
     info = mvdata.dataset_info(c.data.name, c.data.dir)
     mesh = shd.make_mesh(c.mesh.data, c.mesh.fsdp)
-    step, state = build_train_step(c, mesh, info.num_classes, info.splits[c.data.train_split] // c.batch_size)
+    program = build_train_program(c, mesh, info.num_classes, info.splits[c.data.train_split] // c.batch_size)
+    step, state = program.step, program.state
     rng = np.random.default_rng(0)
     size = c.data.image_size
     batch = shd.global_batch(
@@ -220,7 +229,9 @@ def main(argv=None) -> int:
     log(f"{len(jax.devices())} x {dev.device_kind} ({dev.platform}), {os.cpu_count()} CPU cores")
     make_data(a)
     pipe, workers = pipeline_img_per_s(a)
-    log(f"input pipeline alone: {pipe:.0f} img/s ({workers['workers']} workers x {workers['threads']} threads)")
+    log(
+        f"input pipeline alone: {pipe:.0f} img/s ({workers['workers']} workers x {workers['threads']} threads)"
+    )
     step = bare_step_img_per_s(a, a.bare_steps)
     log(f"bare train step: {step:.0f} img/s")
     loop, windows = loop_img_per_s(a)
@@ -245,9 +256,13 @@ def main(argv=None) -> int:
         report["profile"] = profile_loop(a)
     with open(os.path.join(a.out, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
-    print(f"\n| {report['device']}, {os.cpu_count()} cores, batch {a.batch}, {a.dtype}, {a.image_size} px | img/s |")
+    print(
+        f"\n| {report['device']}, {os.cpu_count()} cores, batch {a.batch}, {a.dtype}, {a.image_size} px | img/s |"
+    )
     print("|---|---|")
-    print(f"| input pipeline alone ({workers['workers']} workers x {workers['threads']} threads) | {pipe:.0f} |")
+    print(
+        f"| input pipeline alone ({workers['workers']} workers x {workers['threads']} threads) | {pipe:.0f} |"
+    )
     print(f"| bare train step | {step:.0f} |")
     print(f"| train.py loop (data included) | {loop:.0f} |")
     print(f"\nbound: the {bound}; loop / min(pipeline, step) = {ratio:.3f}")

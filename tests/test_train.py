@@ -389,7 +389,7 @@ def test_batch_not_divisible_by_devices(tmp_path, digits_dir):
 def test_init_from_checkpoint_with_a_new_head(tmp_path):
     import mambavision_jax as mvj
     from mambavision_jax.convert import save_checkpoint
-    from mambavision_jax.train.loop import _init_from
+    from mambavision_jax.train.loop import init_from_checkpoint
 
     c = small_config()
     from flax import nnx
@@ -403,7 +403,7 @@ def test_init_from_checkpoint_with_a_new_head(tmp_path):
     mesh = shd.make_mesh(1, 1, jax.devices()[:1])
     tx = make_optimizer(c, 4)
     state, shardings = create_train_state(c, 10, 1, tx, mesh)
-    new = _init_from(c, state, shardings, 10, 1, _NullWriter())
+    new = init_from_checkpoint(c, state, shardings, 10, 1, _NullWriter())
     assert new.params["head"]["kernel"].shape == (128, 10)
     np.testing.assert_array_equal(
         np.asarray(new.params["levels"][2]["blocks"][0]["mixer"]["A_log"][...]),

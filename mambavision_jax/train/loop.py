@@ -206,7 +206,7 @@ def train_and_evaluate(config, workdir: PathLike) -> dict:
         state, data_state = ckpt.restore(start_step, state, shardings)
         writer.log(f"resumed from {ckpt.directory} at step {start_step}")
     elif config.init_from:
-        state = _init_from(config, state, shardings, num_classes, bn_groups, writer)
+        state = init_from_checkpoint(config, state, shardings, num_classes, bn_groups, writer)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     writer.log(
         f"{config.model.name}: {n_params:,} parameters, {n_dev} devices "
@@ -319,9 +319,11 @@ def report_train_metrics(pending, step, steps_per_epoch, meter, writer, ckpt) ->
     )
 
 
-def _init_from(config, state, shardings, num_classes, bn_groups, writer):
-    """Fine-tuning: weights from a converted / PyTorch / orbax checkpoint (a new head when the
-    number of classes differs)."""
+def init_from_checkpoint(config, state, shardings, num_classes, bn_groups, writer):
+    """Fine-tuning: `state` with the weights of `config.init_from` (any checkpoint
+    `convert.load_checkpoint` reads: converted, PyTorch, orbax, a hub id, a training run; the EMA
+    weights with `config.init_from_ema`), a new head when the number of classes differs, placed
+    with `shardings`. `writer.log` says where they came from."""
     from mambavision_jax.convert import load_checkpoint
     from mambavision_jax.train.state import split_model
 
