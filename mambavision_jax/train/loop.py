@@ -42,6 +42,7 @@ def _augment(config) -> mvdata.TrainAugConfig:
         re_mode=d.re_mode,
         re_count=d.re_count,
         fast_decode=d.fast_decode,
+        resampler=d.resampler,
     )
 
 

@@ -1,0 +1,143 @@
+"""OpenCV versions of the training augmentation's costly steps: the fast (approximate) resampler.
+
+`TrainAugConfig(resampler="cv2")` (the default) runs the crop's resize, RandAugment's geometric ops
+(rotate, shear, translate) and Sharpness here, on uint8 HWC arrays, instead of in PIL; everything
+else (the random draws, the other RandAugment ops, decoding) is what the exact path does. OpenCV's
+resampling is 3-5x cheaper than PIL's but not pixel-identical:
+
+- resize: a crop shrunk on both axes uses INTER_AREA (pixel-area averaging, an anti-aliased
+  reduction close to PIL's anti-aliased bilinear / bicubic), an enlarged one bilinear or bicubic as
+  drawn (OpenCV's bicubic uses a = -0.75, PIL's a = -0.5);
+- affine ops: `cv2.warpAffine` with PIL's matrix moved to OpenCV's pixel-centre convention and the
+  same fill colour; at the image's edges OpenCV blends the fill over half a pixel where PIL does not;
+- Sharpness: PIL's SMOOTH kernel (border pixels kept) blended with the image as `Image.blend` does,
+  up to the rounding of the 3x3 filter.
+
+benchmarks/input_pipeline.py --resampler_stats compares the two paths' outputs with the same
+draws (statistics in benchmarks/RESULTS.md). `decode_rgb_array` is exact: for baseline RGB JPEGs it
+calls OpenCV's libjpeg-turbo, which gives PIL's pixels at lower cost, and PIL for everything else.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+
+import numpy as np
+from PIL import Image
+
+from mambavision_jax.data.image_io import to_rgb_uint8
+
+RESAMPLERS = ("cv2", "pil")  # the fast, approximate path; the exact one (timm's pixels)
+
+_SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13.0  # PIL's ImageFilter.SMOOTH
+
+
+@functools.cache
+def _cv2():
+    """OpenCV, imported on first use with one thread per call: the pipeline's parallelism is its
+    grain workers / threads, which OpenCV's own thread pool would oversubscribe."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    return cv2
+
+
+def check_resampler(value: str, field: str = "resampler") -> str:
+    if value not in RESAMPLERS:
+        raise ValueError(
+            f"{field} must be one of {RESAMPLERS} ('cv2': fast, approximate; 'pil': exact, "
+            f"timm's pixels), got {value!r}"
+        )
+    return value
+
+
+def _flag(resample: int) -> int:
+    cv2 = _cv2()
+    return {
+        Image.Resampling.NEAREST: cv2.INTER_NEAREST,
+        Image.Resampling.BILINEAR: cv2.INTER_LINEAR,
+        Image.Resampling.BICUBIC: cv2.INTER_CUBIC,
+        Image.Resampling.BOX: cv2.INTER_AREA,
+        Image.Resampling.HAMMING: cv2.INTER_LINEAR,
+        Image.Resampling.LANCZOS: cv2.INTER_LANCZOS4,
+    }[resample]
+
+
+def decode_rgb_array(data: bytes) -> np.ndarray:
+    """Encoded bytes -> uint8 (H, W, 3), the pixels of `image_io.decode_rgb`.
+
+    Baseline RGB (YCbCr) JPEGs are decoded by OpenCV (the same libjpeg-turbo decoder, without the
+    EXIF rotation that PIL does not apply either); CMYK / grayscale JPEGs and other formats by PIL.
+    """
+    img = Image.open(io.BytesIO(data))  # reads the header only
+    if img.format == "JPEG" and img.mode == "RGB":
+        cv2 = _cv2()
+        arr = cv2.imdecode(
+            np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+        )
+        if arr is not None and arr.shape[:2] == (img.size[1], img.size[0]):
+            return arr
+    img.load()
+    return np.asarray(to_rgb_uint8(img))
+
+
+def as_array(img) -> np.ndarray:
+    return img if isinstance(img, np.ndarray) else np.asarray(img)
+
+
+def resized_crop(arr: np.ndarray, top: int, left: int, h: int, w: int, size: int, resample: int) -> np.ndarray:
+    """arr[top:top+h, left:left+w] resized to (size, size): INTER_AREA when it shrinks on both axes,
+    else the drawn filter (bilinear / bicubic)."""
+    crop = arr[top : top + h, left : left + w]
+    flag = _cv2().INTER_AREA if h >= size and w >= size else _flag(resample)
+    if (h, w) == (size, size):
+        return np.ascontiguousarray(crop)
+    return _cv2().resize(crop, (size, size), interpolation=flag)
+
+
+def affine(arr: np.ndarray, matrix, resample: int, fill) -> np.ndarray:
+    """PIL `img.transform(size, AFFINE, matrix, resample, fillcolor=fill)` with OpenCV.
+
+    PIL maps output pixel (x, y) to input point matrix @ (x + 0.5, y + 0.5, 1) and samples there
+    with pixel centres at +0.5; OpenCV's inverse map uses integer centres, hence the shifted offset.
+    """
+    a, b, c, d, e, f = matrix
+    m = np.array(
+        [[a, b, c + 0.5 * (a + b) - 0.5], [d, e, f + 0.5 * (d + e) - 0.5]],
+        np.float64,
+    )
+    cv2 = _cv2()
+    return cv2.warpAffine(
+        arr,
+        m,
+        (arr.shape[1], arr.shape[0]),
+        flags=_flag(resample) | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=tuple(int(v) for v in fill),
+    )
+
+
+def rotation_matrix(width: int, height: int, degrees: float) -> tuple[float, ...]:
+    """The affine matrix of PIL's `Image.rotate(degrees)` (centre of the image, no expansion)."""
+    angle = -math.radians(degrees)
+    cos, sin = round(math.cos(angle), 15), round(math.sin(angle), 15)
+    cx, cy = width / 2, height / 2
+    return (cos, sin, cos * -cx + sin * -cy + cx, -sin, cos, -sin * -cx + cos * -cy + cy)
+
+
+def rotate(arr: np.ndarray, degrees: float, resample: int, fill) -> np.ndarray:
+    if degrees % 360.0 == 0:
+        return arr.copy()
+    return affine(arr, rotation_matrix(arr.shape[1], arr.shape[0], degrees), resample, fill)
+
+
+def sharpness(arr: np.ndarray, factor: float) -> np.ndarray:
+    """`ImageEnhance.Sharpness(img).enhance(factor)`: blend of PIL's SMOOTH-filtered image (its
+    one-pixel border left unfiltered, as PIL's 3x3 filter does) and the image."""
+    cv2 = _cv2()
+    smooth = cv2.filter2D(arr, -1, _SMOOTH, borderType=cv2.BORDER_REPLICATE)
+    smooth[0], smooth[-1], smooth[:, 0], smooth[:, -1] = arr[0], arr[-1], arr[:, 0], arr[:, -1]
+    # Image.blend truncates smooth + factor * (img - smooth) towards zero; round(v - 0.5) = floor(v)
+    return cv2.addWeighted(arr, factor, smooth, 1.0 - factor, -0.5)
