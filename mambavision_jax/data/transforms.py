@@ -384,7 +384,7 @@ def train_augment(
         img = resize_and_center_crop(img, image_size, 1.0, "center", interp)
     if config.hflip > 0 and rng.random() < config.hflip:
         if isinstance(img, np.ndarray):
-            img = np.ascontiguousarray(img[:, ::-1])
+            img = opencv_ops.hflip(img)
         else:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if config.auto_augment:
