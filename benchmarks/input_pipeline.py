@@ -7,15 +7,19 @@ RandAugment 'rand-m9-mstd0.5-inc1' -> uint8, with the normalisation and random e
 'pixel') left to the accelerator, as timm's `use_prefetcher=True` loader does it (uint8 tensors,
 `fast_collate`, `PrefetchLoader` on the GPU). timm: `create_transform(is_training=True, ...)` with the
 official arguments in a torch DataLoader; the project: `make_train_iterator(normalize=False)` (grain)
-over the same JPEGs packaged as a TFDS data set. Runs alternate (project, timm, project, ...), in one
-process, per core (no workers, one thread) and with N worker processes; the CPU time of the whole
-process tree is measured (psutil), so a shared, noisy machine changes wall time more than the ratio.
+over the same JPEGs packaged as a TFDS data set, with its default resampler (`resampler="cv2"`,
+OpenCV, approximate) and its exact one (`"pil"`, timm's pixels). Runs alternate (default, exact,
+timm, default, ...), in one process, per core (no workers, one thread) and with N worker processes;
+the CPU time of the whole process tree is measured (psutil), so a shared, noisy machine changes
+wall time more than the ratio.
 
     pip install -e ".[bench,torch]" timm   # scikit-image, psutil: benchmark-only dependencies
     python benchmarks/input_pipeline.py --workers 2 --rounds 3
 
 Prints a table (ms of CPU per image, images per second, ratio = timm's CPU time per image over the
-project's) and a per-op breakdown of one core's work.
+project's) and a per-op breakdown of one core's work. `--resampler_stats` compares the default
+resampler's outputs with the exact path's (same draws); `--decode_stats` does the same for
+`fast_decode`; `--demo` times the demo's training loop against its bare step.
 """
 
 from __future__ import annotations
@@ -314,7 +318,9 @@ def breakdown_ours(jpegs, seed: int = 0, resampler: str = "cv2") -> dict[str, fl
         t["decode"] += time.process_time() - c
         c = time.process_time()
         if resampler == "cv2":
-            top, left, h, w = random_resized_crop_params(img.shape[1], img.shape[0], rng, aug.scale, aug.ratio)
+            top, left, h, w = random_resized_crop_params(
+                img.shape[1], img.shape[0], rng, aug.scale, aug.ratio
+            )
             interp = _crop_interpolation(aug.interpolation, rng)
             img = opencv_ops.resized_crop(img, top, left, h, w, 224, interp)
         else:
@@ -498,7 +504,10 @@ def resampler_stats(jpegs: list[bytes], draws: int = 4, size: int = 224) -> dict
             "ms": {r: 1e3 * t[r] / n for r in t},
             "mean": {"pil": flat_e.mean(0), "cv2": flat_f.mean(0)},
             "var": {"pil": flat_e.var(0), "cv2": flat_f.var(0)},
-            "lap": {"pil": np.mean([_laplacian_var(x) for x in exact]), "cv2": np.mean([_laplacian_var(x) for x in fast])},
+            "lap": {
+                "pil": np.mean([_laplacian_var(x) for x in exact]),
+                "cv2": np.mean([_laplacian_var(x) for x in fast]),
+            },
             "hist_tv": np.array([0.5 * np.abs(hist(flat_e, c) - hist(flat_f, c)).sum() for c in range(3)]),
             "mad": float(diff.mean()),
             "psnr": float(10 * np.log10(255.0**2 / (diff**2).mean())),
@@ -661,6 +670,9 @@ def main(argv=None) -> int:
         return 0
     if args.resampler_stats:
         print_resampler_stats("ImageNet-size JPEGs", resampler_stats(make_jpegs(args.num_images)))
+        print_resampler_stats(
+            "large JPEGs (native resolution)", resampler_stats(make_large_jpegs(args.num_images))
+        )
         return 0
     if args.decode_stats:
         print_decode_stats("ImageNet-size JPEGs", decode_stats(make_jpegs(args.num_images)))
@@ -715,7 +727,8 @@ def main(argv=None) -> int:
         "per round, CPU ms/img default (cv2) / exact (pil) / timm: per core "
         + ", ".join(fmt(x) for x in zip(pc["cv2"], pc["pil"], pc["timm"]))
         + (
-            "; workers " + ", ".join(fmt(x) for x in zip(*[[y[0] for y in w[k]] for k in ("cv2", "pil", "timm")]))
+            "; workers "
+            + ", ".join(fmt(x) for x in zip(*[[y[0] for y in w[k]] for k in ("cv2", "pil", "timm")]))
             if w["timm"]
             else ""
         )
@@ -742,7 +755,9 @@ def main(argv=None) -> int:
     )
     for k in bo["cv2"]:
         print(f"| {k} | {bo['cv2'][k]:.3f} | {bo['pil'][k]:.3f} | {bt.get(k, float('nan')):.3f} |")
-    print(f"| total | {sum(bo['cv2'].values()):.3f} | {sum(bo['pil'].values()):.3f} | {sum(bt.values()):.3f} |")
+    print(
+        f"| total | {sum(bo['cv2'].values()):.3f} | {sum(bo['pil'].values()):.3f} | {sum(bt.values()):.3f} |"
+    )
     return 0
 
 

@@ -30,9 +30,7 @@ def _photo(w: int, h: int, seed: int = 0) -> np.ndarray:
     """Smooth gradients, a few edges and mild noise: photograph-like statistics."""
     r = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    img = np.stack(
-        [xx / w * 255, yy / h * 255, 128 + 90 * np.sin(xx / 9 + yy / 13) * (xx > w / 3)], -1
-    )
+    img = np.stack([xx / w * 255, yy / h * 255, 128 + 90 * np.sin(xx / 9 + yy / 13) * (xx > w / 3)], -1)
     return np.clip(img + r.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
 
 
@@ -155,7 +153,9 @@ def test_fast_path_flips_like_the_exact_path():
     arr = _photo(120, 100)  # left / right asymmetric
     kw = dict(scale=(1.0, 1.0), ratio=(1.2, 1.2), auto_augment=None, interpolation="bilinear")
     for hflip in (0.0, 1.0):
-        exact = train_augment(arr, np.random.default_rng(0), 64, TrainAugConfig(hflip=hflip, resampler="pil", **kw))
+        exact = train_augment(
+            arr, np.random.default_rng(0), 64, TrainAugConfig(hflip=hflip, resampler="pil", **kw)
+        )
         fast = train_augment(arr, np.random.default_rng(0), 64, TrainAugConfig(hflip=hflip, **kw))
         assert _mad(fast, exact) < 1.5 and _mad(fast, exact[:, ::-1]) > 20
 

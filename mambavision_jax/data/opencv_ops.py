@@ -93,7 +93,9 @@ def hflip(arr: np.ndarray) -> np.ndarray:
     return _cv2().flip(arr, 1)
 
 
-def resized_crop(arr: np.ndarray, top: int, left: int, h: int, w: int, size: int, resample: int) -> np.ndarray:
+def resized_crop(
+    arr: np.ndarray, top: int, left: int, h: int, w: int, size: int, resample: int
+) -> np.ndarray:
     """arr[top:top+h, left:left+w] resized to (size, size): INTER_AREA along an axis that shrinks
     (anti-aliased, as PIL's resize is), the drawn filter (bilinear / bicubic) along one that grows."""
     cv2 = _cv2()
