@@ -84,8 +84,10 @@ def test_cv2_ops_are_close_to_pil(name):
                 ref = ra.apply_op(img, name, magnitude, **kw)
                 out = ra.apply_op(img, name, magnitude, resampler="cv2", **kw)
                 assert isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == (80, 96, 3)
-                # OpenCV blends the fill over the half pixel at the image's edges; PIL does not
-                assert _mad(out, ref) < 1.5, (name, magnitude, negate, resample)
+                assert _mad(out, ref) < 1.0, (name, magnitude, negate, resample)
+                # the same pixels are filled (PIL's edge rule: points inside the image interpolate)
+                filled = lambda x: (np.asarray(x) == np.array(FILL, np.uint8)).all(-1)  # noqa: E731
+                assert (filled(out) != filled(ref)).mean() < 0.005, (name, magnitude, negate, resample)
     assert not np.array_equal(np.asarray(ref), np.asarray(img))  # the ops did something
 
 

@@ -8,8 +8,8 @@ resampling is 3-5x cheaper than PIL's but not pixel-identical:
 - resize: an axis that shrinks uses INTER_AREA (pixel-area averaging, an anti-aliased reduction
   close to PIL's anti-aliased bilinear / bicubic), one that grows bilinear or bicubic as drawn
   (OpenCV's bicubic uses a = -0.75, PIL's a = -0.5);
-- affine ops: `cv2.warpAffine` with PIL's matrix moved to OpenCV's pixel-centre convention and the
-  same fill colour; at the image's edges OpenCV blends the fill over half a pixel where PIL does not;
+- affine ops: `cv2.warpAffine` with PIL's matrix moved to OpenCV's pixel-centre convention, PIL's
+  edge handling and the same fill colour (OpenCV's filters and 5-bit sub-pixel positions differ);
 - Sharpness: PIL's SMOOTH kernel (border pixels kept) blended with the image as `Image.blend` does,
   up to the rounding of the 3x3 filter.
 
@@ -123,14 +123,29 @@ def affine(arr: np.ndarray, matrix, resample: int, fill) -> np.ndarray:
         np.float64,
     )
     cv2 = _cv2()
-    return cv2.warpAffine(
-        arr,
+    size = (arr.shape[1], arr.shape[0])
+    flags = cv2.WARP_INVERSE_MAP
+    # PIL interpolates any point inside the image with its edge pixels repeated, and fills points
+    # outside: a replicated-border warp, then the fill where a nearest-neighbour warp of a mask of
+    # ones lands outside (OpenCV's constant border would blend the fill into the edge pixels).
+    out = cv2.warpAffine(arr, m, size, flags=_flag(resample) | flags, borderMode=cv2.BORDER_REPLICATE)
+    inside = cv2.warpAffine(
+        np.ones(arr.shape[:2], np.uint8),
         m,
-        (arr.shape[1], arr.shape[0]),
-        flags=_flag(resample) | cv2.WARP_INVERSE_MAP,
+        size,
+        flags=cv2.INTER_NEAREST | flags,
         borderMode=cv2.BORDER_CONSTANT,
-        borderValue=tuple(int(v) for v in fill),
+        borderValue=0,
     )
+    return cv2.copyTo(out, inside, _fill_image(arr.shape, tuple(int(v) for v in fill)).copy())
+
+
+@functools.lru_cache(maxsize=16)
+def _fill_image(shape: tuple[int, ...], fill: tuple[int, ...]) -> np.ndarray:
+    img = np.empty(shape, np.uint8)
+    img[:] = np.asarray(fill, np.uint8)
+    img.flags.writeable = False
+    return img
 
 
 def rotation_matrix(width: int, height: int, degrees: float) -> tuple[float, ...]:
