@@ -5,11 +5,12 @@
 else (the random draws, the other RandAugment ops, decoding) is what the exact path does. OpenCV's
 resampling is 3-5x cheaper than PIL's but not pixel-identical:
 
-- resize: an axis that shrinks uses INTER_AREA (pixel-area averaging, an anti-aliased reduction
-  close to PIL's anti-aliased bilinear / bicubic), one that grows bilinear or bicubic as drawn
-  (OpenCV's bicubic uses a = -0.75, PIL's a = -0.5);
-- affine ops: `cv2.warpAffine` with PIL's matrix moved to OpenCV's pixel-centre convention, PIL's
-  edge handling and the same fill colour (OpenCV's filters and 5-bit sub-pixel positions differ);
+- resize: a crop shrunk less than 2x is prefiltered (a Gaussian of the variance PIL's anti-aliasing
+  adds) and resized bilinearly, one shrunk more uses INTER_AREA (pixel-area averaging), an axis
+  that grows bilinear or bicubic as drawn (OpenCV's bicubic uses a = -0.75, PIL's a = -0.5);
+- affine ops: `cv2.warpAffine` in float32 with PIL's matrix moved to OpenCV's pixel-centre
+  convention, PIL's edge rule, truncation to uint8 and fill colour: bilinear gives PIL's pixels
+  (up to OpenCV's 5-bit sub-pixel positions), bicubic differs by OpenCV's kernel (a = -0.75);
 - Sharpness: PIL's SMOOTH kernel (border pixels kept) blended with the image as `Image.blend` does,
   up to the rounding of the 3x3 filter.
 
@@ -96,19 +97,30 @@ def hflip(arr: np.ndarray) -> np.ndarray:
 def resized_crop(
     arr: np.ndarray, top: int, left: int, h: int, w: int, size: int, resample: int
 ) -> np.ndarray:
-    """arr[top:top+h, left:left+w] resized to (size, size): INTER_AREA along an axis that shrinks
-    (anti-aliased, as PIL's resize is), the drawn filter (bilinear / bicubic) along one that grows."""
+    """arr[top:top+h, left:left+w] resized to (size, size), anti-aliased where it shrinks as PIL's
+    resize is: shrunk < 2x, a Gaussian prefilter then bilinear; shrunk more, INTER_AREA along that
+    axis; grown, the drawn filter (bilinear / bicubic)."""
     cv2 = _cv2()
     crop = arr[top : top + h, left : left + w]
     if (h, w) == (size, size):
         return np.ascontiguousarray(crop)
-    if h >= size and w >= size:
+    sy, sx = h / size, w / size
+    if 1 <= sy < 2 and 1 <= sx < 2:
+        # PIL's triangle filter of half-width s (source pixels) has variance s^2 / 6; bilinear
+        # sampling adds about 1 / 6, the prefilter the rest (half the cost of INTER_AREA).
+        # INTER_LINEAR_EXACT rounds to nearest (INTER_LINEAR's fixed point darkens by ~0.1 level).
+        gy, gx = math.sqrt((sy * sy - 1) / 6), math.sqrt((sx * sx - 1) / 6)
+        if max(gy, gx) > 0.05:
+            crop = cv2.GaussianBlur(crop, (3, 3), sigmaX=max(gx, 1e-3), sigmaY=max(gy, 1e-3))
+        return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR_EXACT)
+    if sy >= 1 and sx >= 1:
         return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
-    if h > size:  # taller than the output but narrower: shrink the height first
+    if sy > 1:  # taller than the output but narrower: shrink the height first
         crop = cv2.resize(crop, (w, size), interpolation=cv2.INTER_AREA)
-    elif w > size:
+    elif sx > 1:
         crop = cv2.resize(crop, (size, h), interpolation=cv2.INTER_AREA)
-    return cv2.resize(crop, (size, size), interpolation=_flag(resample))
+    flag = cv2.INTER_LINEAR_EXACT if resample == Image.Resampling.BILINEAR else _flag(resample)
+    return cv2.resize(crop, (size, size), interpolation=flag)
 
 
 def affine(arr: np.ndarray, matrix, resample: int, fill) -> np.ndarray:
@@ -128,7 +140,12 @@ def affine(arr: np.ndarray, matrix, resample: int, fill) -> np.ndarray:
     # PIL interpolates any point inside the image with its edge pixels repeated, and fills points
     # outside: a replicated-border warp, then the fill where a nearest-neighbour warp of a mask of
     # ones lands outside (OpenCV's constant border would blend the fill into the edge pixels).
-    out = cv2.warpAffine(arr, m, size, flags=_flag(resample) | flags, borderMode=cv2.BORDER_REPLICATE)
+    # In float32, clamped and truncated to uint8 as PIL's filters do (rounding instead would make
+    # every warped image ~0.4 levels brighter than PIL's); bilinear then gives PIL's pixels.
+    out = cv2.warpAffine(
+        arr.astype(np.float32), m, size, flags=_flag(resample) | flags, borderMode=cv2.BORDER_REPLICATE
+    )
+    out = np.clip(out, 0, 255, out=out).astype(np.uint8)
     inside = cv2.warpAffine(
         np.ones(arr.shape[:2], np.uint8),
         m,
