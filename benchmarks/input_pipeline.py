@@ -218,11 +218,12 @@ def _tree_cpu(proc) -> float:
     return total
 
 
-def _measure(it, num_batches: int, batch: int):
+def _measure(it, num_batches: int, batch: int, warmup: int = 1):
     import psutil
 
     proc = psutil.Process()
-    next(it)  # start-up (workers, first batches) is not measured
+    for _ in range(warmup):  # start-up (every worker's imports and first batch) is not measured
+        next(it)
     c0, t0 = _tree_cpu(proc), time.perf_counter()
     for _ in range(num_batches):
         next(it)
@@ -249,7 +250,7 @@ def workers_ours(name, data_dir, workers, threads, batch, num_batches, seed, res
         normalize=False,
     )
     try:
-        return _measure(it, num_batches, batch)
+        return _measure(it, num_batches, batch, warmup=workers + 1)
     finally:
         if hasattr(it, "close"):
             it.close()
@@ -287,7 +288,7 @@ def workers_timm(jpegs, transform, workers, batch, num_batches, seed):
 
     it = forever()
     try:
-        return _measure(it, num_batches, batch)
+        return _measure(it, num_batches, batch, warmup=workers + 1)
     finally:
         it.close()  # the loader and its persistent workers go with the last reference
 
