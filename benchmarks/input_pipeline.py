@@ -222,22 +222,25 @@ def _measure(it, num_batches: int, batch: int, warmup: int = 1, settle: float = 
     """(CPU s of the process tree per image, img/s) over `num_batches` batches in steady state.
 
     The workers' read-ahead buffers are full when the CPU clock starts and again when it stops
-    (`settle` seconds of waiting, outside the wall-clock window), so the CPU counted is the work of
-    the batches taken, not of filling buffers, whatever the loader's read-ahead depth."""
+    (`settle` seconds of waiting), so the CPU counted is the work of the batches taken, not of
+    filling buffers, whatever the loader's read-ahead depth. img/s is wall-clock over the second
+    half of the batches, once the buffers filled while waiting have been drained."""
     import psutil
 
     proc = psutil.Process()
     for _ in range(warmup):  # start-up (every worker's imports and first batch) is not measured
         next(it)
     time.sleep(settle)
-    c0, t0 = _tree_cpu(proc), time.perf_counter()
-    for _ in range(num_batches):
+    c0 = _tree_cpu(proc)
+    half = num_batches // 2
+    for i in range(num_batches):
+        if i == half:
+            t0 = time.perf_counter()
         next(it)
     wall = time.perf_counter() - t0
     time.sleep(settle)
     cpu = _tree_cpu(proc) - c0
-    n = num_batches * batch
-    return cpu / n, n / wall
+    return cpu / (num_batches * batch), (num_batches - half) * batch / wall
 
 
 def workers_ours(name, data_dir, workers, threads, batch, num_batches, seed, resampler="cv2"):
