@@ -4,7 +4,7 @@ Eval follows `timm.data.transforms_imagenet_eval` (which the official validate.p
 PIL resize and center crop, reproduced here with the same PIL calls and the same integer rounding, so
 the outputs are identical (tests/test_preprocess.py). Training follows
 `timm.data.transforms_imagenet_train` with the official MambaVision arguments (`TrainAugConfig()`),
-its resizes by default with OpenCV (approximate, faster: `opencv_ops`); `TrainAugConfig(resampler=
+resampling with OpenCV by default (approximate, faster: `opencv_ops`); `TrainAugConfig(resampler=
 "pil")` is the exact path, pixel-identical to timm's.
 `eval_transform` / `train_transform` return float32 HWC arrays normalised with the model's mean / std;
 `eval_crop_uint8` / `train_augment` (+ `erasing_boxes`) stop before normalisation and return uint8, for
