@@ -7,15 +7,19 @@ RandAugment 'rand-m9-mstd0.5-inc1' -> uint8, with the normalisation and random e
 'pixel') left to the accelerator, as timm's `use_prefetcher=True` loader does it (uint8 tensors,
 `fast_collate`, `PrefetchLoader` on the GPU). timm: `create_transform(is_training=True, ...)` with the
 official arguments in a torch DataLoader; the project: `make_train_iterator(normalize=False)` (grain)
-over the same JPEGs packaged as a TFDS data set. Runs alternate (project, timm, project, ...), in one
-process, per core (no workers, one thread) and with N worker processes; the CPU time of the whole
-process tree is measured (psutil), so a shared, noisy machine changes wall time more than the ratio.
+over the same JPEGs packaged as a TFDS data set, with its default resampler (`resampler="cv2"`,
+OpenCV, approximate) and its exact one (`"pil"`, timm's pixels). Runs alternate (default, exact,
+timm, default, ...), in one process, per core (no workers, one thread) and with N worker processes;
+the CPU time of the whole process tree is measured (psutil), so a shared, noisy machine changes
+wall time more than the ratio.
 
     pip install -e ".[bench,torch]" timm   # scikit-image, psutil: benchmark-only dependencies
     python benchmarks/input_pipeline.py --workers 2 --rounds 3
 
 Prints a table (ms of CPU per image, images per second, ratio = timm's CPU time per image over the
-project's) and a per-op breakdown of one core's work.
+project's) and a per-op breakdown of one core's work. `--resampler_stats` compares the default
+resampler's outputs with the exact path's (same draws); `--decode_stats` does the same for
+`fast_decode`; `--demo` times the demo's training loop against its bare step.
 """
 
 from __future__ import annotations
@@ -153,10 +157,14 @@ def timm_decode(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data)).convert("RGB")
 
 
-def ours_augment():
+RESAMPLERS = ("cv2", "pil")  # the project's default (fast, approximate) and its exact path
+LABEL = {"cv2": "project (default, cv2)", "pil": "project exact (pil)"}
+
+
+def ours_augment(resampler: str = "cv2"):
     from mambavision_jax.data.transforms import TrainAugConfig
 
-    return TrainAugConfig(**OFFICIAL)
+    return TrainAugConfig(**OFFICIAL, resampler=resampler)
 
 
 def ours_example(data: bytes, rng: np.random.Generator, aug, image_size: int = 224):
@@ -176,8 +184,8 @@ def _cpu() -> float:
     return t.user + t.system
 
 
-def per_core_ours(jpegs, seed: int) -> float:
-    aug = ours_augment()
+def per_core_ours(jpegs, seed: int, resampler: str = "cv2") -> float:
+    aug = ours_augment(resampler)
     t0 = time.process_time()
     for i, data in enumerate(jpegs):
         ours_example(data, np.random.default_rng([seed, i]), aug)
@@ -210,21 +218,32 @@ def _tree_cpu(proc) -> float:
     return total
 
 
-def _measure(it, num_batches: int, batch: int):
+def _measure(it, num_batches: int, batch: int, warmup: int = 1, settle: float = 1.5):
+    """(CPU s of the process tree per image, img/s) over `num_batches` batches in steady state.
+
+    The workers' read-ahead buffers are full when the CPU clock starts and again when it stops
+    (`settle` seconds of waiting), so the CPU counted is the work of the batches taken, not of
+    filling buffers, whatever the loader's read-ahead depth. img/s is wall-clock over the second
+    half of the batches, once the buffers filled while waiting have been drained."""
     import psutil
 
     proc = psutil.Process()
-    next(it)  # start-up (workers, first batches) is not measured
-    c0, t0 = _tree_cpu(proc), time.perf_counter()
-    for _ in range(num_batches):
+    for _ in range(warmup):  # start-up (every worker's imports and first batch) is not measured
+        next(it)
+    time.sleep(settle)
+    c0 = _tree_cpu(proc)
+    half = num_batches // 2
+    for i in range(num_batches):
+        if i == half:
+            t0 = time.perf_counter()
         next(it)
     wall = time.perf_counter() - t0
+    time.sleep(settle)
     cpu = _tree_cpu(proc) - c0
-    n = num_batches * batch
-    return cpu / n, n / wall
+    return cpu / (num_batches * batch), (num_batches - half) * batch / wall
 
 
-def workers_ours(name, data_dir, workers, threads, batch, num_batches, seed):
+def workers_ours(name, data_dir, workers, threads, batch, num_batches, seed, resampler="cv2"):
     from mambavision_jax.data import make_train_iterator
 
     it = make_train_iterator(
@@ -233,7 +252,7 @@ def workers_ours(name, data_dir, workers, threads, batch, num_batches, seed):
         global_batch_size=batch,
         image_size=224,
         seed=seed,
-        augment=ours_augment(),
+        augment=ours_augment(resampler),
         process_index=0,
         process_count=1,
         num_workers=workers,
@@ -241,7 +260,7 @@ def workers_ours(name, data_dir, workers, threads, batch, num_batches, seed):
         normalize=False,
     )
     try:
-        return _measure(it, num_batches, batch)
+        return _measure(it, num_batches, batch, warmup=workers + 1)
     finally:
         if hasattr(it, "close"):
             it.close()
@@ -279,7 +298,7 @@ def workers_timm(jpegs, transform, workers, batch, num_batches, seed):
 
     it = forever()
     try:
-        return _measure(it, num_batches, batch)
+        return _measure(it, num_batches, batch, warmup=workers + 1)
     finally:
         it.close()  # the loader and its persistent workers go with the last reference
 
@@ -287,30 +306,43 @@ def workers_timm(jpegs, transform, workers, batch, num_batches, seed):
 # ---- one core's time per op ----
 
 
-def breakdown_ours(jpegs, seed: int = 0) -> dict[str, float]:
+def breakdown_ours(jpegs, seed: int = 0, resampler: str = "cv2") -> dict[str, float]:
     """ms per image of each stage of `train_augment` (+ the erasing boxes), on one core."""
+    from mambavision_jax.data import opencv_ops
     from mambavision_jax.data.image_io import to_pil_rgb
     from mambavision_jax.data.rand_augment import RandAugment
     from mambavision_jax.data.transforms import (
+        _crop_interpolation,
         _rand_augment,
         erasing_boxes,
         random_resized_crop,
+        random_resized_crop_params,
     )
 
-    aug = ours_augment()
-    ra: RandAugment = _rand_augment(aug.auto_augment, (0.485, 0.456, 0.406), 224, None)
+    aug = ours_augment(resampler)
+    ra: RandAugment = _rand_augment(aug.auto_augment, (0.485, 0.456, 0.406), 224, None, resampler)
     t = dict.fromkeys(("decode", "crop+resize", "flip", "RandAugment", "to uint8", "erase boxes"), 0.0)
     for i, data in enumerate(jpegs):
         rng = np.random.default_rng([seed, i])
         c = time.process_time()
-        img = to_pil_rgb(data)
+        img = opencv_ops.decode_rgb_array(data) if resampler == "cv2" else to_pil_rgb(data)
         t["decode"] += time.process_time() - c
         c = time.process_time()
-        img = random_resized_crop(img, rng, 224, aug.scale, aug.ratio, aug.interpolation)
+        if resampler == "cv2":
+            top, left, h, w = random_resized_crop_params(
+                img.shape[1], img.shape[0], rng, aug.scale, aug.ratio
+            )
+            interp = _crop_interpolation(aug.interpolation, rng)
+            img = opencv_ops.resized_crop(img, top, left, h, w, 224, interp)
+        else:
+            img = random_resized_crop(img, rng, 224, aug.scale, aug.ratio, aug.interpolation)
         t["crop+resize"] += time.process_time() - c
         c = time.process_time()
         if rng.random() < aug.hflip:
-            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            if resampler == "cv2":
+                img = opencv_ops.hflip(img)
+            else:
+                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         t["flip"] += time.process_time() - c
         c = time.process_time()
         img = ra(img, rng)
@@ -442,6 +474,80 @@ def print_decode_stats(label: str, r: dict) -> None:
         )
 
 
+# ---- the default OpenCV resampler (TrainAugConfig.resampler="cv2") beside the exact path ----
+
+
+def _laplacian_var(x: np.ndarray) -> float:
+    """Variance of the 4-neighbour Laplacian: the image's high-frequency energy (sharpness)."""
+    x = x.astype(np.float32)
+    lap = 4 * x[1:-1, 1:-1] - x[:-2, 1:-1] - x[2:, 1:-1] - x[1:-1, :-2] - x[1:-1, 2:]
+    return float(lap.var())
+
+
+def resampler_stats(jpegs: list[bytes], draws: int = 4, size: int = 224) -> dict:
+    """`train_augment` (crop, flip, RandAugment -> uint8) with resampler 'pil' (exact) and 'cv2'
+    (default), the same random draws for both: CPU ms per image of each, output statistics over all
+    images (per-channel mean and variance, histogram total-variation distance, Laplacian variance)
+    and image-by-image mean |exact - fast| and PSNR; for the whole transform and for the crop alone."""
+    import dataclasses
+
+    from mambavision_jax.data.transforms import train_augment
+
+    out = {}
+    stages = (("crop, flip, RandAugment", {}), ("crop + resize only", dict(auto_augment=None, hflip=0.0)))
+    for stage, extra in stages:
+        imgs = {"pil": [], "cv2": []}
+        t = dict.fromkeys(imgs, 0.0)
+        augs = {r: dataclasses.replace(ours_augment(r), **extra) for r in imgs}
+        for i, data in enumerate(jpegs):
+            for d in range(draws):
+                for r in imgs:
+                    c = time.process_time()
+                    imgs[r].append(train_augment(data, np.random.default_rng([i, d]), size, augs[r]))
+                    t[r] += time.process_time() - c
+        exact, fast = np.stack(imgs["pil"]), np.stack(imgs["cv2"])
+        diff = np.abs(exact.astype(np.float32) - fast.astype(np.float32))
+        flat_e, flat_f = exact.reshape(-1, 3), fast.reshape(-1, 3)
+        hist = lambda x, c: np.bincount(x[:, c], minlength=256) / len(x)
+        n = len(exact)
+        out[stage] = {
+            "images": n,
+            "ms": {r: 1e3 * t[r] / n for r in t},
+            "mean": {"pil": flat_e.mean(0), "cv2": flat_f.mean(0)},
+            "var": {"pil": flat_e.var(0), "cv2": flat_f.var(0)},
+            "lap": {
+                "pil": np.mean([_laplacian_var(x) for x in exact]),
+                "cv2": np.mean([_laplacian_var(x) for x in fast]),
+            },
+            "hist_tv": np.array([0.5 * np.abs(hist(flat_e, c) - hist(flat_f, c)).sum() for c in range(3)]),
+            "mad": float(diff.mean()),
+            "psnr": float(10 * np.log10(255.0**2 / (diff**2).mean())),
+            "identical_images": int(sum(np.array_equal(a, b) for a, b in zip(exact, fast))),
+        }
+    return out
+
+
+def print_resampler_stats(label: str, stats: dict) -> None:
+    f = lambda v, k=2: ", ".join(f"{x:.{k}f}" for x in v)
+    print(f"\n{label}: the exact path (pil) vs the default (cv2), the same random draws")
+    print(
+        "| transform | path | CPU ms/img | mean R, G, B | variance R, G, B | Laplacian variance | "
+        "histogram TV R, G, B (%) | mean abs diff (0..255) | PSNR dB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for stage, r in stats.items():
+        for p in ("pil", "cv2"):
+            tail = (
+                f"{f(100 * r['hist_tv'], 3)} | {r['mad']:.2f} | {r['psnr']:.1f} |"
+                if p == "cv2"
+                else "- | - | - |"
+            )
+            print(
+                f"| {stage} ({r['images']} images) | {p} | {r['ms'][p]:.2f} | {f(r['mean'][p])} | "
+                f"{f(r['var'][p], 1)} | {r['lap'][p]:.1f} | {tail}"
+            )
+
+
 # ---- the demo: the training loop's img/s (data included) vs the bare jitted step's ----
 
 
@@ -545,6 +651,13 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="worker processes (both loaders)")
     p.add_argument("--threads", type=int, default=-1, help="grain threads per worker (-1: auto)")
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument(
+        "--copies",
+        type=int,
+        default=16,
+        help="records per JPEG in the worker runs' data sets: grain's index shuffle costs ~0.1 ms "
+        "per element over 256 records, ~0.005 ms over 4096 or more (ImageNet: 1.28M)",
+    )
     p.add_argument("--batches", type=int, default=12, help="measured batches per worker run")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
     p.add_argument("--skip_workers", action="store_true")
@@ -555,6 +668,11 @@ def main(argv=None) -> int:
     )
     p.add_argument("--demo_steps", type=int, default=60)
     p.add_argument(
+        "--resampler_stats",
+        action="store_true",
+        help="only the default cv2 resampler's output statistics and cost beside the exact (pil) path",
+    )
+    p.add_argument(
         "--decode_stats",
         action="store_true",
         help="only TrainAugConfig.fast_decode's statistics and cost beside the exact path",
@@ -562,6 +680,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.demo:
         demo_report(args.rounds, args.demo_steps)
+        return 0
+    if args.resampler_stats:
+        print_resampler_stats("ImageNet-size JPEGs", resampler_stats(make_jpegs(args.num_images)))
+        print_resampler_stats(
+            "large JPEGs (native resolution)", resampler_stats(make_large_jpegs(args.num_images))
+        )
         return 0
     if args.decode_stats:
         print_decode_stats("ImageNet-size JPEGs", decode_stats(make_jpegs(args.num_images)))
@@ -588,51 +712,67 @@ def main(argv=None) -> int:
             from mambavision_jax.data.pipeline import resolve_workers
 
             workers, threads = resolve_workers(args.workers, args.threads)
-            write_folder(jpegs, os.path.join(tmp, "src"))
+            write_folder(jpegs * args.copies, os.path.join(tmp, "src"))
             build_folder_dataset(os.path.join(tmp, "src"), "bench_jpegs", data_dir, val_fraction=0.0)
         # Every measurement once per round, in turn: drift in the machine's load hits all alike.
-        pc_ours, pc_timm, w_ours, w_timm = [], [], [], []
+        pc = {k: [] for k in (*RESAMPLERS, "timm")}
+        w = {k: [] for k in (*RESAMPLERS, "timm")}
         for r in range(args.rounds):
-            pc_ours.append(per_core_ours(jpegs, r))
-            pc_timm.append(per_core_timm(jpegs, transform, r))
+            for res in RESAMPLERS:
+                pc[res].append(per_core_ours(jpegs, r, res))
+            pc["timm"].append(per_core_timm(jpegs, transform, r))
             if not args.skip_workers:
-                w_ours.append(
-                    workers_ours("bench_jpegs", data_dir, workers, threads, args.batch, args.batches, r)
+                for res in RESAMPLERS:
+                    w[res].append(
+                        workers_ours(
+                            "bench_jpegs", data_dir, workers, threads, args.batch, args.batches, r, res
+                        )
+                    )
+                w["timm"].append(
+                    workers_timm(jpegs * args.copies, transform, workers, args.batch, args.batches, r)
                 )
-                w_timm.append(workers_timm(jpegs, transform, workers, args.batch, args.batches, r))
-    rows["per core (0 workers, 1 thread)"] = (np.median(pc_ours), np.median(pc_timm))
+    # setting -> {side: (CPU s per image, img/s)}
+    rows["per core (0 workers, 1 thread)"] = {k: (np.median(v), 1 / np.median(v)) for k, v in pc.items()}
     if not args.skip_workers:
-        rows[f"{workers} workers (grain: {threads} threads each)"] = (
-            np.median([o[0] for o in w_ours]),
-            np.median([t[0] for t in w_timm]),
-            np.median([o[1] for o in w_ours]),
-            np.median([t[1] for t in w_timm]),
-        )
+        rows[f"{workers} workers (grain: {threads} threads each)"] = {
+            k: (np.median([x[0] for x in v]), np.median([x[1] for x in v])) for k, v in w.items()
+        }
+    fmt = lambda v: "/".join(f"{1e3 * x:.2f}" for x in v)
     print(
-        "per round, CPU ms/img project / timm: per core "
-        + ", ".join(f"{1e3 * a:.2f}/{1e3 * b:.2f}" for a, b in zip(pc_ours, pc_timm))
+        "per round, CPU ms/img default (cv2) / exact (pil) / timm: per core "
+        + ", ".join(fmt(x) for x in zip(pc["cv2"], pc["pil"], pc["timm"]))
         + (
-            "; workers " + ", ".join(f"{1e3 * a[0]:.2f}/{1e3 * b[0]:.2f}" for a, b in zip(w_ours, w_timm))
-            if w_ours
+            "; workers "
+            + ", ".join(fmt(x) for x in zip(*[[y[0] for y in w[k]] for k in ("cv2", "pil", "timm")]))
+            if w["timm"]
             else ""
         )
     )
 
     print(
-        "\n| setting | project CPU ms/img | timm CPU ms/img | project img/s | timm img/s | "
-        "ratio (timm / project CPU) |"
+        "\n| setting | project default (cv2) CPU ms/img | project exact (pil) CPU ms/img | timm CPU ms/img "
+        "| img/s default / exact / timm | ratio timm / default | ratio timm / exact |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for label, v in rows.items():
-        o, t = 1e3 * v[0], 1e3 * v[1]
-        ips_o, ips_t = (1 / v[0], 1 / v[1]) if len(v) == 2 else (v[2], v[3])
-        print(f"| {label} | {o:.2f} | {t:.2f} | {ips_o:.0f} | {ips_t:.0f} | {t / o:.2f}x |")
+        ms = {k: 1e3 * v[k][0] for k in v}
+        print(
+            f"| {label} | {ms['cv2']:.2f} | {ms['pil']:.2f} | {ms['timm']:.2f} | "
+            f"{v['cv2'][1]:.0f} / {v['pil'][1]:.0f} / {v['timm'][1]:.0f} | "
+            f"{ms['timm'] / ms['cv2']:.2f}x | {ms['timm'] / ms['pil']:.2f}x |"
+        )
 
-    bo, bt = breakdown_ours(jpegs), breakdown_timm(jpegs, transform)
-    print("\nper op, one core (ms per image):\n\n| op | project | timm |\n|---|---|---|")
-    for k in bo:
-        print(f"| {k} | {bo[k]:.3f} | {bt.get(k, float('nan')):.3f} |")
-    print(f"| total | {sum(bo.values()):.3f} | {sum(bt.values()):.3f} |")
+    bo = {r: breakdown_ours(jpegs, resampler=r) for r in RESAMPLERS}
+    bt = breakdown_timm(jpegs, transform)
+    print(
+        "\nper op, one core (ms per image):\n\n| op | project default (cv2) | project exact (pil) | timm |"
+        "\n|---|---|---|---|"
+    )
+    for k in bo["cv2"]:
+        print(f"| {k} | {bo['cv2'][k]:.3f} | {bo['pil'][k]:.3f} | {bt.get(k, float('nan')):.3f} |")
+    print(
+        f"| total | {sum(bo['cv2'].values()):.3f} | {sum(bo['pil'].values()):.3f} | {sum(bt.values()):.3f} |"
+    )
     return 0
 
 

@@ -326,12 +326,13 @@ def test_erase_on_device_statistics_match_timm_pixel_mode():
     assert abs(v.mean()) < 0.01 and abs(v.std() - 1.0) < 0.01
 
 
-def test_train_augment_is_train_transform_before_normalisation():
+@pytest.mark.parametrize("resampler", ["pil", "cv2"])
+def test_train_augment_is_train_transform_before_normalisation(resampler):
     from mambavision_jax.data.transforms import normalize, train_augment
 
     img = _encoded(_photo(333, 250), "JPEG")
     for seed in range(6):
-        aug = TrainAugConfig(re_prob=0.0)
+        aug = TrainAugConfig(re_prob=0.0, resampler=resampler)
         u = train_augment(img, np.random.default_rng(seed), 96, aug)
         assert u.dtype == np.uint8 and u.shape == (96, 96, 3)
         np.testing.assert_array_equal(
@@ -368,19 +369,22 @@ def _jpeg_bytes(arr: np.ndarray, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def test_fast_decode_is_exact_unless_the_crop_shrinks_2x():
+@pytest.mark.parametrize("resampler", ["pil", "cv2"])
+def test_fast_decode_is_exact_unless_the_crop_shrinks_2x(resampler):
     from mambavision_jax.data.transforms import train_augment
 
+    full = TrainAugConfig(resampler=resampler)
+    draft = TrainAugConfig(fast_decode=True, resampler=resampler)
     data = _jpeg_bytes(_photo(333, 250))  # crops <= 250 px: never reduced for a 224 output
     for seed in range(5):
-        exact = train_augment(data, np.random.default_rng(seed), 224)
-        fast = train_augment(data, np.random.default_rng(seed), 224, TrainAugConfig(fast_decode=True))
+        exact = train_augment(data, np.random.default_rng(seed), 224, full)
+        fast = train_augment(data, np.random.default_rng(seed), 224, draft)
         np.testing.assert_array_equal(fast, exact)  # also: the same draws for flip and RandAugment
     png = io.BytesIO()
-    Image.fromarray(_photo(640, 500)).save(png, format="PNG")  # not a JPEG: the exact path
+    Image.fromarray(_photo(640, 500)).save(png, format="PNG")  # not a JPEG: the full decode
     np.testing.assert_array_equal(
-        train_augment(png.getvalue(), np.random.default_rng(0), 96, TrainAugConfig(fast_decode=True)),
-        train_augment(png.getvalue(), np.random.default_rng(0), 96),
+        train_augment(png.getvalue(), np.random.default_rng(0), 96, draft),
+        train_augment(png.getvalue(), np.random.default_rng(0), 96, full),
     )
 
 

@@ -219,3 +219,46 @@ def test_rand_augment_matches_timm_with_the_same_draws(monkeypatch, config):
     # per-op probability where the config has them.
     assert "integers" in kinds and "random" in kinds
     assert ("uniform" if "mstd101" in config else "normal") in kinds
+
+
+@pytest.mark.parametrize("resampler", ["pil", "cv2"])
+def test_train_augment_matches_timm_train_transform_with_the_same_draws(monkeypatch, resampler):
+    """timm's whole uint8 training transform (`create_transform(is_training=True,
+    use_prefetcher=True)` with the official RandomResizedCrop and RandAugment; no flip, which
+    torchvision draws from torch) fed the same draws as `train_augment`: the exact path ('pil')
+    gives timm's pixels; the default OpenCV path makes exactly the same draws and lands close."""
+    from timm.data import create_transform
+
+    from mambavision_jax.data.transforms import TrainAugConfig, train_augment
+
+    size = 48
+    t = create_transform(
+        size,
+        is_training=True,
+        use_prefetcher=True,
+        hflip=0.0,
+        vflip=0.0,
+        color_jitter=0.4,
+        auto_augment="rand-m9-mstd0.5-inc1",
+        interpolation="random",
+        re_prob=0.0,
+        mean=IMAGENET_DEFAULT_MEAN,
+    )
+    aug = TrainAugConfig(hflip=0.0, resampler=resampler)
+    mads = []
+    for seed in range(16):
+        img = _photo(333, 250, seed)
+        log = _record(monkeypatch, seed)
+        monkeypatch.setattr(taa.ImageOps, "posterize", _posterize_allowing_zero_bits)
+        ref = np.asarray(t(img))
+        monkeypatch.undo()
+        ref = ref.transpose(1, 2, 0) if ref.shape[0] == 3 else ref
+        replay = Replay(log)
+        ours = train_augment(img, replay, size, aug)
+        assert not replay.draws, "timm drew more than we did"
+        assert ours.shape == ref.shape == (size, size, 3) and ours.dtype == ref.dtype == np.uint8
+        if resampler == "pil":
+            np.testing.assert_array_equal(ours, ref, err_msg=f"seed {seed}")
+        mads.append(np.abs(ours.astype(float) - ref.astype(float)).mean())
+    if resampler == "cv2":
+        assert np.mean(mads) < 3.0 and 0 < max(mads) < 10.0, mads

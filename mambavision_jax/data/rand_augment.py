@@ -5,6 +5,7 @@ magnitude -> argument maps are timm's, line for line (tests/test_preprocess.py c
 against timm's own functions). The one change: randomness comes from an explicit
 `np.random.Generator` (seeded per example by the pipeline) instead of the global `random` /
 `np.random` state, so a data stream is reproducible and resumable; the distributions are timm's.
+`resampler="cv2"` swaps the costly ops (geometric, Sharpness) for approximate OpenCV versions.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import re
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
+
+from mambavision_jax.data import opencv_ops
 
 _LEVEL_DENOM = 10.0  # the 'Mx' magnitude scale: level / 10 is the fraction of an op's range
 _FILL = (128, 128, 128)
@@ -60,32 +63,24 @@ RAND_INCREASING_TRANSFORMS = (
 # ---- ops (timm's functions; geometric ones take the resample filter and fill colour) ----
 
 
-def _affine(img, matrix, resample, fill):
-    return img.transform(img.size, Image.AFFINE, matrix, resample=resample, fillcolor=fill)
+# PIL's affine matrix (output pixel -> input point) of each shear / translate op, from its argument
+# and the image's (width, height); shared by the PIL ops and their OpenCV versions.
+_AFFINE_MATRIX = {
+    "ShearX": lambda factor, w, h: (1, factor, 0, 0, 1, 0),
+    "ShearY": lambda factor, w, h: (1, 0, 0, factor, 1, 0),
+    "TranslateX": lambda pixels, w, h: (1, 0, pixels, 0, 1, 0),
+    "TranslateY": lambda pixels, w, h: (1, 0, 0, 0, 1, pixels),
+    "TranslateXRel": lambda pct, w, h: (1, 0, pct * w, 0, 1, 0),
+    "TranslateYRel": lambda pct, w, h: (1, 0, 0, 0, 1, pct * h),
+}
 
 
-def _shear_x(img, factor, resample, fill):
-    return _affine(img, (1, factor, 0, 0, 1, 0), resample, fill)
+def _affine_op(name):
+    def op(img, arg, resample, fill):
+        matrix = _AFFINE_MATRIX[name](arg, *img.size)
+        return img.transform(img.size, Image.AFFINE, matrix, resample=resample, fillcolor=fill)
 
-
-def _shear_y(img, factor, resample, fill):
-    return _affine(img, (1, 0, 0, factor, 1, 0), resample, fill)
-
-
-def _translate_x_rel(img, pct, resample, fill):
-    return _affine(img, (1, 0, pct * img.size[0], 0, 1, 0), resample, fill)
-
-
-def _translate_y_rel(img, pct, resample, fill):
-    return _affine(img, (1, 0, 0, 0, 1, pct * img.size[1]), resample, fill)
-
-
-def _translate_x_abs(img, pixels, resample, fill):
-    return _affine(img, (1, 0, pixels, 0, 1, 0), resample, fill)
-
-
-def _translate_y_abs(img, pixels, resample, fill):
-    return _affine(img, (1, 0, 0, 0, 1, pixels), resample, fill)
+    return op
 
 
 def _rotate(img, degrees, resample, fill):
@@ -109,15 +104,7 @@ def _posterize(img, bits_to_keep):
     return ImageOps.posterize(img, bits_to_keep)
 
 
-_GEOMETRIC = {
-    "Rotate": _rotate,
-    "ShearX": _shear_x,
-    "ShearY": _shear_y,
-    "TranslateX": _translate_x_abs,
-    "TranslateY": _translate_y_abs,
-    "TranslateXRel": _translate_x_rel,
-    "TranslateYRel": _translate_y_rel,
-}
+_GEOMETRIC = {"Rotate": _rotate, **{name: _affine_op(name) for name in _AFFINE_MATRIX}}
 _PIXEL = {
     "AutoContrast": lambda img: ImageOps.autocontrast(img),
     "Equalize": lambda img: ImageOps.equalize(img),
@@ -191,7 +178,7 @@ def op_args(name: str, magnitude: float, negate: bool = False, hparams: dict | N
 
 
 def apply_op(
-    img: Image.Image,
+    img,
     name: str,
     magnitude: float,
     *,
@@ -199,9 +186,25 @@ def apply_op(
     resample=_BICUBIC,
     fill=_FILL,
     hparams: dict | None = None,
-) -> Image.Image:
-    """Apply one op at a fixed magnitude and sign (deterministic; for tests and reuse)."""
+    resampler: str = "pil",
+):
+    """Apply one op at a fixed magnitude and sign (deterministic; for tests and reuse).
+
+    resampler 'pil': timm's op on a PIL image. 'cv2': the geometric ops and Sharpness run with
+    OpenCV on a uint8 array (`opencv_ops`, approximate), the others with PIL; `img` may then be a
+    PIL image or a uint8 HWC array, and so may the result (np.asarray gives its pixels).
+    """
     args = op_args(name, magnitude, negate, hparams)
+    if resampler == "cv2" and (name in _GEOMETRIC or name.startswith("Sharpness")):
+        arr = opencv_ops.as_array(img)
+        if name == "Rotate":
+            return opencv_ops.rotate(arr, *args, resample, fill)
+        if name in _GEOMETRIC:
+            matrix = _AFFINE_MATRIX[name](*args, arr.shape[1], arr.shape[0])
+            return opencv_ops.affine(arr, matrix, resample, fill)
+        return opencv_ops.sharpness(arr, *args)
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
     if name in _GEOMETRIC:
         return _GEOMETRIC[name](img, *args, resample=resample, fill=tuple(fill))
     return _PIXEL[name](img, *args)
@@ -214,7 +217,8 @@ class RandAugment:
     magnitude_std > 0 draws the magnitude per op from N(magnitude, std) (inf: uniform in
     [0, magnitude]), clipped to [0, magnitude_max or 10], as timm's AugmentOp does.
     interpolation None = bilinear or bicubic at random per geometric op (timm's default when the
-    training interpolation is 'random').
+    training interpolation is 'random'). resampler 'cv2': the approximate OpenCV geometric ops and
+    Sharpness (`apply_op`), with the same random draws as 'pil' (timm's pixels).
     """
 
     ops: tuple[str, ...] = RAND_TRANSFORMS
@@ -227,8 +231,12 @@ class RandAugment:
     interpolation: int | None = None
     translate_const: int = 250
     translate_pct: float = 0.45
+    resampler: str = "pil"
 
-    def __call__(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    def __post_init__(self):
+        opencv_ops.check_resampler(self.resampler)
+
+    def __call__(self, img, rng: np.random.Generator):
         hparams = {"translate_const": self.translate_const, "translate_pct": self.translate_pct}
         for k in rng.integers(0, len(self.ops), size=self.num_layers):
             name = self.ops[int(k)]
@@ -245,13 +253,25 @@ class RandAugment:
             if name in _GEOMETRIC and resample is None:
                 resample = _RANDOM_INTERPOLATION[int(rng.integers(0, 2))]
             img = apply_op(
-                img, name, magnitude, negate=negate, resample=resample, fill=self.fill, hparams=hparams
+                img,
+                name,
+                magnitude,
+                negate=negate,
+                resample=resample,
+                fill=self.fill,
+                hparams=hparams,
+                resampler=self.resampler,
             )
         return img
 
 
 def rand_augment_transform(
-    config_str: str, *, fill=_FILL, interpolation: int | None = None, translate_const: int = 250
+    config_str: str,
+    *,
+    fill=_FILL,
+    interpolation: int | None = None,
+    translate_const: int = 250,
+    resampler: str = "pil",
 ) -> RandAugment:
     """Parse a timm RandAugment string, e.g. 'rand-m9-mstd0.5-inc1' (official MambaVision).
 
@@ -287,5 +307,10 @@ def rand_augment_transform(
             raise ValueError(f"unknown RandAugment config section {c!r} in {config_str!r}")
     ops = RAND_INCREASING_TRANSFORMS if increasing else RAND_TRANSFORMS
     return RandAugment(
-        ops=ops, fill=tuple(fill), interpolation=interpolation, translate_const=translate_const, **kw
+        ops=ops,
+        fill=tuple(fill),
+        interpolation=interpolation,
+        translate_const=translate_const,
+        resampler=resampler,
+        **kw,
     )

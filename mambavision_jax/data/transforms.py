@@ -3,7 +3,9 @@
 Eval follows `timm.data.transforms_imagenet_eval` (which the official validate.py uses): torchvision's
 PIL resize and center crop, reproduced here with the same PIL calls and the same integer rounding, so
 the outputs are identical (tests/test_preprocess.py). Training follows
-`timm.data.transforms_imagenet_train` with the official MambaVision arguments (`TrainAugConfig()`).
+`timm.data.transforms_imagenet_train` with the official MambaVision arguments (`TrainAugConfig()`),
+resampling with OpenCV by default (approximate, faster: `opencv_ops`); `TrainAugConfig(resampler=
+"pil")` is the exact path, pixel-identical to timm's.
 `eval_transform` / `train_transform` return float32 HWC arrays normalised with the model's mean / std;
 `eval_crop_uint8` / `train_augment` (+ `erasing_boxes`) stop before normalisation and return uint8, for
 the training loop, which normalises and erases on the device as timm's prefetching loader does.
@@ -18,6 +20,7 @@ import math
 import numpy as np
 from PIL import Image
 
+from mambavision_jax.data import opencv_ops
 from mambavision_jax.data.image_io import to_pil_rgb, to_rgb_uint8
 from mambavision_jax.data.rand_augment import rand_augment_transform
 
@@ -144,6 +147,11 @@ class TrainAugConfig:
     Each stage can be switched off: random_resized_crop=False (then resize short side + center crop,
     as timm's no_aug), hflip=0, auto_augment=None, re_prob=0. timm's color jitter (0.4 in the
     official args) is not here because timm disables it whenever RandAugment is on.
+
+    resampler: 'cv2' (default) resizes the crop and runs RandAugment's geometric ops and Sharpness
+    with OpenCV (`opencv_ops`: ~1.7x less CPU per image, approximate; output statistics beside the
+    exact path's in benchmarks/RESULTS.md); 'pil' is the exact path, pixel-identical to timm's
+    transform. Both make the same random draws, so the same seed gives the same crops, flips and ops.
     """
 
     random_resized_crop: bool = True
@@ -159,6 +167,10 @@ class TrainAugConfig:
     # draft mode) when its random crop is downscaled by at least that factor, and resample the
     # crop box from the reduced image (see `draft_random_resized_crop`).
     fast_decode: bool = False
+    resampler: str = "cv2"
+
+    def __post_init__(self):
+        opencv_ops.check_resampler(self.resampler, "TrainAugConfig.resampler")
 
     @classmethod
     def none(cls) -> TrainAugConfig:
@@ -219,7 +231,8 @@ def draft_random_resized_crop(
     scale=(0.08, 1.0),
     ratio=(3.0 / 4.0, 4.0 / 3.0),
     interpolation: str = "random",
-) -> Image.Image:
+    resampler: str = "pil",
+):
     """`random_resized_crop` of encoded bytes, decoding only as much of a JPEG as the crop needs.
 
     The crop parameters need only the header's size, so they are drawn before decoding (the same
@@ -227,7 +240,8 @@ def draft_random_resized_crop(
     decoded at 1/r size by libjpeg's DCT scaling (PIL `draft`), up to r^2 fewer pixels to decode
     and resample, and the crop box (fractional there) is resampled from the reduced image:
     approximate (a different anti-aliasing than the exact resize; statistics in
-    benchmarks/RESULTS.md). Everything else (smaller crops, other formats) takes the exact path.
+    benchmarks/RESULTS.md). Everything else (smaller crops, other formats) takes the full decode and
+    the `resampler`'s crop (resampler 'cv2': a uint8 array from `opencv_ops.resized_crop`).
     """
     img = Image.open(io.BytesIO(data))
     width, height = img.size
@@ -240,9 +254,31 @@ def draft_random_resized_crop(
         fx, fy = img.size[0] / width, img.size[1] / height
         box = (left * fx, top * fy, (left + w) * fx, (top + h) * fy)
         return img.resize((size, size), interp, box=box)
+    if resampler == "cv2":
+        arr = opencv_ops.decode_rgb_array(data)
+        return opencv_ops.resized_crop(arr, top, left, h, w, size, interp)
     img.load()
     img = to_rgb_uint8(img)
     return img.crop((left, top, left + w, top + h)).resize((size, size), interp)
+
+
+def cv2_random_resized_crop(
+    img,
+    rng: np.random.Generator,
+    size: int,
+    scale=(0.08, 1.0),
+    ratio=(3.0 / 4.0, 4.0 / 3.0),
+    interpolation: str = "random",
+) -> np.ndarray:
+    """`random_resized_crop` with OpenCV's resize (the same draws): encoded bytes (decoded by
+    `opencv_ops.decode_rgb_array`), a PIL image or a uint8 array -> uint8 (size, size, 3)."""
+    if isinstance(img, (bytes, bytearray, memoryview)):
+        arr = opencv_ops.decode_rgb_array(bytes(img))
+    else:
+        arr = np.asarray(to_pil_rgb(img))
+    top, left, h, w = random_resized_crop_params(arr.shape[1], arr.shape[0], rng, scale, ratio)
+    interp = _crop_interpolation(interpolation, rng)
+    return opencv_ops.resized_crop(arr, top, left, h, w, size, interp)
 
 
 def erasing_boxes(
@@ -329,12 +365,15 @@ def train_augment(
 
     timm order: RandomResizedCrop -> hflip -> RandAugment (what timm's loader ships with
     use_prefetcher=True; normalisation and random erasing follow on the device). `mean` is only
-    RandAugment's fill colour.
+    RandAugment's fill colour. With config.resampler 'cv2' the image is a uint8 array from the crop
+    on (PIL only inside RandAugment's pixel ops).
     """
     if config.random_resized_crop and config.fast_decode and isinstance(img, (bytes, bytearray)):
         img = draft_random_resized_crop(
-            bytes(img), rng, image_size, config.scale, config.ratio, config.interpolation
+            bytes(img), rng, image_size, config.scale, config.ratio, config.interpolation, config.resampler
         )
+    elif config.random_resized_crop and config.resampler == "cv2":
+        img = cv2_random_resized_crop(img, rng, image_size, config.scale, config.ratio, config.interpolation)
     elif config.random_resized_crop:
         img = random_resized_crop(
             to_pil_rgb(img), rng, image_size, config.scale, config.ratio, config.interpolation
@@ -344,14 +383,17 @@ def train_augment(
         interp = "bicubic" if config.interpolation == "random" else config.interpolation
         img = resize_and_center_crop(img, image_size, 1.0, "center", interp)
     if config.hflip > 0 and rng.random() < config.hflip:
-        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if isinstance(img, np.ndarray):
+            img = opencv_ops.hflip(img)
+        else:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if config.auto_augment:
         # timm's RandAugment hparams: fill with the mean colour; translate_const from the image size;
         # geometric ops pick their filter at random unless a fixed training interpolation is set.
         fixed = None if config.interpolation == "random" else pil_interpolation(config.interpolation)
-        ra = _rand_augment(config.auto_augment, tuple(mean), image_size, fixed)
+        ra = _rand_augment(config.auto_augment, tuple(mean), image_size, fixed, config.resampler)
         img = ra(img, rng)
-    return np.asarray(img)  # the one copy out of PIL; already uint8 RGB
+    return np.asarray(img)  # uint8 RGB; a copy only when the last step was a PIL one
 
 
 def train_transform(
@@ -377,11 +419,15 @@ def train_transform(
 _RA_CACHE: dict = {}
 
 
-def _rand_augment(config_str, mean, image_size, interpolation):
-    key = (config_str, mean, image_size, interpolation)
+def _rand_augment(config_str, mean, image_size, interpolation, resampler="pil"):
+    key = (config_str, mean, image_size, interpolation, resampler)
     if key not in _RA_CACHE:
         fill = tuple(min(255, round(255 * m)) for m in mean)
         _RA_CACHE[key] = rand_augment_transform(
-            config_str, fill=fill, interpolation=interpolation, translate_const=int(image_size * 0.45)
+            config_str,
+            fill=fill,
+            interpolation=interpolation,
+            translate_const=int(image_size * 0.45),
+            resampler=resampler,
         )
     return _RA_CACHE[key]

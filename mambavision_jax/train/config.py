@@ -51,6 +51,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Approximate JPEG decoding at 1/2..1/8 size when a crop is downscaled >= 2x (TrainAugConfig);
     # off: the exact path, pixel-identical to timm's transform (benchmarks/RESULTS.md)
     c.data.fast_decode = False
+    # "cv2": the crop's resize and RandAugment's geometric ops / Sharpness with OpenCV (approximate,
+    # ~1.7x less CPU per image; statistics in benchmarks/RESULTS.md); "pil": the exact path,
+    # pixel-identical to timm's transform (TrainAugConfig.resampler)
+    c.data.resampler = "cv2"
 
     c.batch_size = 4096  # global, over all hosts and devices
     c.eval_batch_size = -1  # -1: batch_size
@@ -165,6 +169,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
         c.data.re_mode in ("pixel", "rand", "const"),
         "data.re_mode",
         f"pixel, rand or const, got {c.data.re_mode!r}",
+    )
+    need(
+        c.data.resampler in ("cv2", "pil"),
+        "data.resampler",
+        f"cv2 (fast, approximate) or pil (exact, timm's pixels), got {c.data.resampler!r}",
     )
     need(0.0 <= c.data.re_prob <= 1.0, "data.re_prob", f"must be in [0, 1], got {c.data.re_prob}")
     need(0.0 <= c.mixup.prob <= 1.0, "mixup.prob", f"must be in [0, 1], got {c.mixup.prob}")

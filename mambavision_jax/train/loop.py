@@ -45,6 +45,7 @@ def train_augment_config(config) -> mvdata.TrainAugConfig:
         re_mode=d.re_mode,
         re_count=d.re_count,
         fast_decode=d.fast_decode,
+        resampler=d.resampler,
     )
 
 
