@@ -565,66 +565,24 @@ def _demo_config(steps: int):
 
 def demo_loop(workdir: str, steps: int, data_dir: str) -> float:
     """img/s that `python train.py --config configs/demo.py` logs, after the first (compiling) log."""
-    import json
+    from train_report import logged_img_per_s
 
     from mambavision_jax.train.loop import train_and_evaluate
 
     c = _demo_config(steps)
     c.data.dir = data_dir
     train_and_evaluate(c, workdir)
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
-    ips = [r["img_per_s"] for r in rows if "img_per_s" in r][1:]
-    return float(np.mean(ips))
+    return float(np.mean(logged_img_per_s(workdir)[1:]))
 
 
 def demo_bare_step(steps: int, data_dir: str) -> float:
     """img/s of the demo's jitted train_step alone, on one fixed uint8 batch already on the devices
-    (built as train/loop.py builds it)."""
-    import jax
-
-    from mambavision_jax import data as mvdata
-    from mambavision_jax.models.registry import pretrained_cfg
-    from mambavision_jax.train import sharding as shd
-    from mambavision_jax.train.optim import make_optimizer
-    from mambavision_jax.train.schedule import make_schedule
-    from mambavision_jax.train.state import create_train_state, graphdefs
-    from mambavision_jax.train.steps import make_train_step
+    (built by train/loop.py's `build_train_program`, as the loop builds it)."""
+    from train_report import bare_step_img_per_s
 
     c = _demo_config(steps)
-    mesh = shd.make_mesh(c.mesh.data, c.mesh.fsdp)
-    info = mvdata.dataset_info(c.data.name, data_dir)
-    spe = info.splits[c.data.train_split] // c.batch_size
-    schedule = make_schedule(c, spe)
-    tx = make_optimizer(c, spe, schedule=schedule)
-    train_gd, eval_gd = graphdefs(c, info.num_classes, 1, mesh)
-    state, shardings = create_train_state(c, info.num_classes, 1, tx, mesh)
-    cfg = pretrained_cfg(c.model.name)
-    step = jax.jit(
-        make_train_step(
-            c, train_gd, eval_gd, tx, schedule, info.num_classes, spe, 1, mean=cfg.mean, std=cfg.std
-        ),
-        in_shardings=(shardings, shd.batch_sharding(mesh)),
-        out_shardings=(shardings, shd.replicated(mesh)),
-        donate_argnums=(0,),
-    )
-    rng = np.random.default_rng(0)
-    size = c.data.image_size
-    batch = shd.global_batch(
-        {
-            "image": rng.integers(0, 256, (c.batch_size, size, size, 3), np.uint8),
-            "label": rng.integers(0, info.num_classes, c.batch_size, np.int32),
-        },
-        mesh,
-    )
-    for _ in range(3):
-        state, m = step(state, batch)
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, m = step(state, batch)
-    jax.block_until_ready(m)
-    return steps * c.batch_size / (time.perf_counter() - t0)
+    c.data.dir = data_dir
+    return bare_step_img_per_s(c, steps)
 
 
 def demo_report(rounds: int, steps: int) -> None:

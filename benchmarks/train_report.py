@@ -137,15 +137,15 @@ def pipeline_img_per_s(a) -> tuple[float, dict]:
     return ips, {"workers": workers, "threads": threads}
 
 
-def bare_step_img_per_s(a, steps: int) -> float:
-    """img/s of train.py's jitted train step alone, on one fixed uint8 batch on the devices."""
+def bare_step_img_per_s(c, steps: int) -> float:
+    """img/s of train.py's jitted train step for config `c` alone (`loop.build_train_program`), on
+    one fixed uint8 batch on the devices."""
     import jax
 
     from mambavision_jax import data as mvdata
     from mambavision_jax.train import sharding as shd
     from mambavision_jax.train.loop import build_train_program
 
-    c = load_config(a.config, a)
     info = mvdata.dataset_info(c.data.name, c.data.dir)
     mesh = shd.make_mesh(c.mesh.data, c.mesh.fsdp)
     program = build_train_program(c, mesh, info.num_classes, info.splits[c.data.train_split] // c.batch_size)
@@ -177,12 +177,17 @@ def loop_img_per_s(a) -> tuple[float, list[float]]:
     log(" ".join(cmd))
     with open(os.path.join(a.out, "train.log"), "w") as f:
         subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, timeout=a.stage_timeout, cwd=ROOT)
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
-    ips = [r["img_per_s"] for r in rows if "img_per_s" in r]
+    ips = logged_img_per_s(workdir)
     if len(ips) < 2:
         raise SystemExit(f"train.py logged {len(ips)} windows; raise --steps / lower --log_every")
     return float(np.median(ips[1:])), ips
+
+
+def logged_img_per_s(workdir: str) -> list[float]:
+    """The img/s of every train log window of a run, from its metrics.jsonl."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [r["img_per_s"] for r in rows if "img_per_s" in r]
 
 
 def profile_loop(a) -> str:
@@ -232,7 +237,7 @@ def main(argv=None) -> int:
     log(
         f"input pipeline alone: {pipe:.0f} img/s ({workers['workers']} workers x {workers['threads']} threads)"
     )
-    step = bare_step_img_per_s(a, a.bare_steps)
+    step = bare_step_img_per_s(load_config(a.config, a), a.bare_steps)
     log(f"bare train step: {step:.0f} img/s")
     loop, windows = loop_img_per_s(a)
     log(f"train.py loop: {loop:.0f} img/s (windows: {', '.join(f'{v:.0f}' for v in windows)})")

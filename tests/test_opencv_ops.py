@@ -224,12 +224,12 @@ def test_bad_resampler_is_one_clear_error():
 
 def test_training_loop_threads_the_resampler_through():
     from mambavision_jax.train.config import base_config
-    from mambavision_jax.train.loop import _augment
+    from mambavision_jax.train.loop import train_augment_config
 
     c = base_config()
-    assert _augment(c).resampler == "cv2"
+    assert train_augment_config(c).resampler == "cv2"
     c.data.resampler = "pil"
-    assert _augment(c).resampler == "pil"
+    assert train_augment_config(c).resampler == "pil"
 
 
 def test_exact_random_resized_crop_is_unchanged_by_the_default():
