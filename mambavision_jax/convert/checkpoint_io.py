@@ -281,18 +281,9 @@ def check_output_file(path: str | Path, *, overwrite: bool = False) -> Path:
     overwrite) an existing file. Called before any work, so a refusal costs nothing."""
     if not os.fspath(path):
         raise ValueError("the output path is empty; name a file")
-    if is_remote(path):  # an object store: no folders to check, no devices
-        path = as_path(path)
-        if path.is_dir():
-            raise IsADirectoryError(
-                f"{path} is a folder; name the output file inside it, e.g. "
-                f"{path / 'model.pth.tar'} or {path / 'model.safetensors'}"
-            )
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
-        return path
-    path = Path(path).absolute()
-    if path.exists() and not path.is_dir() and not path.is_file():
+    remote = is_remote(path)  # an object store: no devices, no parent folders to check
+    path = as_path(path) if remote else Path(path).absolute()
+    if not remote and path.exists() and not path.is_dir() and not path.is_file():
         # os.replace would swap a device or pipe (e.g. /dev/null) for a regular file
         raise ValueError(f"{path} is not a regular file (a device, pipe or socket); name a file")
     if path.is_dir():
@@ -302,6 +293,8 @@ def check_output_file(path: str | Path, *, overwrite: bool = False) -> Path:
         )
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
+    if remote:
+        return path
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise NotADirectoryError(f"cannot write {path}: {parent} is a file, not a folder")
