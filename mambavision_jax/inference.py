@@ -591,11 +591,7 @@ def check_output_file(flag: str, path: str) -> None:
     """An output file's folder must exist and the path must not be a folder: checked before work.
     (An object store has no folders to create: there only a folder of that name is refused.)"""
     p = path_of(path)
-    if is_remote(p):
-        if p.is_dir():
-            raise IsADirectoryError(f"{flag} {path} is a folder; give a file name")
-        return
     if p.is_dir():
         raise IsADirectoryError(f"{flag} {path} is a folder; give a file name")
-    if not p.absolute().parent.is_dir():
+    if not is_remote(p) and not p.absolute().parent.is_dir():
         raise FileNotFoundError(f"{flag} {path}: the folder {p.absolute().parent} does not exist")
