@@ -572,7 +572,10 @@ def demo_loop(workdir: str, steps: int, data_dir: str) -> float:
     c = _demo_config(steps)
     c.data.dir = data_dir
     train_and_evaluate(c, workdir)
-    return float(np.mean(logged_img_per_s(workdir)[1:]))
+    ips = logged_img_per_s(workdir)
+    if len(ips) < 2:  # the first window holds the compile
+        raise SystemExit(f"--demo_steps {steps}: give at least 2 x the demo's {c.log_every_steps} log steps")
+    return float(np.mean(ips[1:]))
 
 
 def demo_bare_step(steps: int, data_dir: str) -> float:
