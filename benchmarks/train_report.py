@@ -97,7 +97,9 @@ def make_data(a) -> None:
         DATA_NAME,
     ]
     cmd += ["--data_dir", a.data_dir, "--val_fraction", "0.1", "--num_workers", str(min(os.cpu_count(), 16))]
-    subprocess.run(cmd, check=True, timeout=a.stage_timeout)
+    rc = subprocess.run(cmd, timeout=a.stage_timeout).returncode
+    if rc:
+        raise SystemExit(f"make_folder_dataset failed (exit {rc}): its message is above")
     log(f"TFDS data set {DATA_NAME} built ({time.perf_counter() - t0:.0f} s)")
 
 
@@ -176,7 +178,11 @@ def loop_img_per_s(a) -> tuple[float, list[float]]:
     cmd += [f"--config.{k}={v}" for k, v in overrides(a).items()]
     log(" ".join(cmd))
     with open(os.path.join(a.out, "train.log"), "w") as f:
-        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, timeout=a.stage_timeout, cwd=ROOT)
+        rc = subprocess.run(
+            cmd, stdout=f, stderr=subprocess.STDOUT, timeout=a.stage_timeout, cwd=ROOT
+        ).returncode
+    if rc:
+        raise SystemExit(f"train.py failed (exit {rc}); its log: {f.name}")
     ips = logged_img_per_s(workdir)
     if len(ips) < 2:
         raise SystemExit(f"train.py logged {len(ips)} windows; raise --steps / lower --log_every")
@@ -220,6 +226,12 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true", help="profile the loop if it falls short")
     p.add_argument("--stage_timeout", type=float, default=300, help="seconds per subprocess stage")
     a = p.parse_args(argv)
+    if not os.path.isfile(a.config):
+        p.error(f"--config {a.config}: no such file")
+    if min(a.images, a.classes, a.batch, a.steps, a.log_every, a.pipeline_batches, a.bare_steps) < 1:
+        p.error(
+            "--images, --classes, --batch, --steps, --log_every, --pipeline_batches, --bare_steps must be >= 1"
+        )
     a.out = os.path.abspath(a.out)
     a.config = os.path.abspath(a.config)
     a.data_dir = os.path.join(a.out, "tfds")
