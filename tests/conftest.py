@@ -5,7 +5,6 @@ A bare `pytest` behaves as `bash scripts/test.sh` does (which sets the same XLA 
 
 import os
 import sys
-from pathlib import Path
 
 # JAX reads XLA_FLAGS once, when it creates its CPU backend: ask for 8 host devices before anything
 # imports jax (the sharding tests need 8). An explicit device count in XLA_FLAGS is kept.
@@ -23,6 +22,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/helpers.py, official.py, small_train_config.py
+
+from train_runs import compile_cache_vars  # noqa: E402
 
 # The reference packages are part of the test environment (scripts/test.sh installs them): a missing
 # one is an error, never a silently skipped parity check.
@@ -66,11 +67,5 @@ def digits_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def compile_cache_env():
-    """Environment variables that make a subprocess (train.py, a notebook kernel) use one persistent
-    XLA compilation cache shared by every run: the runs compile the same steps."""
-    cache = Path(os.environ.get("TMPDIR", "/tmp")) / f"mambavision_jax_test_cache_{os.getuid()}"
-    return {
-        "JAX_COMPILATION_CACHE_DIR": str(cache),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    }
+    """Environment variables for one persistent XLA compilation cache shared by every subprocess."""
+    return compile_cache_vars()

@@ -5,13 +5,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from train_runs import run_losses, train_cmd, train_env
 
 from mambavision_jax.train import sharding as shd
 from mambavision_jax.train.loop import NonFiniteLossError, check_finite, report_train_metrics
@@ -207,39 +207,7 @@ class _NullWriter:
 
 
 # ------------------------------------------------------------------ end-to-end runs (subprocesses)
-@pytest.fixture
-def train_env(compile_cache_env):
-    """The environment of a train.py subprocess with `devices` host devices."""
-
-    def env(devices: int):
-        return {
-            **os.environ,
-            **compile_cache_env,
-            "PYTHONPATH": str(ROOT),
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-        }
-
-    return env
-
-
-def _train_cmd(workdir, *overrides):
-    return [
-        sys.executable,
-        str(ROOT / "train.py"),
-        "--config",
-        str(ROOT / "tests" / "small_train_config.py"),
-        "--workdir",
-        str(workdir),
-        *overrides,
-    ]
-
-
-def _losses(workdir):
-    rows = [json.loads(l) for l in open(Path(workdir) / "metrics.jsonl")]
-    return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
-
-
-def test_kill_and_resume_gives_the_same_losses(tmp_path, digits_dir, train_env):
+def test_kill_and_resume_gives_the_same_losses(tmp_path, digits_dir):
     common = [
         f"--config.data.dir={digits_dir}",
         "--config.total_steps=10",
@@ -248,13 +216,13 @@ def test_kill_and_resume_gives_the_same_losses(tmp_path, digits_dir, train_env):
         "--config.eval_every_steps=100",
     ]
     ref = tmp_path / "ref"
-    subprocess.run(_train_cmd(ref, *common), check=True, env=train_env(2), capture_output=True, timeout=600)
+    subprocess.run(train_cmd(ref, *common), check=True, env=train_env(2), capture_output=True, timeout=600)
 
     # SIGKILL as soon as the run reports step 7 (checkpoint 6 was requested; three steps remain), read
     # from its own stdout: no polling interval for the run to outpace.
     run = tmp_path / "run"
     proc = subprocess.Popen(
-        _train_cmd(run, *common),
+        train_cmd(run, *common),
         env={**train_env(2), "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -272,30 +240,30 @@ def test_kill_and_resume_gives_the_same_losses(tmp_path, digits_dir, train_env):
     finally:
         proc.kill()
         proc.wait()
-    assert max(_losses(run)) < 10, "the run finished before it was killed"
+    assert max(run_losses(run)) < 10, "the run finished before it was killed"
 
     out = subprocess.run(
-        _train_cmd(run, *common), check=True, env=train_env(2), capture_output=True, text=True, timeout=600
+        train_cmd(run, *common), check=True, env=train_env(2), capture_output=True, text=True, timeout=600
     )
     # The resumed run starts from the newest checkpoint that was complete at the kill: 6, or 3 when
     # the kill interrupted the asynchronous write of 6.
     resumed_from = int(re.search(r"resumed from \S+ at step (\d+)", out.stdout).group(1))
     assert resumed_from in (3, 6), out.stdout
-    ref_losses, losses = _losses(ref), _losses(run)
+    ref_losses, losses = run_losses(ref), run_losses(run)
     resumed = [s for s in losses if s > resumed_from]
     assert resumed == list(range(resumed_from + 1, 11))
     for s in resumed:
         assert losses[s] == pytest.approx(ref_losses[s], rel=1e-6), s
 
 
-def test_two_processes_train_evaluate_and_checkpoint(tmp_path, digits_dir, train_env):
+def test_two_processes_train_evaluate_and_checkpoint(tmp_path, digits_dir):
     import portpicker
 
     port = portpicker.pick_unused_port()
     workdir = tmp_path / "mp"
     procs = [
         subprocess.Popen(
-            _train_cmd(
+            train_cmd(
                 workdir,
                 f"--config.data.dir={digits_dir}",
                 "--config.total_steps=4",
@@ -345,9 +313,9 @@ def test_two_processes_train_evaluate_and_checkpoint(tmp_path, digits_dir, train
     )
 
 
-def test_unknown_config_field_is_an_error(tmp_path, train_env):
+def test_unknown_config_field_is_an_error(tmp_path):
     out = subprocess.run(
-        _train_cmd(tmp_path, "--config.no_such_field=1"),
+        train_cmd(tmp_path, "--config.no_such_field=1"),
         env=train_env(1),
         capture_output=True,
         text=True,
@@ -368,9 +336,9 @@ def test_unknown_config_field_is_an_error(tmp_path, train_env):
         ("--config.keep_checkpoints=0", "error: config.keep_checkpoints: must be >= 1, got 0"),
     ],
 )
-def test_bad_config_override_is_one_line_and_exit_code_2(tmp_path, override, message, train_env):
+def test_bad_config_override_is_one_line_and_exit_code_2(tmp_path, override, message):
     out = subprocess.run(
-        _train_cmd(tmp_path / "w", override), env=train_env(1), capture_output=True, text=True, timeout=300
+        train_cmd(tmp_path / "w", override), env=train_env(1), capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 2 and out.stderr.startswith(message), out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "w").exists()
