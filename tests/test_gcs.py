@@ -103,28 +103,19 @@ def gcs(tmp_path_factory):
                 os.environ[k] = v
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from mambavision_jax.data import build_digits
-
-    d = str(tmp_path_factory.mktemp("tfds"))
-    build_digits(d)
-    return d
-
-
 def _env(gcs, devices=2):
     env = train_env(devices, **gcs[0])
     env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
     return env
 
 
-def test_train_in_a_bucket_killed_and_resumed_gives_the_same_losses(gcs, data_dir, tmp_path):
+def test_train_in_a_bucket_killed_and_resumed_gives_the_same_losses(gcs, digits_dir, tmp_path):
     """The demo-sized config with a local data dir and `--workdir gs://...`: checkpoints, best/,
     the per-host iterator JSON, metrics.jsonl, config.json and TensorBoard land in the bucket; a
     run SIGKILLed mid-way resumes with the losses of an uninterrupted run."""
     env, fs = _env(gcs), gcs[1]
     common = [
-        f"--config.data.dir={data_dir}",
+        f"--config.data.dir={digits_dir}",
         "--config.total_steps=8",
         "--config.checkpoint_every_steps=3",
         "--config.log_every_steps=1",
@@ -178,7 +169,7 @@ def test_train_in_a_bucket_killed_and_resumed_gives_the_same_losses(gcs, data_di
         assert f"{BUCKET}/run/{f}" in files, f
     assert any("/run/tensorboard/events.out.tfevents." in f for f in files)
     config = json.loads(fs.cat(f"{BUCKET}/run/config.json"))
-    assert config["total_steps"] == 8 and config["data"]["dir"] == data_dir
+    assert config["total_steps"] == 8 and config["data"]["dir"] == digits_dir
     rows = [json.loads(l) for l in fs.cat(f"{BUCKET}/run/metrics.jsonl").decode().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [8]
     assert not list(tmp_path.iterdir()), "a gs:// path was written to the local disk"

@@ -23,20 +23,11 @@ COMMON = [
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from mambavision_jax.data import build_digits
-
-    d = str(tmp_path_factory.mktemp("tfds"))
-    build_digits(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def ref_losses(data_dir, tmp_path_factory):
+def ref_losses(digits_dir, tmp_path_factory):
     """{step: loss} of the same 2-process run, uninterrupted (how the processes agree on a
     preemption step does not change the numbers)."""
     logs = tmp_path_factory.mktemp("ref")
-    procs = _launch(logs / "ref", data_dir, logs)
+    procs = _launch(logs / "ref", digits_dir, logs)
     assert _finish(procs, []) == [0, 0], (logs / "err0.txt").read_text()[-3000:]
     return train_losses((logs / "ref" / "metrics.jsonl").read_text())
 
@@ -106,16 +97,16 @@ def _preempt_and_resume(tmp_path, data_dir, ref_losses, **env) -> int:
     return step
 
 
-def test_sigterm_to_one_process_checkpoints_every_host_and_resumes_exactly(tmp_path, data_dir, ref_losses):
-    _preempt_and_resume(tmp_path, data_dir, ref_losses)  # JAX's preemption service picks the step
+def test_sigterm_to_one_process_checkpoints_every_host_and_resumes_exactly(tmp_path, digits_dir, ref_losses):
+    _preempt_and_resume(tmp_path, digits_dir, ref_losses)  # JAX's preemption service picks the step
 
 
 @pytest.mark.slow  # two more 2-process launches: 240 s on the shared 2-core machine
-def test_without_jax_preemption_service_the_flags_are_all_gathered(tmp_path, data_dir, ref_losses):
+def test_without_jax_preemption_service_the_flags_are_all_gathered(tmp_path, digits_dir, ref_losses):
     """jax_enable_preemption_service off: the SIGTERM flag is exchanged every 4 steps, so the
     processes stop together at a multiple of 4."""
     step = _preempt_and_resume(
-        tmp_path, data_dir, ref_losses, JAX_ENABLE_PREEMPTION_SERVICE="false", **{SYNC_EVERY_ENV: "4"}
+        tmp_path, digits_dir, ref_losses, JAX_ENABLE_PREEMPTION_SERVICE="false", **{SYNC_EVERY_ENV: "4"}
     )
     assert step % 4 == 0, step
 
