@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from mambavision_jax import data as mvdata
@@ -81,12 +81,15 @@ class Evaluator:
         sums = dict.fromkeys(weights)
         for batch in self.batches():
             for prefix, (params, stats) in weights.items():
-                out = self.eval_step(params, stats, state.rngs, batch)
-                sums[prefix] = out if sums[prefix] is None else jax.tree.map(jnp.add, sums[prefix], out)
+                # Summed on the host (the step's outputs are replicated scalars): an eager jnp.add of
+                # arrays that span several processes is one more multi-process program, and two
+                # processes were seen to stall in it, both waiting.
+                out = jax.device_get(self.eval_step(params, stats, state.rngs, batch))
+                sums[prefix] = out if sums[prefix] is None else jax.tree.map(np.add, sums[prefix], out)
         if sums[""] is None:
             d = self.config.data
             raise ValueError(f"config.data.eval_split={d.eval_split!r}: {d.name} gave no eval examples")
         result = {}
         for prefix, s in sums.items():
-            result.update(summarize(jax.device_get(s), prefix))
+            result.update(summarize(s, prefix))
         return result
