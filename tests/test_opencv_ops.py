@@ -117,6 +117,33 @@ def test_cv2_ops_are_close_to_pil(name):
     assert not np.array_equal(np.asarray(ref), np.asarray(img))  # the ops did something
 
 
+def _lut_op_images():
+    """A photo and the histograms that take the ops' special branches: one channel constant
+    (AutoContrast / Equalize leave it), a few levels (Equalize's integer steps), all one colour."""
+    photo = _photo(61, 47, seed=3)
+    flat_green = photo.copy()
+    flat_green[..., 1] = 77
+    rng = np.random.default_rng(4)
+    few_levels = (rng.integers(0, 4, (33, 29, 3)) * 60 + 10).astype(np.uint8)
+    return [photo, flat_green, few_levels, np.full((9, 7, 3), 200, np.uint8)]
+
+
+@pytest.mark.parametrize("name", sorted(opencv_ops.LUT_OPS))
+def test_cv2_table_lookup_ops_are_pils_pixels(name):
+    hparams = {"translate_const": 40, "translate_pct": 0.45}
+    changed = False
+    for arr in _lut_op_images():
+        for magnitude in (0.0, 2.0, 5.5, 9.0, 10.0):
+            for negate in (False, True):
+                kw = dict(negate=negate, hparams=hparams)
+                ref = np.asarray(ra.apply_op(Image.fromarray(arr), name, magnitude, **kw))
+                out = ra.apply_op(arr, name, magnitude, resampler="cv2", **kw)
+                assert isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == arr.shape
+                np.testing.assert_array_equal(out, ref, err_msg=f"{name} m={magnitude} negate={negate}")
+                changed |= not np.array_equal(out, arr)
+    assert changed, name  # the op did something somewhere
+
+
 def test_cv2_affine_fill_colour_and_identity():
     arr = _photo(64, 48)
     # shifted right by 30 px: the uncovered left columns are exactly the fill colour

@@ -1,9 +1,9 @@
 """OpenCV versions of the training augmentation's costly steps: the fast (approximate) resampler.
 
-`TrainAugConfig(resampler="cv2")` (the default) runs the crop's resize, RandAugment's geometric ops
-(rotate, shear, translate) and Sharpness here, on uint8 HWC arrays, instead of in PIL; everything
-else (the random draws, the other RandAugment ops, decoding) is what the exact path does. OpenCV's
-resampling is 3-5x cheaper than PIL's but not pixel-identical:
+`TrainAugConfig(resampler="cv2")` (the default) runs the crop's resize and RandAugment's ops here,
+on uint8 HWC arrays, instead of in PIL (Color stays PIL's); the random draws and the
+decoding are what the exact path does. OpenCV's resampling is 3-5x cheaper than PIL's but not
+pixel-identical:
 
 - resize: a crop shrunk less than 2x is prefiltered (a Gaussian of the variance PIL's anti-aliasing
   adds) and resized bilinearly, one shrunk more uses INTER_AREA (pixel-area averaging), an axis
@@ -13,6 +13,10 @@ resampling is 3-5x cheaper than PIL's but not pixel-identical:
   (up to OpenCV's 5-bit sub-pixel positions), bicubic differs by OpenCV's kernel (a = -0.75);
 - Sharpness: PIL's SMOOTH kernel (border pixels kept) blended with the image as `Image.blend` does,
   up to the rounding of the 3x3 filter.
+
+The table-lookup ops (`LUT_OPS`: AutoContrast, Equalize, Invert, Posterize, Solarize, SolarizeAdd,
+Brightness, Contrast) are exact: the same tables as PIL's, applied with `cv2.LUT` without a round trip
+through a PIL image.
 
 benchmarks/input_pipeline.py --resampler_stats compares the two paths' outputs with the same
 draws (statistics in benchmarks/RESULTS.md). `decode_rgb_array` is exact: for baseline RGB JPEGs it
@@ -121,6 +125,104 @@ def resized_crop(
         crop = cv2.resize(crop, (size, h), interpolation=cv2.INTER_AREA)
     flag = cv2.INTER_LINEAR_EXACT if resample == Image.Resampling.BILINEAR else _flag(resample)
     return cv2.resize(crop, (size, size), interpolation=flag)
+
+
+# ---- RandAugment's table-lookup ops: PIL's tables, pixel for pixel (ImageOps, ImageEnhance) ----
+
+_LEVELS = np.arange(256)
+
+
+def _apply_lut(arr: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """lut (256,) for every channel, or (256, C) one column per channel."""
+    lut = np.asarray(lut).astype(np.uint8)
+    if lut.ndim == 2:
+        lut = np.ascontiguousarray(lut).reshape(1, 256, lut.shape[1])
+    return _cv2().LUT(arr, lut)
+
+
+def autocontrast(arr: np.ndarray) -> np.ndarray:
+    """`ImageOps.autocontrast(img)`: each channel's [min, max] stretched to [0, 255]."""
+    cv2, luts = _cv2(), []
+    for channel in cv2.split(arr):
+        lo, hi = (int(v) for v in cv2.minMaxLoc(channel)[:2])
+        if hi <= lo:
+            luts.append(_LEVELS)
+        else:
+            scale = 255.0 / (hi - lo)
+            luts.append(np.clip((_LEVELS * scale + -lo * scale).astype(np.int64), 0, 255))
+    return _apply_lut(arr, np.stack(luts, 1))
+
+
+def equalize(arr: np.ndarray) -> np.ndarray:
+    """`ImageOps.equalize(img)`: each channel's histogram equalised with PIL's integer steps."""
+    cv2, luts = _cv2(), []
+    for c in range(arr.shape[2]):
+        hist = cv2.calcHist([arr], [c], None, [256], [0, 256]).ravel().astype(np.int64)
+        used = hist[hist > 0]
+        step = (int(used.sum()) - int(used[-1])) // 255 if len(used) > 1 else 0
+        if not step:
+            luts.append(_LEVELS)
+        else:
+            below = np.concatenate([[0], np.cumsum(hist)[:-1]])  # pixels darker than each level
+            luts.append(np.minimum((step // 2 + below) // step, 255))
+    return _apply_lut(arr, np.stack(luts, 1))
+
+
+def invert(arr: np.ndarray) -> np.ndarray:
+    return _cv2().bitwise_not(arr)
+
+
+def posterize(arr: np.ndarray, bits: int) -> np.ndarray:
+    """Keep the top `bits` bits; 0 bits gives black, as `rand_augment._posterize`."""
+    if bits >= 8:
+        return arr
+    if bits <= 0:
+        return np.zeros_like(arr)
+    return _apply_lut(arr, _LEVELS & ~(2 ** (8 - bits) - 1))
+
+
+def solarize(arr: np.ndarray, threshold: int) -> np.ndarray:
+    return _apply_lut(arr, np.where(_LEVELS < threshold, _LEVELS, 255 - _LEVELS))
+
+
+def solarize_add(arr: np.ndarray, add: int, threshold: int = 128) -> np.ndarray:
+    return _apply_lut(arr, np.where(_LEVELS < threshold, np.minimum(255, _LEVELS + add), _LEVELS))
+
+
+def _blend_table(base: int, factor: float) -> np.ndarray:
+    """`Image.blend` of a constant image `base` and the image, per level: base + factor * (level -
+    base) in C float, truncated and clipped to 0..255, as PIL computes it."""
+    return np.clip(np.float32(base) + np.float32(factor) * (_LEVELS - base).astype(np.float32), 0, 255)
+
+
+def brightness(arr: np.ndarray, factor: float) -> np.ndarray:
+    """`ImageEnhance.Brightness(img).enhance(factor)`: the image blended with black."""
+    return _apply_lut(arr, _blend_table(0, factor))
+
+
+def contrast(arr: np.ndarray, factor: float) -> np.ndarray:
+    """`ImageEnhance.Contrast(img).enhance(factor)`: the image blended with the grey of its mean
+    luma (PIL's own RGB -> L conversion, rounded as ImageStat's mean is)."""
+    luma = np.asarray(Image.fromarray(arr).convert("L"))
+    mean = int(int(luma.sum(dtype=np.int64)) / luma.size + 0.5)
+    return _apply_lut(arr, _blend_table(mean, factor))
+
+
+LUT_OPS = {
+    "AutoContrast": autocontrast,
+    "Equalize": equalize,
+    "Invert": invert,
+    "Posterize": posterize,
+    "PosterizeIncreasing": posterize,
+    "PosterizeOriginal": posterize,
+    "Solarize": solarize,
+    "SolarizeIncreasing": solarize,
+    "SolarizeAdd": solarize_add,
+    "Brightness": brightness,
+    "BrightnessIncreasing": brightness,
+    "Contrast": contrast,
+    "ContrastIncreasing": contrast,
+}
 
 
 def affine(arr: np.ndarray, matrix, resample: int, fill) -> np.ndarray:

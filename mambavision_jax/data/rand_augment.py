@@ -5,7 +5,8 @@ magnitude -> argument maps are timm's, line for line (tests/test_preprocess.py c
 against timm's own functions). The one change: randomness comes from an explicit
 `np.random.Generator` (seeded per example by the pipeline) instead of the global `random` /
 `np.random` state, so a data stream is reproducible and resumable; the distributions are timm's.
-`resampler="cv2"` swaps the costly ops (geometric, Sharpness) for approximate OpenCV versions.
+`resampler="cv2"` swaps the costly ops (geometric, Sharpness) for approximate OpenCV versions and
+runs the table-lookup ops on arrays (exact).
 """
 
 from __future__ import annotations
@@ -191,10 +192,13 @@ def apply_op(
     """Apply one op at a fixed magnitude and sign (deterministic; for tests and reuse).
 
     resampler 'pil': timm's op on a PIL image. 'cv2': the geometric ops and Sharpness run with
-    OpenCV on a uint8 array (`opencv_ops`, approximate), the others with PIL; `img` may then be a
-    PIL image or a uint8 HWC array, and so may the result (np.asarray gives its pixels).
+    OpenCV on a uint8 array (`opencv_ops`, approximate), the table-lookup ops on the array too
+    (`opencv_ops.LUT_OPS`, exact), Color with PIL; `img` may then be a PIL image or a
+    uint8 HWC array, and so may the result (np.asarray gives its pixels).
     """
     args = op_args(name, magnitude, negate, hparams)
+    if resampler == "cv2" and name in opencv_ops.LUT_OPS:
+        return opencv_ops.LUT_OPS[name](opencv_ops.as_array(img), *args)
     if resampler == "cv2" and (name in _GEOMETRIC or name.startswith("Sharpness")):
         arr = opencv_ops.as_array(img)
         if name == "Rotate":
@@ -218,7 +222,8 @@ class RandAugment:
     [0, magnitude]), clipped to [0, magnitude_max or 10], as timm's AugmentOp does.
     interpolation None = bilinear or bicubic at random per geometric op (timm's default when the
     training interpolation is 'random'). resampler 'cv2': the approximate OpenCV geometric ops and
-    Sharpness (`apply_op`), with the same random draws as 'pil' (timm's pixels).
+    Sharpness and the exact array versions of the table-lookup ops (`apply_op`), with the same
+    random draws as 'pil' (timm's pixels).
     """
 
     ops: tuple[str, ...] = RAND_TRANSFORMS

@@ -150,8 +150,9 @@ class TrainAugConfig:
 
     resampler: 'cv2' (default) resizes the crop and runs RandAugment's geometric ops and Sharpness
     with OpenCV (`opencv_ops`: ~1.7x less CPU per image, approximate; output statistics beside the
-    exact path's in benchmarks/RESULTS.md); 'pil' is the exact path, pixel-identical to timm's
-    transform. Both make the same random draws, so the same seed gives the same crops, flips and ops.
+    exact path's in benchmarks/RESULTS.md) and its table-lookup ops on arrays (exact); 'pil' is the
+    exact path, pixel-identical to timm's transform. Both make the same random draws, so the same
+    seed gives the same crops, flips and ops.
     """
 
     random_resized_crop: bool = True

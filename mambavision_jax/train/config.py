@@ -52,8 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
     # off: the exact path, pixel-identical to timm's transform (benchmarks/RESULTS.md)
     c.data.fast_decode = False
     # "cv2": the crop's resize and RandAugment's geometric ops / Sharpness with OpenCV (approximate,
-    # ~1.7x less CPU per image; statistics in benchmarks/RESULTS.md); "pil": the exact path,
-    # pixel-identical to timm's transform (TrainAugConfig.resampler)
+    # ~1.7x less CPU per image; statistics in benchmarks/RESULTS.md), its table-lookup ops on arrays
+    # (exact); "pil": the exact path, pixel-identical to timm's transform (TrainAugConfig.resampler)
     c.data.resampler = "cv2"
 
     c.batch_size = 4096  # global, over all hosts and devices
