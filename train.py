@@ -17,7 +17,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mambavision_jax.cli import EXIT_USER_ERROR, debug_requested
+from mambavision_jax.cli import debug_requested
+from mambavision_jax.errors import EXIT_NON_FINITE, EXIT_USER_ERROR
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py).", lock_config=True
@@ -38,8 +39,6 @@ _AUTO = flags.DEFINE_bool(
     "Call jax.distributed.initialize() with the cluster auto-detected (TPU pods, SLURM).",
 )
 flags.mark_flags_as_required(["config", "workdir"])
-
-EXIT_NON_FINITE = 3
 
 
 def _fail(message: str, code: int = EXIT_USER_ERROR):

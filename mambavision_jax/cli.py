@@ -3,7 +3,8 @@ to turn a user's mistake into a one-line message with a non-zero exit code.
 
 A user error (a bad argument, a refused or corrupt checkpoint, a missing file, an unreadable
 image) ends the command with `error: <what is wrong and how to fix it>` on stderr and exit code 2,
-no traceback. `--debug` on the command line, or MAMBAVISION_JAX_DEBUG=1, shows the traceback.
+no traceback; a refusal of the machine or the store (full disk, read-only target, no permission,
+missing bucket) the same way with exit code 4 (`mambavision_jax.errors`). `--debug` on the command line, or MAMBAVISION_JAX_DEBUG=1, shows the traceback.
 Anything else (a bug) keeps its traceback.
 """
 
@@ -14,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-EXIT_USER_ERROR = 2
+from mambavision_jax.errors import EXIT_ENVIRONMENT, EXIT_USER_ERROR, is_environment_failure
 
 
 class UserError(ValueError):
@@ -47,7 +48,8 @@ def debug_requested(argv: Sequence[str] | None = None) -> bool:
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Call `main(argv)`; a user error becomes `error: ...` on stderr and exit code 2."""
+    """Call `main(argv)`; a user error becomes `error: ...` on stderr and exit code 2, a refusal of
+    the machine or the store the same with exit code 4."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
     argv = [a for a in argv if a != "--debug"]
@@ -56,11 +58,17 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except _user_errors() as e:
+    except Exception as e:
+        if is_environment_failure(e):
+            code = EXIT_ENVIRONMENT
+        elif isinstance(e, _user_errors()):
+            code = EXIT_USER_ERROR
+        else:
+            raise
         if debug:
             raise
         print(f"error: {_one_line(e)}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return code
 
 
 def _one_line(e: BaseException) -> str:

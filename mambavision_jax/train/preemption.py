@@ -25,9 +25,10 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-# 128 + SIGTERM: what schedulers already read as "terminated, may be retried"; the message on
-# stderr tells a clean preemption checkpoint apart from a process killed by the signal.
-EXIT_PREEMPTED = 143
+# 143 = 128 + SIGTERM: what schedulers read as "terminated, may be retried"; the message on stderr
+# tells a clean preemption checkpoint apart from a process killed by the signal.
+from mambavision_jax.errors import EXIT_PREEMPTED  # noqa: F401  (re-exported: train.py, tests)
+
 SYNC_EVERY_ENV = "MAMBAVISION_JAX_PREEMPTION_SYNC_EVERY"
 _EXCHANGE_TIMEOUT_MS = 30 * 60 * 1000  # a peer may be that far behind (evaluating, checkpointing)
 _WATCHERS = itertools.count()  # watchers are made in the same order on every process
