@@ -15,11 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from mambavision_jax.errors import EXIT_ENVIRONMENT, EXIT_USER_ERROR, is_environment_failure
-
-
-class UserError(ValueError):
-    """A mistake in what the user asked for; the message names the problem and the fix."""
+from mambavision_jax.errors import EXIT_ENVIRONMENT, EXIT_USER_ERROR, UserError, is_environment_failure
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

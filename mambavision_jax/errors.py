@@ -27,6 +27,10 @@ ENVIRONMENT_ERRNOS = frozenset(
 )
 
 
+class UserError(ValueError):
+    """A mistake in what the user asked for; the message names the problem and the fix (exit 2)."""
+
+
 class EnvironmentFailure(Exception):
     """The machine or the store refused an operation (full disk, read-only target, missing bucket,
     permission): exit code 4. The message says what was being done and where."""

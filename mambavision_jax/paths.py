@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 import uuid
@@ -20,11 +21,43 @@ from collections.abc import Iterator
 
 from etils import epath
 
+from mambavision_jax.errors import UserError
+
 PathLike = str | os.PathLike
+
+# "scheme:" then the rest; one-letter schemes are Windows drives, not URLs.
+_URL_START = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(/*)")
+# Schemes whose one-slash spelling (gs:/bucket) is a typo of a URL, not a local folder name.
+_KNOWN_SCHEMES = ("gs", "gcs", "s3", "s3a", "az", "abfs", "abfss", "hf", "http", "https", "file", "memory")
+
+
+def check_url(path: PathLike) -> None:
+    """Refuse a path that is a misspelt URL before anything is written to a wrong place: a known
+    scheme with one slash (`gs:/bucket/run`, which would silently be a local folder `gs:`) or a
+    scheme no installed filesystem handles (`gss://bucket`)."""
+    text = os.fspath(path)
+    m = _URL_START.match(text)
+    if m is None:
+        return
+    scheme, slashes = m.group(1).lower(), m.group(2)
+    if slashes != "//":
+        if scheme in _KNOWN_SCHEMES:
+            raise UserError(
+                f"{text}: not a URL ({scheme}:// needs two slashes) nor a local path; did you mean {scheme}://{text[m.end() :]}?"
+            )
+        return
+    import fsspec
+
+    if scheme not in fsspec.available_protocols():
+        raise UserError(
+            f"{text}: unknown URL scheme {scheme}:// (known: gs://, s3://, and the other fsspec protocols)"
+        )
 
 
 def as_path(path: PathLike) -> epath.Path:
-    """A local path (made absolute, `~` expanded) or a URL such as gs://bucket/dir, as epath.Path."""
+    """A local path (made absolute, `~` expanded) or a URL such as gs://bucket/dir, as epath.Path.
+    A misspelt URL is refused (`check_url`)."""
+    check_url(path)
     if is_remote(path):
         return epath.Path(os.fspath(path))
     return epath.Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
