@@ -16,7 +16,7 @@ import pytest
 from mambavision_jax import ops
 from mambavision_jax.ops import default_impl, dispatch, pallas_common, pallas_gpu, pallas_tpu, selective_scan
 
-PALLAS_IMPLS = ("pallas_gpu", "pallas_tpu")
+PALLAS_IMPLS = ("pallas_gpu", "pallas_mosaic_gpu", "pallas_tpu")
 ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 
 
@@ -69,12 +69,15 @@ def _assert_close(x, ref, tol, name=""):
 
 # (impl, (batch, L, d, n), dtype, softplus + D + delta_bias). L = 37 covers two full chunks of 16
 # and a partial one; d = 5, 196 are odd / not a multiple of the block; n = 3 is not a power of 2.
-# The two backends share their kernel bodies, so the TPU one gets only the first case.
+# The two backends share their kernel bodies, so the TPU one gets only the first case. The Mosaic
+# GPU kernel runs in Mosaic GPU's interpreter (simulated SMEM, TMA copies, barriers; ~10 s a case).
 CASES = [
     ("pallas_gpu", (2, 37, 5, 3), jnp.float32, True),
     ("pallas_gpu", (1, 20, 196, 8), jnp.bfloat16, True),
     ("pallas_gpu", (1, 18, 160, 8), jnp.float32, False),
     ("pallas_tpu", (2, 37, 5, 3), jnp.float32, True),
+    ("pallas_mosaic_gpu", (1, 37, 5, 3), jnp.float32, True),
+    pytest.param("pallas_mosaic_gpu", (1, 20, 130, 8), jnp.bfloat16, True, marks=pytest.mark.slow),
 ]
 
 
@@ -96,7 +99,14 @@ def _vjp_fn(f, argnums):
 @pytest.mark.parametrize(
     "impl,shape,dtype,full",
     CASES,
-    ids=["gpu-f32-5ch", "gpu-bf16-196ch", "gpu-f32-160ch-bare", "tpu-f32-5ch"],
+    ids=[
+        "gpu-f32-5ch",
+        "gpu-bf16-196ch",
+        "gpu-f32-160ch-bare",
+        "tpu-f32-5ch",
+        "mgpu-f32-5ch",
+        "mgpu-bf16-130ch",
+    ],
 )
 def test_interpret_values_and_grads(impl, shape, dtype, full):
     args = make_inputs(0, *shape, dtype=dtype)
@@ -321,12 +331,12 @@ class _FakeDevice:
 @pytest.fixture
 def probe(monkeypatch):
     """Stand-in for the GPU compile probe (no GPU here): record calls, optionally fail."""
-    calls, fail = [], []
+    calls, fail = [], []  # fail: the kernels whose probe fails
 
-    def fake_probe():
-        calls.append(1)
-        if fail:
-            raise RuntimeError("Triton: PTX too new for this driver")
+    def fake_probe(impl="pallas_gpu"):
+        calls.append(impl)
+        if impl in fail:
+            raise RuntimeError("PTX too new for this driver")
 
     monkeypatch.setattr(dispatch, "compile_pallas_gpu_probe", fake_probe)
     ops.pallas_gpu_compiles.cache_clear()
@@ -339,21 +349,31 @@ def test_auto_selection(probe):
     if jax.default_backend() == "cpu":
         assert default_impl() == "sequential"
     assert default_impl(device=_FakeDevice("cpu")) == "sequential"
-    assert default_impl(device=_FakeDevice("gpu", "9.0")) == "pallas_gpu"  # H100
-    assert default_impl(device=_FakeDevice("gpu", "8.0")) == "pallas_gpu"  # A100
-    assert len(calls) == 1  # the compile probe runs once per device kind and process
+    assert default_impl(device=_FakeDevice("gpu", "9.0")) == "pallas_mosaic_gpu"  # H100
+    assert default_impl(device=_FakeDevice("gpu", "8.0")) == "pallas_gpu"  # A100 (Triton)
+    assert default_impl(device=_FakeDevice("gpu", "9.0")) == "pallas_mosaic_gpu"
+    # the compile probe runs once per device kind, kernel and process
+    assert calls == ["pallas_mosaic_gpu", "pallas_gpu"]
+    # A target without a device (ahead-of-time compilation): by compute capability, no probe.
+    assert default_impl("gpu", compute_capability=9.0) == "pallas_mosaic_gpu"
+    assert default_impl("gpu", compute_capability=8.0) == "pallas_gpu"
+    assert len(calls) == 2
     assert default_impl(device=_FakeDevice("gpu", "7.5")) == "associative"  # T4
     assert default_impl(device=_FakeDevice("gpu")) == "associative"
     assert default_impl(device=_FakeDevice("rocm")) == "associative"
     assert default_impl(device=_FakeDevice("tpu")) == "pallas_tpu"
-    assert ops.pallas_available("pallas_gpu") and ops.pallas_available("pallas_tpu")
+    assert all(ops.pallas_available(name) for name in PALLAS_IMPLS)
 
 
 def test_auto_falls_back_when_the_kernel_does_not_compile(probe):
     _, fail = probe
-    fail.append(True)
-    with pytest.warns(RuntimeWarning, match="does not compile.*PTX too new.*associative"):
-        assert default_impl(device=_FakeDevice("gpu", "9.0")) == "associative"
+    fail.append("pallas_mosaic_gpu")  # Hopper: Mosaic GPU fails, Triton is next
+    with pytest.warns(RuntimeWarning, match="Mosaic GPU kernel does not compile.*PTX too new.*falls back"):
+        assert default_impl(device=_FakeDevice("gpu", "9.0")) == "pallas_gpu"
+    fail.append("pallas_gpu")
+    ops.pallas_gpu_compiles.cache_clear()
+    with pytest.warns(RuntimeWarning, match="Triton kernel does not compile.*PTX too new.*associative"):
+        assert default_impl(device=_FakeDevice("gpu", "8.0")) == "associative"
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="the probe succeeds on a GPU")
@@ -375,6 +395,7 @@ on_gpu = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a CUDA
 
 GPU_CASES = [
     ((2, 37, 5, 3), jnp.float32, True),
+    ((2, 37, 5, 3), jnp.bfloat16, True),
     ((3, 196, 160, 8), jnp.float32, True),  # MambaVision-T stage 3
     ((3, 196, 160, 8), jnp.bfloat16, True),
     ((2, 49, 320, 8), jnp.bfloat16, True),  # stage 4
@@ -384,19 +405,26 @@ GPU_CASES = [
 ]
 
 
+def _gpu_cc():
+    return float(getattr(jax.devices()[0], "compute_capability", 0) or 0)
+
+
 @on_gpu
 @pytest.mark.gpu
+@pytest.mark.parametrize("impl", list(dispatch.GPU_KERNELS))
 @pytest.mark.parametrize("shape,dtype,full", GPU_CASES, ids=lambda v: str(v))
-def test_compiled_kernel_values_and_grads(shape, dtype, full):
+def test_compiled_kernel_values_and_grads(impl, shape, dtype, full):
+    if _gpu_cc() < dispatch.GPU_KERNELS[impl]:
+        pytest.skip(f"{impl} needs compute capability {dispatch.GPU_KERNELS[impl]}")
     args = make_inputs(sum(shape), *shape, dtype=dtype)
     if not full:
         args = (args[0], jnp.abs(args[1]), *args[2:])
     argnums = tuple(range(7)) if full else tuple(range(5))
     compiled = lambda impl: _scan_fn(impl, softplus=full, with_d=full, interpret=False)  # noqa: E731
 
-    y, g = jax.jit(_vjp_fn(compiled("pallas_gpu"), argnums))(*args)
+    y, g = jax.jit(_vjp_fn(compiled(impl), argnums))(*args)
     y_ref, g_ref = jax.jit(_vjp_fn(compiled("sequential"), argnums))(*args)
-    y_inf = jax.jit(compiled("pallas_gpu"))(*args)
+    y_inf = jax.jit(compiled(impl))(*args)
     f32 = dtype == jnp.float32
     _assert_close(y, y_ref, 1e-5 if f32 else 1e-2, "y")
     _assert_close(y_inf, y_ref, 1e-5 if f32 else 1e-2, "y (inference kernel)")
@@ -408,6 +436,7 @@ def test_compiled_kernel_values_and_grads(shape, dtype, full):
 @on_gpu
 @pytest.mark.gpu
 def test_auto_picks_the_kernel_on_this_gpu():
-    dev = jax.devices()[0]
-    cc = float(getattr(dev, "compute_capability", 0) or 0)
-    assert default_impl() == ("pallas_gpu" if cc >= 8.0 else "associative")
+    cc = _gpu_cc()
+    assert default_impl() == (
+        "pallas_mosaic_gpu" if cc >= 9.0 else "pallas_gpu" if cc >= 8.0 else "associative"
+    )

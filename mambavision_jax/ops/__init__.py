@@ -7,6 +7,7 @@ from mambavision_jax.ops.activations import gelu_exact
 from mambavision_jax.ops.attention import ATTN_IMPLS, attention, resolve_attn_impl
 from mambavision_jax.ops.conv import CONV_IMPLS, conv_general_dilated, conv_hook, resolve_conv_impl
 from mambavision_jax.ops.dispatch import (
+    GPU_KERNELS,
     SCAN_IMPLS,
     ScanSharding,
     compile_pallas_gpu_probe,
@@ -20,6 +21,7 @@ from mambavision_jax.ops.residual import residual_barrier
 __all__ = [
     "ATTN_IMPLS",
     "CONV_IMPLS",
+    "GPU_KERNELS",
     "SCAN_IMPLS",
     "ScanSharding",
     "attention",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import math
 import warnings
 
@@ -15,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 from mambavision_jax.ops import scan_xla
 
 __all__ = [
+    "GPU_KERNELS",
     "SCAN_IMPLS",
     "ScanSharding",
     "compile_pallas_gpu_probe",
@@ -88,6 +90,12 @@ def _pallas_gpu(*args, interpret=False):
     return pallas_gpu.selective_scan(*args, interpret=interpret)
 
 
+def _pallas_mosaic_gpu(*args, interpret=False):
+    from mambavision_jax.ops import pallas_mosaic_gpu
+
+    return pallas_mosaic_gpu.selective_scan(*args, interpret=interpret)
+
+
 def _pallas_tpu(*args, interpret=False):
     from mambavision_jax.ops import pallas_tpu
 
@@ -99,8 +107,12 @@ SCAN_IMPLS = {
     "sequential": lambda *a, interpret=False: scan_xla.selective_scan_sequential(*a),
     "associative": lambda *a, interpret=False: scan_xla.selective_scan_associative(*a),
     "pallas_gpu": _pallas_gpu,
+    "pallas_mosaic_gpu": _pallas_mosaic_gpu,
     "pallas_tpu": _pallas_tpu,
 }
+# The GPU kernels: Mosaic GPU needs Hopper (sm_90a); Pallas Triton runs on Ampere and newer.
+GPU_KERNELS = {"pallas_mosaic_gpu": 9.0, "pallas_gpu": 8.0}  # name -> minimum compute capability
+PALLAS_KERNELS = (*GPU_KERNELS, "pallas_tpu")
 
 
 def _gpu_compute_capability(device) -> float | None:
@@ -115,26 +127,23 @@ def _gpu_compute_capability(device) -> float | None:
 
 @functools.cache
 def pallas_available(name: str) -> bool:
-    """Whether the Pallas kernel module `name` ("pallas_gpu" or "pallas_tpu") imports with this
-    jaxlib (checked once per process). It says nothing about compiling on a device: for the GPU
-    kernel see `pallas_gpu_compiles`."""
-    if name not in ("pallas_gpu", "pallas_tpu"):
-        raise ValueError(f"pallas_available: unknown kernel {name!r}; valid: 'pallas_gpu', 'pallas_tpu'")
+    """Whether the Pallas kernel module `name` ("pallas_gpu", "pallas_mosaic_gpu" or
+    "pallas_tpu") imports with this jaxlib (checked once per process). It says nothing about
+    compiling on a device: for the GPU kernels see `pallas_gpu_compiles`."""
+    if name not in PALLAS_KERNELS:
+        raise ValueError(f"pallas_available: unknown kernel {name!r}; valid: {list(PALLAS_KERNELS)}")
     try:
-        if name == "pallas_gpu":
-            from mambavision_jax.ops import pallas_gpu  # noqa: F401
-        else:
-            from mambavision_jax.ops import pallas_tpu  # noqa: F401
+        importlib.import_module(f"mambavision_jax.ops.{name}")
     except Exception:  # pragma: no cover - depends on the installed jaxlib
         return False
     return True
 
 
-def compile_pallas_gpu_probe() -> None:
-    """Compile (not run) the Triton kernels' forward and backward for a tiny problem on the
-    default GPU; raises whatever the lowering or the Triton compiler raises."""
-    from mambavision_jax.ops import pallas_gpu
-
+def compile_pallas_gpu_probe(impl: str = "pallas_gpu") -> None:
+    """Compile (not run) a GPU kernel's (`impl`: "pallas_gpu", the Triton one, or
+    "pallas_mosaic_gpu") forward and backward for a tiny problem on the default GPU; raises
+    whatever the lowering or the kernel compiler raises."""
+    fn = SCAN_IMPLS[impl]
     sd = jax.ShapeDtypeStruct
     b, l, d, n = 1, 20, 40, 8  # two chunks, a padded channel block, bf16 activations
     args = (
@@ -148,30 +157,33 @@ def compile_pallas_gpu_probe() -> None:
     )
 
     def loss(*a):
-        return jnp.sum(pallas_gpu.selective_scan(*a, True).astype(jnp.float32))
+        return jnp.sum(fn(*a, True).astype(jnp.float32))
 
     jax.jit(jax.grad(loss, argnums=tuple(range(7)))).lower(*args).compile()
 
 
 @functools.cache
-def pallas_gpu_compiles(device_kind: str) -> bool:
-    """Whether the Triton kernels compile on this process's GPU (checked once per device kind).
+def pallas_gpu_compiles(device_kind: str, impl: str = "pallas_gpu") -> bool:
+    """Whether the GPU kernel `impl` ("pallas_gpu", the Triton one, or "pallas_mosaic_gpu")
+    compiles on this process's GPU (checked once per device kind and kernel).
 
-    ``impl="auto"`` is resolved while a model is being traced, where a failing Triton compile would
-    only surface later, inside the caller's jit. A jaxlib whose Pallas-Triton backend is missing
-    or broken, or a driver / PTX toolchain that cannot build for the chip, falls back to XLA's
-    associative scan with a warning instead. AOT lowering + compile needs no concrete arrays, so it
-    also works while an outer function is being traced.
+    ``impl="auto"`` is resolved while a model is being traced, where a failing kernel compile would
+    only surface later, inside the caller's jit. A jaxlib whose Pallas backend is missing or
+    broken, or a driver / PTX toolchain that cannot build for the chip, falls back to the next
+    kernel (Mosaic GPU -> Triton) or to XLA's associative scan with a warning instead. AOT
+    lowering + compile needs no concrete arrays, so it also works while an outer function is
+    being traced.
 
-    The result is cached per `device_kind` (`pallas_gpu_compiles.cache_clear()` forgets it).
+    The result is cached (`pallas_gpu_compiles.cache_clear()` forgets it).
     """
     try:
-        compile_pallas_gpu_probe()
+        compile_pallas_gpu_probe(impl)
     except Exception as e:  # noqa: BLE001 - any failure means: do not use the kernel here
+        backend = "Mosaic GPU" if impl == "pallas_mosaic_gpu" else "Triton"
         warnings.warn(
-            f"selective_scan: the Pallas Triton kernel does not compile on this GPU ({device_kind}): "
+            f"selective_scan: the Pallas {backend} kernel does not compile on this GPU ({device_kind}): "
             f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}; "
-            "impl='auto' falls back to the XLA associative scan",
+            "impl='auto' falls back to the next GPU kernel or the XLA associative scan",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -179,8 +191,17 @@ def pallas_gpu_compiles(device_kind: str) -> bool:
     return True
 
 
-def default_impl(platform: str | None = None, device=None) -> str:
-    """What ``impl="auto"`` resolves to on ``platform`` (default: the default backend)."""
+def default_impl(platform: str | None = None, device=None, *, compute_capability: float | None = None) -> str:
+    """What ``impl="auto"`` resolves to on ``platform`` (default: the default backend's).
+
+    CPU: sequential. TPU: pallas_tpu. CUDA GPU: by compute capability, pallas_mosaic_gpu from 9.0
+    (Hopper), pallas_gpu (Triton) from 8.0 (Ampere), else associative. With a real `device`
+    (given, or the default backend's when neither `platform` nor `device` is) the GPU kernel must
+    also pass a one-time compile probe (`pallas_gpu_compiles`), else the next one is taken.
+    `compute_capability` without a device describes a target this process does not have (ahead-of-
+    time compilation, e.g. ``default_impl("gpu", compute_capability=9.0)``): no probe; a GPU
+    platform with neither gives associative.
+    """
     if device is None and platform is None:
         device = jax.devices()[0]
     if platform is None:
@@ -190,14 +211,14 @@ def default_impl(platform: str | None = None, device=None) -> str:
     if platform == "tpu":
         return "pallas_tpu" if pallas_available("pallas_tpu") else "associative"
     if platform in ("gpu", "cuda"):
-        cc = _gpu_compute_capability(device) if device is not None else None
-        if (
-            cc is not None
-            and cc >= 8.0
-            and pallas_available("pallas_gpu")
-            and pallas_gpu_compiles(str(getattr(device, "device_kind", "gpu")))
-        ):
-            return "pallas_gpu"
+        cc = compute_capability
+        if cc is None and device is not None:
+            cc = _gpu_compute_capability(device)
+        for name, min_cc in GPU_KERNELS.items():
+            if cc is None or float(cc) < min_cc or not pallas_available(name):
+                continue
+            if device is None or pallas_gpu_compiles(str(getattr(device, "device_kind", "gpu")), name):
+                return name
         return "associative"
     return "associative"  # rocm and anything else: plain XLA
 
@@ -223,12 +244,13 @@ def selective_scan(
     dt = softplus(delta + delta_bias) if delta_softplus; h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t;
     y_t = C_t . h_t + D u_t.
 
-    impl: "auto" (sequential on CPU; pallas_gpu on CUDA GPUs with compute capability >= 8.0 where
-    the Triton kernel compiles, checked once per process; pallas_tpu on TPU; associative
-    elsewhere), or one of ``SCAN_IMPLS``.
+    impl: "auto" (see `default_impl`: sequential on CPU; on CUDA GPUs pallas_mosaic_gpu from
+    compute capability 9.0, pallas_gpu (Triton) from 8.0, where the kernel compiles, checked once
+    per process; pallas_tpu on TPU; associative elsewhere), or one of ``SCAN_IMPLS``.
     interpret: run a Pallas kernel in Pallas's interpreter (works on a CPU; slow). For pallas_tpu it
     may also be a ``jax.experimental.pallas.tpu.InterpretParams()`` (the TPU-semantics interpreter,
-    much slower). Ignored by the XLA impls.
+    much slower); pallas_mosaic_gpu always runs in Mosaic GPU's own interpreter (simulated SMEM,
+    TMA copies and barriers). Ignored by the XLA impls.
     sharding: a `ScanSharding` (the caller's mesh and batch axes): the Pallas impls run per device
     on each device's share of the sequences; None: the plain call. Ignored by the XLA impls.
     """
