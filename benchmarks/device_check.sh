@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one run (a lent device machine gives ~10 minutes per call):
 #   1. versions and the card;
-#   2. the compiled Pallas-Triton kernel against the sequential scan (values and gradients,
-#      tests/test_pallas_scan.py -m gpu) and impl="auto" resolving to it;
-#   3. benchmarks/scan.py at MambaVision-T stage-3 shapes (batch 128, L 196 and 784, d 160, n 8);
+#   2. the compiled Pallas kernels against the sequential scan (values and gradients,
+#      tests/test_pallas_scan.py -m gpu): Triton, and on Hopper (compute capability 9.0) the
+#      Mosaic GPU one, whose values the CPU checks only in Mosaic GPU's interpreter; and
+#      impl="auto" resolving to the kernel for the card;
+#   3. benchmarks/scan.py at MambaVision-T stage-3 shapes (batch 128, L 196 and 784, d 160, n 8),
+#      both GPU kernels on Hopper;
 #   4. benchmarks/throughput.py: MambaVision-T bf16 batch 256 (eval + train) against timm's Swin-T
 #      and ConvNeXt-T (PyTorch, channels_last, autocast bf16). The official PyTorch model is left
 #      out here: without mamba_ssm's CUDA kernel (not installable on the machine) it would time a
@@ -66,7 +69,7 @@ PY
 } >"$OUTDIR/info.log" 2>&1
 cat "$OUTDIR/info.log"
 
-stage kernel_tests 120 $PY -m pytest -q -p no:cacheprovider -n 4 -m gpu tests/test_pallas_scan.py
+stage kernel_tests 150 $PY -m pytest -q -p no:cacheprovider -n 4 -m gpu tests/test_pallas_scan.py
 # SCAN_BATCH / MODEL_BATCH / REPEATS shrink the run for a smoke test on a CPU.
 SB=${SCAN_BATCH:-128} MB=${MODEL_BATCH:-256} R=${REPEATS:-50}
 stage scan_bench 90 bash -c "$PY benchmarks/scan.py --batch $SB --length 196 784 --repeats $R && \

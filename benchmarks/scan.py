@@ -31,6 +31,8 @@ def available_impls(interpret: bool) -> list[str]:
     impls = ["sequential", "associative"]
     if platform == "gpu":
         impls.append("pallas_gpu")  # listed even where auto would not pick it: shows why
+        if float(getattr(jax.devices()[0], "compute_capability", 0) or 0) >= 9.0:
+            impls.append("pallas_mosaic_gpu")  # Hopper only (sm_90a)
     elif platform == "tpu":
         impls.append("pallas_tpu")
     elif interpret:
