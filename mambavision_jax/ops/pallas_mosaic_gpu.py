@@ -65,18 +65,39 @@ def _interpret_params(interpret):
     return interpret
 
 
-def _compiler_params():
-    return plgpu.CompilerParams(approx_math=False)
+def _kernel(name, body, out_type, scratch, interpret, *args):
+    """``plgpu.kernel`` over the grid (batch, d / 128), one warpgroup per program. ``args`` are
+    (u, delta, A (n, d), B, C, [D; delta_bias] (2, d), ...); the program's A, D and delta_bias
+    are copied GMEM -> SMEM once and read into registers, then
+    ``body(seq, blk, (A rows, D, delta_bias), *in_refs, *out_refs, *scratch_refs)`` runs."""
+    bsz, _, d = args[0].shape
+    n = args[2].shape[0]
 
+    def kernel(*refs):
+        *refs, a_s, dvb_s, bar = refs
+        seq, blk = lax.axis_index("seq"), lax.axis_index("blk")
+        cols = pl.ds(blk * LANES, LANES)
+        plgpu.copy_gmem_to_smem(refs[2].at[:, cols], a_s, bar.at[0])
+        plgpu.copy_gmem_to_smem(refs[5].at[:, cols], dvb_s, bar.at[1])
+        plgpu.barrier_wait(bar.at[0])
+        plgpu.barrier_wait(bar.at[1])
+        body(seq, blk, ([a_s[k] for k in range(n)], dvb_s[0], dvb_s[1]), *refs)
 
-def _load_params(a_g, dvb_g, a_s, dvb_s, bar, cols):
-    """A (n, 128) and [D; delta_bias] (2, 128) of this channel block, GMEM -> SMEM -> registers."""
-    plgpu.copy_gmem_to_smem(a_g.at[:, cols], a_s, bar.at[0])
-    plgpu.copy_gmem_to_smem(dvb_g.at[:, cols], dvb_s, bar.at[1])
-    plgpu.barrier_wait(bar.at[0])
-    plgpu.barrier_wait(bar.at[1])
-    n = a_s.shape[0]
-    return [a_s[k] for k in range(n)], dvb_s[0], dvb_s[1]
+    return plgpu.kernel(
+        kernel,
+        out_type=out_type,
+        scratch_types=[
+            *scratch,
+            plgpu.SMEM((n, LANES), f32),
+            plgpu.SMEM((2, LANES), f32),
+            plgpu.Barrier(num_barriers=2),
+        ],
+        grid=(bsz, d // LANES),
+        grid_names=("seq", "blk"),
+        compiler_params=plgpu.CompilerParams(approx_math=False),
+        interpret=_interpret_params(interpret),
+        kernel_name=f"selective_scan_{name}_mosaic_gpu",
+    )(*args)
 
 
 def _softplus(x):
@@ -164,11 +185,9 @@ def _forward_call(softplus, save_states, chunk, seq_len, interpret, u, dl, a, b,
     if save_states:
         out_type.append(jax.ShapeDtypeStruct((bsz, num_tiles, n, d), f32))
 
-    def kernel(u_g, dl_g, a_g, b_g, c_g, dvb_g, *refs):
-        y_g, hb_g = (refs[0], refs[1]) if save_states else (refs[0], None)
-        a_s, dvb_s, bar = refs[-3:]
-        seq, cols = lax.axis_index("seq"), pl.ds(lax.axis_index("blk") * LANES, LANES)
-        A, dvec, bias = _load_params(a_g, dvb_g, a_s, dvb_s, bar, cols)
+    def kernel(seq, blk, params, u_g, dl_g, a_g, b_g, c_g, dvb_g, y_g, *hb_g):
+        A, dvec, bias = params
+        cols = pl.ds(blk * LANES, LANES)
 
         def tile(i, u_s, dl_s, b_s, c_s, y_s, *rest):
             *hb_s, h = rest
@@ -194,25 +213,13 @@ def _forward_call(softplus, save_states, chunk, seq_len, interpret, u, dl, a, b,
 
         outs = [(y_g.at[seq, :, cols], chunk)]
         if save_states:
-            outs.append((hb_g.at[seq, :, :, cols], None))
+            outs.append((hb_g[0].at[seq, :, :, cols], None))
         ins = [(u_g.at[seq, :, cols], chunk), (dl_g.at[seq, :, cols], chunk)]
         ins += [(b_g.at[seq], chunk), (c_g.at[seq], chunk)]
         _stream(num_tiles, ins, outs, tile, tuple(_zeros(interpret) for _ in range(n)))
 
-    outs = plgpu.kernel(
-        kernel,
-        out_type=out_type,
-        scratch_types=[
-            plgpu.SMEM((n, LANES), f32),
-            plgpu.SMEM((2, LANES), f32),
-            plgpu.Barrier(num_barriers=2),
-        ],
-        grid=(bsz, d // LANES),
-        grid_names=("seq", "blk"),
-        compiler_params=_compiler_params(),
-        interpret=_interpret_params(interpret),
-        kernel_name=f"selective_scan_{'fwd' if save_states else 'inference'}_mosaic_gpu",
-    )(u, dl, a, b, c, dvb)
+    name = "fwd" if save_states else "inference"
+    outs = _kernel(name, kernel, out_type, (), interpret, u, dl, a, b, c, dvb)
     return (outs[0], outs[1]) if save_states else (outs[0], None)
 
 
@@ -232,11 +239,11 @@ def _backward_call(softplus, chunk, seq_len, interpret, u, dl, a, b, c, dvb, hb,
         jax.ShapeDtypeStruct((nblk, bsz, padded_len, n), f32),  # dC per channel block
     ]
 
-    def kernel(u_g, dl_g, a_g, b_g, c_g, dvb_g, hb_g, dy_g, du_g, ddl_g, dp_g, db_g, dc_g, *scratch):
-        a_s, dvb_s, bar, hs, dp_s = scratch
-        seq, blk = lax.axis_index("seq"), lax.axis_index("blk")
+    def kernel(
+        seq, blk, params, u_g, dl_g, a_g, b_g, c_g, dvb_g, hb_g, dy_g, du_g, ddl_g, dp_g, db_g, dc_g, hs, dp_s
+    ):
+        A, dvec, bias = params
         cols = pl.ds(blk * LANES, LANES)
-        A, dvec, bias = _load_params(a_g, dvb_g, a_s, dvb_s, bar, cols)
 
         def tile(i, u_s, dl_s, b_s, c_s, dy_s, hb_s, du_s, ddl_s, db_s, dc_s, carry):
             count = jnp.minimum(chunk, seq_len - i * chunk)
@@ -296,22 +303,8 @@ def _backward_call(softplus, chunk, seq_len, interpret, u, dl, a, b, c, dvb, hb,
         plgpu.copy_smem_to_gmem(dp_s, dp_g.at[seq, :, cols])
         plgpu.wait_smem_to_gmem(0)
 
-    du, ddl, dp, db, dc = plgpu.kernel(
-        kernel,
-        out_type=out_type,
-        scratch_types=[
-            plgpu.SMEM((n, LANES), f32),
-            plgpu.SMEM((2, LANES), f32),
-            plgpu.Barrier(num_barriers=2),
-            plgpu.SMEM((chunk + 1, n, LANES), f32),
-            plgpu.SMEM((n + 2, LANES), f32),
-        ],
-        grid=(bsz, nblk),
-        grid_names=("seq", "blk"),
-        compiler_params=_compiler_params(),
-        interpret=_interpret_params(interpret),
-        kernel_name="selective_scan_bwd_mosaic_gpu",
-    )(u, dl, a, b, c, dvb, hb, dy)
+    scratch = (plgpu.SMEM((chunk + 1, n, LANES), f32), plgpu.SMEM((n + 2, LANES), f32))
+    du, ddl, dp, db, dc = _kernel("bwd", kernel, out_type, scratch, interpret, u, dl, a, b, c, dvb, hb, dy)
     dp = dp.sum(0)
     return du, ddl, dp[:n], dp[n:], db.sum(0), dc.sum(0)
 
