@@ -349,15 +349,15 @@ def test_auto_selection(probe):
     if jax.default_backend() == "cpu":
         assert default_impl() == "sequential"
     assert default_impl(device=_FakeDevice("cpu")) == "sequential"
-    assert default_impl(device=_FakeDevice("gpu", "9.0")) == "pallas_mosaic_gpu"  # H100
+    assert default_impl(device=_FakeDevice("gpu", "9.0")) == "pallas_gpu"  # H100: Triton (measured)
     assert default_impl(device=_FakeDevice("gpu", "8.0")) == "pallas_gpu"  # A100 (Triton)
-    assert default_impl(device=_FakeDevice("gpu", "9.0")) == "pallas_mosaic_gpu"
+    assert default_impl(device=_FakeDevice("gpu", "9.0")) == "pallas_gpu"
     # the compile probe runs once per device kind, kernel and process
-    assert calls == ["pallas_mosaic_gpu", "pallas_gpu"]
+    assert calls == ["pallas_gpu"]
     # A target without a device (ahead-of-time compilation): by compute capability, no probe.
-    assert default_impl("gpu", compute_capability=9.0) == "pallas_mosaic_gpu"
+    assert default_impl("gpu", compute_capability=9.0) == "pallas_gpu"
     assert default_impl("gpu", compute_capability=8.0) == "pallas_gpu"
-    assert len(calls) == 2
+    assert len(calls) == 1
     assert default_impl(device=_FakeDevice("gpu", "7.5")) == "associative"  # T4
     assert default_impl(device=_FakeDevice("gpu")) == "associative"
     assert default_impl(device=_FakeDevice("rocm")) == "associative"
@@ -367,13 +367,16 @@ def test_auto_selection(probe):
 
 def test_auto_falls_back_when_the_kernel_does_not_compile(probe):
     _, fail = probe
-    fail.append("pallas_mosaic_gpu")  # Hopper: Mosaic GPU fails, Triton is next
-    with pytest.warns(RuntimeWarning, match="Mosaic GPU kernel does not compile.*PTX too new.*falls back"):
-        assert default_impl(device=_FakeDevice("gpu", "9.0")) == "pallas_gpu"
-    fail.append("pallas_gpu")
+    fail.append("pallas_gpu")  # Hopper: Triton fails, Mosaic GPU is next
+    with pytest.warns(RuntimeWarning, match="Triton kernel does not compile.*PTX too new.*falls back"):
+        assert default_impl(device=_FakeDevice("gpu", "9.0")) == "pallas_mosaic_gpu"
     ops.pallas_gpu_compiles.cache_clear()
     with pytest.warns(RuntimeWarning, match="Triton kernel does not compile.*PTX too new.*associative"):
-        assert default_impl(device=_FakeDevice("gpu", "8.0")) == "associative"
+        assert default_impl(device=_FakeDevice("gpu", "8.0")) == "associative"  # Ampere: no Mosaic GPU
+    fail.append("pallas_mosaic_gpu")
+    ops.pallas_gpu_compiles.cache_clear()
+    with pytest.warns(RuntimeWarning, match="Mosaic GPU kernel does not compile.*PTX too new.*associative"):
+        assert default_impl(device=_FakeDevice("gpu", "9.0")) == "associative"
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="the probe succeeds on a GPU")

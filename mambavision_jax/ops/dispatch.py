@@ -111,7 +111,12 @@ SCAN_IMPLS = {
     "pallas_tpu": _pallas_tpu,
 }
 # The GPU kernels: Mosaic GPU needs Hopper (sm_90a); Pallas Triton runs on Ampere and newer.
-GPU_KERNELS = {"pallas_mosaic_gpu": 9.0, "pallas_gpu": 8.0}  # name -> minimum compute capability
+# name -> minimum compute capability, in the order "auto" tries them. Triton comes first on Hopper
+# too: its speed there is measured (benchmarks/RESULTS.md), the Mosaic GPU kernel's is not yet (it
+# has only been compiled for H100, never run on one). Once benchmarks/device_check.sh shows Mosaic
+# GPU at least as fast on Hopper, swap the two entries. Mosaic GPU is Hopper's fallback meanwhile,
+# and its only kernel once a JAX without Pallas Triton is installed.
+GPU_KERNELS = {"pallas_gpu": 8.0, "pallas_mosaic_gpu": 9.0}
 PALLAS_KERNELS = (*GPU_KERNELS, "pallas_tpu")
 
 
@@ -170,7 +175,7 @@ def pallas_gpu_compiles(device_kind: str, impl: str = "pallas_gpu") -> bool:
     ``impl="auto"`` is resolved while a model is being traced, where a failing kernel compile would
     only surface later, inside the caller's jit. A jaxlib whose Pallas backend is missing or
     broken, or a driver / PTX toolchain that cannot build for the chip, falls back to the next
-    kernel (Mosaic GPU -> Triton) or to XLA's associative scan with a warning instead. AOT
+    kernel (on Hopper: Triton -> Mosaic GPU) or to XLA's associative scan with a warning instead. AOT
     lowering + compile needs no concrete arrays, so it also works while an outer function is
     being traced.
 
@@ -194,8 +199,9 @@ def pallas_gpu_compiles(device_kind: str, impl: str = "pallas_gpu") -> bool:
 def default_impl(platform: str | None = None, device=None, *, compute_capability: float | None = None) -> str:
     """What ``impl="auto"`` resolves to on ``platform`` (default: the default backend's).
 
-    CPU: sequential. TPU: pallas_tpu. CUDA GPU: by compute capability, pallas_mosaic_gpu from 9.0
-    (Hopper), pallas_gpu (Triton) from 8.0 (Ampere), else associative. With a real `device`
+    CPU: sequential. TPU: pallas_tpu. CUDA GPU: by compute capability, the first of `GPU_KERNELS`
+    the target supports: pallas_gpu (Triton) from 8.0 (Ampere, Hopper), then pallas_mosaic_gpu from
+    9.0 (Hopper), else associative. With a real `device`
     (given, or the default backend's when neither `platform` nor `device` is) the GPU kernel must
     also pass a one-time compile probe (`pallas_gpu_compiles`), else the next one is taken.
     `compute_capability` without a device describes a target this process does not have (ahead-of-
@@ -244,9 +250,9 @@ def selective_scan(
     dt = softplus(delta + delta_bias) if delta_softplus; h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t;
     y_t = C_t . h_t + D u_t.
 
-    impl: "auto" (see `default_impl`: sequential on CPU; on CUDA GPUs pallas_mosaic_gpu from
-    compute capability 9.0, pallas_gpu (Triton) from 8.0, where the kernel compiles, checked once
-    per process; pallas_tpu on TPU; associative elsewhere), or one of ``SCAN_IMPLS``.
+    impl: "auto" (see `default_impl`: sequential on CPU; on CUDA GPUs pallas_gpu (Triton) from
+    compute capability 8.0, then pallas_mosaic_gpu from 9.0, where the kernel compiles, checked
+    once per process; pallas_tpu on TPU; associative elsewhere), or one of ``SCAN_IMPLS``.
     interpret: run a Pallas kernel in Pallas's interpreter (works on a CPU; slow). For pallas_tpu it
     may also be a ``jax.experimental.pallas.tpu.InterpretParams()`` (the TPU-semantics interpreter,
     much slower); pallas_mosaic_gpu always runs in Mosaic GPU's own interpreter (simulated SMEM,
