@@ -167,22 +167,17 @@ def _compile_cases(targets, **marks):
 def test_compiles_for_tpu(target, length, dtype):
     scan = lambda *a: selective_scan(*a, True, impl="pallas_tpu")  # noqa: E731
     compiled = _compile(scan, tpu_device(target), length, dtype)
-    assert compiled.memory_analysis() is not None
+    # Mosaic's own VMEM allocation per kernel is within the count from the blocks (which does not
+    # grow with L: test below) and a few KiB of Mosaic's own (2 KiB on v4).
+    used = pallas_tpu.compiled_vmem_bytes(compiled.as_text())
+    assert len(used) == 3
+    for name, nbytes in used.items():
+        kind = "bwd" if "_bwd_" in name else "fwd"
+        assert 0 < nbytes <= pallas_tpu.vmem_bytes(kind, length, 160, 8, dtype) + 16 * 2**10, name
 
 
-def test_vmem_per_program_does_not_grow_with_length():
-    """Mosaic keeps each kernel's scoped VMEM within the blocks' count (``vmem_bytes``), which is
-    the same at every L from one L block on; a limit below it fails to compile (E1001), so the
-    limit is binding."""
-    device = tpu_device("v5e:2x2")
-    est = {L: max(pallas_tpu.vmem_bytes(k, L, 160, 8, bf16) for k in ("fwd", "bwd")) for L in LENGTHS}
-    assert est[4096] == est[25600] < 4 * 2**20
-    assert est[196] < est[4096]
-    limited = lambda limit: (
-        lambda *a: pallas_common.selective_scan(  # noqa: E731
-            pallas_tpu.config(False, limit), *a, True
-        )
-    )
-    _compile(limited(est[25600]), device, 25600, bf16)
-    with pytest.raises(Exception, match="CompileTimeScopedVmemOom"):
-        _compile(limited(64 * 1024), device, 25600, bf16)
+@pytest.mark.parametrize("dtype", [f32, bf16])
+def test_vmem_count_does_not_grow_with_length(dtype):
+    for kind in ("fwd", "bwd"):
+        count = {L: pallas_tpu.vmem_bytes(kind, L, 160, 8, dtype) for L in (196, 4096, 25600, 10**6)}
+        assert count[196] < count[4096] == count[25600] == count[10**6] < 4 * 2**20, (kind, count)

@@ -76,6 +76,11 @@ def _sigmoid(x):
     return 1.0 / (1.0 + jnp.exp(-x))
 
 
+def _load_params(a_ref, d_ref, bias_ref):
+    """A (n, bd), D (bd,), delta_bias (bd,) in float32."""
+    return a_ref[...].astype(f32), d_ref[0].astype(f32), bias_ref[0].astype(f32)
+
+
 def _dt_row(dl_ref, bias, t, softplus):
     x = dl_ref[t].astype(f32) + bias
     return _softplus(x) if softplus else x
@@ -88,12 +93,15 @@ def _dt_row(dl_ref, bias, t, softplus):
 # beyond `valid` (the wrapper's padding of L) are never touched.
 
 
-def forward_rows(u_ref, dl_ref, b_ref, c_ref, y_ref, hb_ref, A, dvec, bias, h, *, valid, chunk, softplus):
+def forward_rows(ins, y_ref, hb_ref, h, *, valid, chunk, softplus):
     """Runs rows [0, valid) of a block from the state ``h`` (n, bd); returns the state after them.
 
-    u_ref, dl_ref, y_ref: (rows, bd); b_ref, c_ref: (rows, n); hb_ref: None, or (rows / chunk, n, bd)
-    to receive the state before each chunk's first row (the backward's recompute points).
+    ins: the kernel's input refs (u, delta, A, B, C, D, delta_bias) with u, delta: (rows, bd) and
+    B, C: (rows, n); y_ref: (rows, bd); hb_ref: None, or (rows / chunk, n, bd) to receive the state
+    before each chunk's first row (the backward's recompute points).
     """
+    u_ref, dl_ref, a_ref, b_ref, c_ref, d_ref, bias_ref = ins
+    A, dvec, bias = _load_params(a_ref, d_ref, bias_ref)
 
     def step(t, h):
         u = u_ref[t].astype(f32)  # (bd,)
@@ -127,36 +135,18 @@ def zero_grad_carry(n, bd):
     )
 
 
-def backward_rows(
-    u_ref,
-    dl_ref,
-    b_ref,
-    c_ref,
-    dy_ref,
-    hb_ref,
-    du_ref,
-    ddl_ref,
-    db_ref,
-    dc_ref,
-    scratch_ref,
-    A,
-    dvec,
-    bias,
-    carry,
-    *,
-    valid,
-    chunk,
-    softplus,
-    barrier,
-    lane_reduce_dot,
-):
-    """Walks rows [0, valid) of a block last to first; returns the carries (``zero_grad_carry``)
-    before its first row.
+def backward_rows(ins, outs, scratch_ref, carry, *, valid, chunk, softplus, barrier, lane_reduce_dot):
+    """Walks rows [0, valid) of a block last to first from the carries ``carry``
+    (``zero_grad_carry``) after it; returns them before its first row.
 
-    Row refs as in ``forward_rows``; hb_ref: the block's saved chunk states; du_ref, ddl_ref:
-    (rows, bd); db_ref, dc_ref: (rows, n) (sums over this program's channels); scratch_ref:
-    (chunk + 1, n, bd), the recompute buffer.
+    ins: the kernel's input refs (u, delta, A, B, C, D, delta_bias, saved states, dy), rows as in
+    ``forward_rows``, the states (rows / chunk, n, bd); outs: (du, d delta) (rows, bd) and (dB, dC)
+    (rows, n) (sums over this program's channels); scratch_ref: (chunk + 1, n, bd), the recompute
+    buffer.
     """
+    u_ref, dl_ref, a_ref, b_ref, c_ref, d_ref, bias_ref, hb_ref, dy_ref = ins
+    du_ref, ddl_ref, db_ref, dc_ref = outs
+    A, dvec, bias = _load_params(a_ref, d_ref, bias_ref)
 
     def fence():
         if barrier is not None:
@@ -235,87 +225,22 @@ def backward_rows(
 # One program per (sequence, channel block), its block spanning the sequence (Triton's kernels).
 
 
-def _fwd_kernel(
-    u_ref,
-    dl_ref,
-    a_ref,
-    b_ref,
-    c_ref,
-    d_ref,
-    bias_ref,
-    y_ref,
-    *rest,
-    seq_len,
-    chunk,
-    softplus,
-    save_states,
-):
-    A = a_ref[...].astype(f32)  # (n, bd)
-    dvec = d_ref[0].astype(f32)  # (bd,)
-    bias = bias_ref[0].astype(f32)  # (bd,)
-    hb_ref = rest[0] if save_states else None
-    h0 = jnp.zeros(A.shape, f32)
+def _fwd_kernel(*refs, seq_len, chunk, softplus, save_states):
+    ins, y_ref = refs[:7], refs[7]
+    hb_ref = refs[8] if save_states else None
     forward_rows(
-        u_ref,
-        dl_ref,
-        b_ref,
-        c_ref,
-        y_ref,
-        hb_ref,
-        A,
-        dvec,
-        bias,
-        h0,
-        valid=seq_len,
-        chunk=chunk,
-        softplus=softplus,
+        ins, y_ref, hb_ref, jnp.zeros(ins[2].shape, f32), valid=seq_len, chunk=chunk, softplus=softplus
     )
 
 
-def _bwd_kernel(
-    u_ref,
-    dl_ref,
-    a_ref,
-    b_ref,
-    c_ref,
-    d_ref,
-    bias_ref,
-    hb_ref,
-    dy_ref,
-    du_ref,
-    ddl_ref,
-    da_ref,
-    dd_ref,
-    dbias_ref,
-    db_ref,
-    dc_ref,
-    scratch_ref,
-    *,
-    seq_len,
-    chunk,
-    softplus,
-    barrier,
-    lane_reduce_dot,
-):
-    A = a_ref[...].astype(f32)  # (n, bd)
-    dvec = d_ref[0].astype(f32)
-    bias = bias_ref[0].astype(f32)
+def _bwd_kernel(*refs, seq_len, chunk, softplus, barrier, lane_reduce_dot):
+    ins = refs[:9]
+    du_ref, ddl_ref, da_ref, dd_ref, dbias_ref, db_ref, dc_ref, scratch_ref = refs[9:]
     _, da, dd, dbias = backward_rows(
-        u_ref,
-        dl_ref,
-        b_ref,
-        c_ref,
-        dy_ref,
-        hb_ref,
-        du_ref,
-        ddl_ref,
-        db_ref,
-        dc_ref,
+        ins,
+        (du_ref, ddl_ref, db_ref, dc_ref),
         scratch_ref,
-        A,
-        dvec,
-        bias,
-        zero_grad_carry(*A.shape),
+        zero_grad_carry(*ins[2].shape),
         valid=seq_len,
         chunk=chunk,
         softplus=softplus,
@@ -371,6 +296,20 @@ def _forward_call(cfg, softplus, seq_len, save_states, u, dl, a, b, c, dvec, bia
     return outs if save_states else (outs[0], None)
 
 
+def backward_out_shape(u, dl, n, nblk):
+    """The backward kernel's outputs for u, dl (bsz, L, d) and ``nblk`` channel blocks."""
+    bsz, seq_len, d = u.shape
+    return [
+        jax.ShapeDtypeStruct(u.shape, u.dtype),  # du
+        jax.ShapeDtypeStruct(dl.shape, dl.dtype),  # d delta
+        jax.ShapeDtypeStruct((bsz, n, d), f32),  # dA per sequence
+        jax.ShapeDtypeStruct((bsz, 1, d), f32),  # dD per sequence
+        jax.ShapeDtypeStruct((bsz, 1, d), f32),  # d delta_bias per sequence
+        jax.ShapeDtypeStruct((nblk, bsz, seq_len, n), f32),  # dB per channel block
+        jax.ShapeDtypeStruct((nblk, bsz, seq_len, n), f32),  # dC per channel block
+    ]
+
+
 def _backward_call(cfg, softplus, seq_len, u, dl, a, b, c, dvec, bias, hb, dy):
     bsz, _, d = u.shape
     n = a.shape[0]
@@ -383,15 +322,7 @@ def _backward_call(cfg, softplus, seq_len, u, dl, a, b, c, dvec, bias, hb, dy):
     per_seq_a = pl.BlockSpec((None, n, bd), lambda b, j: (b, 0, j))  # (bsz, n, d)
     per_seq_vec = pl.BlockSpec((None, 1, bd), lambda b, j: (b, 0, j))  # (bsz, 1, d)
     per_blk_bc = pl.BlockSpec((None, None, seq_len, n), lambda b, j: (j, b, 0, 0))  # (nblk, bsz, L, n)
-    out_shape = [
-        jax.ShapeDtypeStruct(u.shape, u.dtype),  # du
-        jax.ShapeDtypeStruct(dl.shape, dl.dtype),  # d delta
-        jax.ShapeDtypeStruct((bsz, n, d), f32),  # dA per sequence
-        jax.ShapeDtypeStruct((bsz, 1, d), f32),  # dD per sequence
-        jax.ShapeDtypeStruct((bsz, 1, d), f32),  # d delta_bias per sequence
-        jax.ShapeDtypeStruct((nblk, bsz, seq_len, n), f32),  # dB per channel block
-        jax.ShapeDtypeStruct((nblk, bsz, seq_len, n), f32),  # dC per channel block
-    ]
+    out_shape = backward_out_shape(u, dl, n, nblk)
     out_specs = [row, row, per_seq_a, per_seq_vec, per_seq_vec, per_blk_bc, per_blk_bc]
     scratch_shapes = ()
     if cfg.scratch_as_output:
@@ -515,4 +446,13 @@ def pick_block_d(d: int, candidates=(64, 32, 16)) -> int:
     return 32 if d > 16 else max(1, 1 << (d - 1).bit_length())
 
 
-__all__ = ["KernelConfig", "backward_rows", "block_len", "forward_rows", "pick_block_d", "selective_scan"]
+__all__ = [
+    "KernelConfig",
+    "backward_out_shape",
+    "backward_rows",
+    "block_len",
+    "forward_rows",
+    "pick_block_d",
+    "selective_scan",
+    "zero_grad_carry",
+]

@@ -23,7 +23,9 @@ specifics:
 from __future__ import annotations
 
 import functools
+import json
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -77,40 +79,23 @@ def _valid_rows(block, seq_len, block_l):
     return jnp.minimum(block_l, seq_len - block * block_l)
 
 
-def _fwd_kernel(
-    u_ref,
-    dl_ref,
-    a_ref,
-    b_ref,
-    c_ref,
-    d_ref,
-    bias_ref,
-    y_ref,
-    *rest,
-    seq_len,
-    block_l,
-    chunk,
-    softplus,
-    save_states,
-):
-    hb_ref = rest[0] if save_states else None
-    h_ref, *stage = rest[1:] if save_states else rest
-    stage = iter(stage)
+def _fwd_kernel(*refs, seq_len, block_l, chunk, softplus, save_states):
+    ins, y_ref = refs[:7], refs[7]
+    hb_ref = refs[8] if save_states else None
+    h_ref, *stage = refs[9:] if save_states else refs[8:]
+    stage = iter(stage)  # the float32 copies: inputs, then outputs (``_stage_shapes``)
     block = pl.program_id(2)
 
     @pl.when(block == 0)
     def _():
         h_ref[...] = jnp.zeros(h_ref.shape, f32)
 
-    rows = _staged((u_ref, dl_ref, b_ref, c_ref), stage)
+    ins = _staged(ins, stage)
     (y_rows,) = _rows_for((y_ref,), stage)
     h_ref[...] = pallas_common.forward_rows(
-        *rows,
+        ins,
         y_rows,
         hb_ref,
-        a_ref[...].astype(f32),
-        d_ref[0].astype(f32),
-        bias_ref[0].astype(f32),
         h_ref[...],
         valid=_valid_rows(block, seq_len, block_l),
         chunk=chunk,
@@ -119,34 +104,10 @@ def _fwd_kernel(
     _write_back((y_ref,), (y_rows,))
 
 
-def _bwd_kernel(
-    u_ref,
-    dl_ref,
-    a_ref,
-    b_ref,
-    c_ref,
-    d_ref,
-    bias_ref,
-    hb_ref,
-    dy_ref,
-    du_ref,
-    ddl_ref,
-    da_ref,
-    dd_ref,
-    dbias_ref,
-    db_ref,
-    dc_ref,
-    recompute_ref,
-    dh_ref,
-    da_acc,
-    dd_acc,
-    dbias_acc,
-    *stage,
-    seq_len,
-    block_l,
-    chunk,
-    softplus,
-):
+def _bwd_kernel(*refs, seq_len, block_l, chunk, softplus):
+    ins = refs[:9]
+    du_ref, ddl_ref, da_ref, dd_ref, dbias_ref, db_ref, dc_ref = refs[9:16]
+    recompute_ref, dh_ref, da_acc, dd_acc, dbias_acc, *stage = refs[16:]
     stage = iter(stage)
     step = pl.program_id(2)
     block = pl.num_programs(2) - 1 - step  # last L block first
@@ -156,32 +117,21 @@ def _bwd_kernel(
         for ref in (dh_ref, da_acc, dd_acc, dbias_acc):
             ref[...] = jnp.zeros(ref.shape, f32)
 
-    u_rows, dl_rows, b_rows, c_rows, dy_rows = _staged((u_ref, dl_ref, b_ref, c_ref, dy_ref), stage)
-    du_rows, ddl_rows = _rows_for((du_ref, ddl_ref), stage)
-    carry = (dh_ref[...], da_acc[...], dd_acc[0], dbias_acc[0])
+    ins = _staged(ins, stage)
+    outs = (du_ref, ddl_ref, db_ref, dc_ref)
+    rows = _rows_for(outs, stage)
     dh, da, dd, dbias = pallas_common.backward_rows(
-        u_rows,
-        dl_rows,
-        b_rows,
-        c_rows,
-        dy_rows,
-        hb_ref,
-        du_rows,
-        ddl_rows,
-        db_ref,
-        dc_ref,
+        ins,
+        rows,
         recompute_ref,
-        a_ref[...].astype(f32),
-        d_ref[0].astype(f32),
-        bias_ref[0].astype(f32),
-        carry,
+        (dh_ref[...], da_acc[...], dd_acc[0], dbias_acc[0]),
         valid=_valid_rows(block, seq_len, block_l),
         chunk=chunk,
         softplus=softplus,
         barrier=None,
         lane_reduce_dot=True,
     )
-    _write_back((du_ref, ddl_ref), (du_rows, ddl_rows))
+    _write_back(outs, rows)
     dh_ref[...] = dh
     da_acc[...] = da
     dd_acc[0] = dd
@@ -195,7 +145,7 @@ def _bwd_kernel(
 # -------------------------------------------------------------------------------- pallas_calls
 
 
-def _specs(bsz, lp, d, n, bd, block_l, chunk, reverse):
+def _specs(lp, n, bd, block_l, chunk, reverse):
     """BlockSpecs on the grid (batch, channel blocks, L blocks); ``reverse``: last L block first."""
     nl = lp // block_l
     lb = (lambda s: nl - 1 - s) if reverse else (lambda s: s)
@@ -211,114 +161,91 @@ def _specs(bsz, lp, d, n, bd, block_l, chunk, reverse):
     )
 
 
-def _stage_shapes(blocks):
-    """float32 VMEM copies for the (block shape, dtype) pairs that are not float32, in order."""
-    return [pltpu.VMEM(shape, f32) for shape, dtype in blocks if jnp.dtype(dtype) != f32]
+def _block_shape(spec):
+    return tuple(x for x in spec.block_shape if x is not None)
 
 
-def _forward_plan(cfg, seq_len, save_states, u, dl, b, c):
+def _stage_shapes(specs, arrays):
+    """float32 VMEM copies of the blocks whose arrays are not float32, in order."""
+    return [pltpu.VMEM(_block_shape(s), f32) for s, x in zip(specs, arrays) if x.dtype != f32]
+
+
+def _plan(in_specs, inputs, out_specs, out_shape, carries):
+    """pallas_call's block and scratch arguments: the carries, then the float32 copies of the
+    non-float32 input blocks, then those of the output blocks (the kernels take them in order)."""
+    scratch = carries + _stage_shapes(in_specs, inputs) + _stage_shapes(out_specs, out_shape)
+    return dict(in_specs=in_specs, out_specs=out_specs, out_shape=out_shape, scratch_shapes=scratch)
+
+
+def _forward_plan(cfg, seq_len, save_states, inputs):
+    u, b = inputs[0], inputs[3]
     bsz, lp, d = u.shape
     n = b.shape[-1]
-    bd, chunk = cfg.block_d, cfg.chunk
     block_l = pallas_common.block_len(cfg, seq_len)
-    s = _specs(bsz, lp, d, n, bd, block_l, chunk, False)
+    s = _specs(lp, n, cfg.block_d, block_l, cfg.chunk, False)
     out_shape = [jax.ShapeDtypeStruct(u.shape, u.dtype)]
     out_specs = [s["row"]]
     if save_states:
-        out_shape.append(jax.ShapeDtypeStruct((bsz, lp // chunk, n, d), f32))
+        out_shape.append(jax.ShapeDtypeStruct((bsz, lp // cfg.chunk, n, d), f32))
         out_specs.append(s["hb"])
-    row, bc = (block_l, bd), (block_l, n)
-    scratch = [pltpu.VMEM((n, bd), f32)]  # the state, carried across L blocks
-    scratch += _stage_shapes([(row, u.dtype), (row, dl.dtype), (bc, b.dtype), (bc, c.dtype), (row, u.dtype)])
-    return dict(
-        grid=(bsz, d // bd, lp // block_l),
-        in_specs=[s["row"], s["row"], s["a"], s["bc"], s["bc"], s["vec"], s["vec"]],
-        out_specs=out_specs,
-        out_shape=out_shape,
-        scratch_shapes=scratch,
-        block_l=block_l,
-    )
+    in_specs = [s["row"], s["row"], s["a"], s["bc"], s["bc"], s["vec"], s["vec"]]
+    carries = [pltpu.VMEM((n, cfg.block_d), f32)]  # the state
+    grid = (bsz, d // cfg.block_d, lp // block_l)
+    return grid, block_l, _plan(in_specs, inputs, out_specs, out_shape, carries)
 
 
-def _backward_plan(cfg, seq_len, u, dl, b, c, dy):
+def _backward_plan(cfg, seq_len, inputs):
+    u, dl, b = inputs[0], inputs[1], inputs[3]
     bsz, lp, d = u.shape
-    n = b.shape[-1]
-    bd, chunk = cfg.block_d, cfg.chunk
-    nblk = d // bd
+    n, bd = b.shape[-1], cfg.block_d
     block_l = pallas_common.block_len(cfg, seq_len)
-    s = _specs(bsz, lp, d, n, bd, block_l, chunk, True)
-    out_shape = [
-        jax.ShapeDtypeStruct(u.shape, u.dtype),  # du
-        jax.ShapeDtypeStruct(dl.shape, dl.dtype),  # d delta
-        jax.ShapeDtypeStruct((bsz, n, d), f32),  # dA per sequence
-        jax.ShapeDtypeStruct((bsz, 1, d), f32),  # dD per sequence
-        jax.ShapeDtypeStruct((bsz, 1, d), f32),  # d delta_bias per sequence
-        jax.ShapeDtypeStruct((nblk, bsz, lp, n), f32),  # dB per channel block
-        jax.ShapeDtypeStruct((nblk, bsz, lp, n), f32),  # dC per channel block
-    ]
-    row, bc = (block_l, bd), (block_l, n)
-    scratch = [
-        pltpu.VMEM((chunk + 1, n, bd), f32),  # one chunk's recomputed states
-        pltpu.VMEM((n, bd), f32),  # d/dh, carried across L blocks
+    s = _specs(lp, n, bd, block_l, cfg.chunk, True)
+    in_specs = [s["row"], s["row"], s["a"], s["bc"], s["bc"], s["vec"], s["vec"], s["hb"], s["row"]]
+    out_specs = [s["row"], s["row"], s["per_seq_a"], s["per_seq_vec"], s["per_seq_vec"]]
+    out_specs += [s["per_blk_bc"]] * 2
+    out_shape = pallas_common.backward_out_shape(u, dl, n, d // bd)
+    carries = [
+        pltpu.VMEM((cfg.chunk + 1, n, bd), f32),  # one chunk's recomputed states
+        pltpu.VMEM((n, bd), f32),  # d/dh
         pltpu.VMEM((n, bd), f32),  # dA so far
         pltpu.VMEM((1, bd), f32),  # dD so far
         pltpu.VMEM((1, bd), f32),  # d delta_bias so far
     ]
-    scratch += _stage_shapes(
-        [(row, u.dtype), (row, dl.dtype), (bc, b.dtype), (bc, c.dtype), (row, dy.dtype)]
-        + [(row, u.dtype), (row, dl.dtype)]
-    )
-    return dict(
-        grid=(bsz, nblk, lp // block_l),
-        in_specs=[s["row"], s["row"], s["a"], s["bc"], s["bc"], s["vec"], s["vec"], s["hb"], s["row"]],
-        out_specs=[s["row"], s["row"], s["per_seq_a"], s["per_seq_vec"], s["per_seq_vec"]]
-        + [s["per_blk_bc"]] * 2,
-        out_shape=out_shape,
-        scratch_shapes=scratch,
-        block_l=block_l,
-    )
+    grid = (bsz, d // bd, lp // block_l)
+    return grid, block_l, _plan(in_specs, inputs, out_specs, out_shape, carries)
 
 
-def _forward_call(cfg, softplus, seq_len, save_states, u, dl, a, b, c, dvec, bias):
-    plan = _forward_plan(cfg, seq_len, save_states, u, dl, b, c)
+def _call(cfg, kind, kernel, grid, plan, *args):
+    return pl.pallas_call(
+        kernel,
+        grid=grid,
+        **plan,
+        compiler_params=cfg.compiler_params(kind),
+        interpret=cfg.interpret,
+        name=f"selective_scan_{kind}_mosaic",
+    )(*args)
+
+
+def _forward_call(cfg, softplus, seq_len, save_states, *inputs):
+    grid, block_l, plan = _forward_plan(cfg, seq_len, save_states, inputs)
     kernel = functools.partial(
         _fwd_kernel,
         seq_len=seq_len,
-        block_l=plan["block_l"],
+        block_l=block_l,
         chunk=cfg.chunk,
         softplus=softplus,
         save_states=save_states,
     )
-    outs = pl.pallas_call(
-        kernel,
-        out_shape=plan["out_shape"],
-        grid=plan["grid"],
-        in_specs=plan["in_specs"],
-        out_specs=plan["out_specs"],
-        scratch_shapes=plan["scratch_shapes"],
-        compiler_params=cfg.compiler_params("fwd"),
-        interpret=cfg.interpret,
-        name="selective_scan_fwd_mosaic",
-    )(u, dl, a, b, c, dvec, bias)
+    outs = _call(cfg, "fwd", kernel, grid, plan, *inputs)
     return outs if save_states else (outs[0], None)
 
 
-def _backward_call(cfg, softplus, seq_len, u, dl, a, b, c, dvec, bias, hb, dy):
-    plan = _backward_plan(cfg, seq_len, u, dl, b, c, dy)
+def _backward_call(cfg, softplus, seq_len, *inputs):
+    grid, block_l, plan = _backward_plan(cfg, seq_len, inputs)
     kernel = functools.partial(
-        _bwd_kernel, seq_len=seq_len, block_l=plan["block_l"], chunk=cfg.chunk, softplus=softplus
+        _bwd_kernel, seq_len=seq_len, block_l=block_l, chunk=cfg.chunk, softplus=softplus
     )
-    du, ddl, da, dd, dbias, db, dc = pl.pallas_call(
-        kernel,
-        out_shape=plan["out_shape"],
-        grid=plan["grid"],
-        in_specs=plan["in_specs"],
-        out_specs=plan["out_specs"],
-        scratch_shapes=plan["scratch_shapes"],
-        compiler_params=cfg.compiler_params("bwd"),
-        interpret=cfg.interpret,
-        name="selective_scan_bwd_mosaic",
-    )(u, dl, a, b, c, dvec, bias, hb, dy)
+    du, ddl, da, dd, dbias, db, dc = _call(cfg, "bwd", kernel, grid, plan, *inputs)
     return du, ddl, da.sum(0), dd.sum(0), dbias.sum(0), db.sum(0), dc.sum(0)
 
 
@@ -373,17 +300,27 @@ def vmem_bytes(kind, seq_len, d, n, dtype, *, cfg=None):
     n = -(-n // cfg.n_multiple) * cfg.n_multiple
     dp = -(-d // cfg.block_d) * cfg.block_d
     sd = jax.ShapeDtypeStruct
-    u, b = sd((1, lp, dp), dtype), sd((1, lp, n), dtype)
+    u, b, vec = sd((1, lp, dp), dtype), sd((1, lp, n), dtype), sd((1, dp), f32)
+    inputs = [u, u, sd((n, dp), f32), b, b, vec, vec]
     if kind == "fwd":
-        plan = _forward_plan(cfg, seq_len, True, u, u, b, b)
-        ins = [u, u, sd((n, dp), f32), b, b, sd((1, dp), f32), sd((1, dp), f32)]
+        _, _, plan = _forward_plan(cfg, seq_len, True, inputs)
     else:
-        plan = _backward_plan(cfg, seq_len, u, u, b, b, u)
-        hb = sd((1, lp // cfg.chunk, n, dp), f32)
-        ins = [u, u, sd((n, dp), f32), b, b, sd((1, dp), f32), sd((1, dp), f32), hb, u]
-    blocks = [
-        (tuple(x for x in spec.block_shape if x is not None), arr.dtype)
-        for spec, arr in zip(plan["in_specs"] + plan["out_specs"], ins + plan["out_shape"])
-    ]
-    total = 2 * sum(_tiled_bytes(shape, dtype) for shape, dtype in blocks)
+        inputs += [sd((1, lp // cfg.chunk, n, dp), f32), u]
+        _, _, plan = _backward_plan(cfg, seq_len, inputs)
+    blocks = zip(plan["in_specs"] + plan["out_specs"], inputs + plan["out_shape"])
+    total = 2 * sum(_tiled_bytes(_block_shape(spec), x.dtype) for spec, x in blocks)
     return total + sum(_tiled_bytes(s.shape, s.dtype) for s in plan["scratch_shapes"])
+
+
+def compiled_vmem_bytes(hlo_text: str) -> dict[str, int]:
+    """Mosaic's scoped VMEM allocation of each kernel in a compiled TPU program's HLO text
+    (``compiled.as_text()``): {custom call name: bytes}, from its ``used_scoped_memory_configs``
+    (memory space 1 is VMEM)."""
+    out = {}
+    for line in hlo_text.splitlines():
+        call = re.match(r"\s*%?(\S+) = .*custom_call_target=\"tpu_custom_call\".*?backend_config=", line)
+        if call:
+            config, _ = json.JSONDecoder().raw_decode(line, call.end())
+            used = config.get("used_scoped_memory_configs", [])
+            out[call.group(1)] = sum(int(c["size"]) for c in used if str(c.get("memory_space")) == "1")
+    return out
