@@ -13,11 +13,11 @@ specifics:
   (its index maps reverse the block index). L is padded to a multiple of the block; the kernels
   stop at the true length, so the padded rows are never read and the padding cannot change a
   value or a gradient.
-- The kernels read and write single rows at a dynamic step index. A bfloat16 (or float16) tile is
-  (16, 128): two rows per sublane, so a one-row access at an arbitrary row is not a legal Mosaic
-  load. Such blocks are therefore copied once per L block, whole (aligned), into float32 VMEM
-  scratch (and the outputs back, cast to their dtype), and the steps run on the float32 copies.
-  Float32 blocks are used in place. All arithmetic is float32.
+- The kernels read and write single rows at a dynamic step index. A bfloat16 (or float16) block
+  packs two rows per sublane, and Mosaic refuses a one-row access at a row it cannot prove
+  aligned (E2003). Such blocks are therefore copied once per L block, whole (aligned), into
+  float32 VMEM scratch (and the outputs back, cast to their dtype), and the steps run on the
+  float32 copies. Float32 blocks are used in place. All arithmetic is float32.
 """
 
 from __future__ import annotations
@@ -286,7 +286,7 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Fa
 def _tiled_bytes(shape, dtype):
     """Bytes of a VMEM buffer: the last two dims padded to Mosaic's tile, (8 x packing, 128)."""
     itemsize = jnp.dtype(dtype).itemsize
-    *lead, rows, cols = (1, *shape) if len(shape) == 1 else shape
+    *lead, rows, cols = shape
     sub = 8 * (4 // itemsize)
     return math.prod(lead) * (-(-rows // sub) * sub) * (-(-cols // 128) * 128) * itemsize
 
