@@ -4,7 +4,8 @@ Values: Pallas's generic interpreter and its TPU-semantics interpreter (simulate
 NaN-filled uninitialised memory, out-of-bounds reads raise) against the sequential XLA scan,
 forward and every gradient, with L blocks small enough that the state and the backward's carries
 cross several of them. Compiles: libtpu's compiler for named chips (deviceless), forward and
-backward, float32 and bfloat16, up to L = 25,600, under a VMEM limit that does not grow with L.
+backward, float32 and bfloat16, up to L = 25,600, each kernel's VMEM (as Mosaic allocated it)
+within a count from its blocks that does not grow with L.
 """
 
 import dataclasses
