@@ -21,8 +21,8 @@ from mambavision_jax.aot import targets as tg
 from mambavision_jax.models.registry import create_model
 
 T = "mamba_vision_T"
-# (target, global batch): 64 per device on both.
-TARGETS = {"tpu:v5e:2x2": 256, "gpu:h100x8": 512}
+# (target, global batch) as README shows them: 64 per v5e chip, 128 per H100 (the official per-GPU batch).
+TARGETS = {"tpu:v5e:2x2": 256, "gpu:h100x8": 1024}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,9 @@ def test_train_step_compiles_and_fits(reports, target):
     assert r["devices"] == t.num_devices and r["platform"] == t.platform
     assert r["scan_impl"].startswith("pallas"), r["scan_impl"]  # "auto" resolved for the target
     assert r["scan_impl"] != "pallas_tpu" or t.platform == "tpu"
-    assert r["attn_impl"] == ("cudnn" if t.platform == "gpu" else "xla")
+    assert r["attn_impl"] == "auto" and r["conv_impl"] == "xla"  # resolved for the target while tracing
+    if t.platform == "tpu":
+        assert r["attention_calls"]["cudnn"] == 0
     assert r["mesa"] and r["ema"]  # the whole recipe of configs/tiny.py
     m = r["memory_per_device"]
     assert r["fits"], m
@@ -67,14 +69,14 @@ def test_train_step_compiles_and_fits(reports, target):
     fwd = xla_fwd if r["flops_source"] == "xla_cost_analysis" else jaxpr_fwd
     expected = 4 * fwd * r["batch"]
     assert abs(r["flops_per_step"] / expected - 1) < 0.10, (r["flops_per_step"], expected)
-    # The gradients of the replicated float32 parameters are summed over the devices every step:
-    # all-reduced, or reduce-scattered (then all-gathered).
+    # The gradients of the replicated parameters are summed over the devices every step (in
+    # bfloat16 at least): all-reduced, or reduce-scattered (then all-gathered).
     n_params = zoo.count_params(nnx.eval_shape(lambda: create_model(T)))
     c = r["collectives"]
     summed = c.get("all-reduce", {}).get("bytes", 0) + r["devices"] * c.get("reduce-scatter", {}).get(
         "bytes", 0
     )
-    assert summed >= 4 * n_params, c
+    assert summed >= 2 * n_params, c
     rf = r["roofline"]
     assert rf["images_per_s_at_peak"] == pytest.approx(
         r["batch"] * t.chip.peak_bf16_flops / r["flops_per_device"], rel=1e-6
@@ -85,6 +87,8 @@ def test_train_step_compiles_and_fits(reports, target):
 def test_eval_step_compiles_fits_and_keeps_sequences_local(reports, target):
     r = reports(target, "eval")
     assert r["fits"] and r["scan_impl"].startswith("pallas")
+    # Attention "auto" on the target: cuDNN's fused kernel on the H100 in bf16 inference, XLA on TPU.
+    assert (r["attention_calls"]["cudnn"] > 0) == (r["platform"] == "gpu"), r["attention_calls"]
     train = reports(target, "train")
     assert r["memory_per_device"]["total"] < train["memory_per_device"]["total"]
     # No activation crosses devices: the Pallas scans run per device (ScanSharding), the batch

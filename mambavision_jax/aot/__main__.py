@@ -12,20 +12,24 @@ smallest fsdp, or whether remat is needed. --all-variants writes the table of al
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from collections.abc import Sequence
 
-# Compile-only devices need no accelerator: JAX runs on the CPU, and libtpu must not look for a
-# TPU VM's metadata server (it would wait for it). Set before jax is imported.
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import jax
+
+from mambavision_jax import cli, paths
+from mambavision_jax.aot import targets as tg
+from mambavision_jax.models.config import FLOAT_DTYPES
+
+# Compile-only devices need no accelerator: JAX runs on the CPU (else it would try libtpu and the
+# CUDA plugin as backends, and the latter prints a traceback without a GPU), and libtpu must not
+# ask for a TPU VM's metadata server (it would wait for it). The package import already read the
+# environment, so the platform is set through jax.config (before any backend starts).
+if not os.environ.get("JAX_PLATFORMS"):
+    jax.config.update("jax_platforms", "cpu")
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-
-import json  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-
-from mambavision_jax import cli, paths  # noqa: E402
-from mambavision_jax.aot import targets as tg  # noqa: E402
-from mambavision_jax.models.config import FLOAT_DTYPES  # noqa: E402
 
 # The global batch per target family that the --all-variants table uses by default: the official
 # recipe's per-GPU 128 on GPUs; 32 per chip on v5e (16 GiB) and 128 on v5p.

@@ -39,7 +39,9 @@ class Chip:
     compute_capability: float | None = None
 
 
-# The one table of chip facts. Each row's source is the public page in the comment above it.
+# The one table of chip facts. Each row's source is the public page in the comment above it. HBM
+# is the nominal capacity (the pages' "GB" are GiB); a program needs some headroom below it, and on
+# a GPU JAX preallocates 75% of it unless XLA_PYTHON_CLIENT_MEM_FRACTION says more.
 CHIPS: dict[str, Chip] = {
     # https://cloud.google.com/tpu/docs/v4 : 275 TFLOPs (bf16), HBM2 32 GiB; 4 chips per host.
     # The page gives no per-chip ICI bandwidth.
