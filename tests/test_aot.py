@@ -147,15 +147,10 @@ def test_collectives_parser():
 def test_all_variants_compile_for_v5e_4x4():
     """The v5e column of benchmarks/RESULTS.md: every variant's bf16 train step compiles for a
     4x4 slice (whether it fits is the table's answer, not a requirement)."""
-    import argparse
-
     from mambavision_jax.aot import table
 
-    args = argparse.Namespace(
-        image_size=0, dtype="bfloat16", program="train", fsdp=1, remat=False,
-        scan_impl="auto", attn_impl="auto", config=None,
-    )  # fmt: skip
-    text = table.variants_table(args, tg.parse_target("tpu:v5e:4x4"), 32)
+    base = planner.Request(target="tpu:v5e:4x4", dtype="bfloat16", program="train")
+    text = table.variants_table(base, 32)
     rows = [ln for ln in text.splitlines() if ln.startswith("| mamba_vision")]
     assert len(rows) == 11 and not any("failed" in ln for ln in rows), text
     assert "| mamba_vision_T | 224 | 512 |" in text and "| yes |" in rows[0], text

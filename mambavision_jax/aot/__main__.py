@@ -70,16 +70,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = tg.parse_target(args.target)  # a bad target: one line, before any import of jax
     from mambavision_jax.aot import planner
 
-    if args.all_variants:
-        from mambavision_jax.aot import table
-
-        per_device = args.batch or DEFAULT_BATCH_PER_DEVICE[target.chip.name]
-        text = table.variants_table(args, target, per_device)
-        if args.out:
-            paths.atomic_write_text(args.out, text)
-        else:
-            sys.stdout.write(text)
-        return 0
     req = planner.Request(
         target=args.target,
         model=args.model,
@@ -93,6 +83,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         attn_impl=args.attn_impl,
         config=args.config,
     )
+    if args.all_variants:
+        from mambavision_jax.aot import table
+
+        per_device = args.batch or DEFAULT_BATCH_PER_DEVICE[target.chip.name]
+        text = table.variants_table(req, per_device)
+        if args.out:
+            paths.atomic_write_text(args.out, text)
+        else:
+            sys.stdout.write(text)
+        return 0
     planner.recipe_config(req.model, req.config)  # an unknown model or config: before compiling
     if args.fit:
         from mambavision_jax.aot import fit

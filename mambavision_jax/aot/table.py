@@ -3,6 +3,7 @@ benchmarks/RESULTS.md). A variant that fails to compile gets a row with the comp
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from mambavision_jax.aot import planner
@@ -37,32 +38,21 @@ def row(r) -> str:
     )
 
 
-def variants_table(args, target: tg.Target, per_device: int, models=None) -> str:
-    """The markdown table of `models` (default: all 11) compiled for `target` with the other
-    settings of `args` (the CLI's namespace) at `per_device` images per device."""
+def variants_table(base: planner.Request, per_device: int, models=None) -> str:
+    """The markdown table of `models` (default: all 11) compiled as `base` (its target, program,
+    dtype, ...) at `per_device` images per device."""
+    target = tg.parse_target(base.target)
     devices = tg.compile_only_devices(target)
     n = len(devices)
     lines = [
-        f"{target.spec}: {n} x {devices[0].device_kind}, {tg.hosts_of(devices)} host(s); {args.program}, "
-        f"{args.dtype}, {per_device} images per device, fsdp {args.fsdp}, remat {args.remat}; "
+        f"{target.spec}: {n} x {devices[0].device_kind}, {tg.hosts_of(devices)} host(s); {base.program}, "
+        f"{base.dtype}, {per_device} images per device, fsdp {base.fsdp}, remat {base.remat}; "
         f"HBM {_gib(target.chip.hbm_bytes)} per chip, peak {target.chip.peak_bf16_flops / 1e12:.0f} "
         "TFLOP/s bf16; collectives: ops / bytes per device per step\n",
         HEADER,
     ]
     for model in models or list_models():
-        req = planner.Request(
-            target=target.spec,
-            model=model,
-            batch=per_device * n,
-            image_size=args.image_size,
-            dtype=args.dtype,
-            program=args.program,
-            fsdp=args.fsdp,
-            remat=args.remat,
-            scan_impl=args.scan_impl,
-            attn_impl=args.attn_impl,
-            config=args.config,
-        )
+        req = dataclasses.replace(base, model=model, batch=per_device * n)
         try:
             r = planner.plan(req, compile_only_devices=devices)
             line = row(r) + "\n"
