@@ -99,10 +99,10 @@ def test_eval_step_compiles_fits_and_keeps_sequences_local(reports, target):
 
 
 def test_cli_bad_target_is_one_line():
-    result = run_cli("mambavision_jax.aot", "--target", "tpu:v9z:2x2", timeout=120)
+    result = run_cli("mambavision_jax.aot", "--target", "tpu:v9z:2x2", timeout=600)
     line = assert_user_error(result, "--target", "tpu:v9z:2x2")
     assert "v5e" in line  # names the known chips
-    result = run_cli("mambavision_jax.aot", "--target", "gpu:h100x8", "--batch", "100", timeout=120)
+    result = run_cli("mambavision_jax.aot", "--target", "gpu:h100x8", "--batch", "100", timeout=600)
     assert_user_error(result, "--batch 100", "multiple of 8")
 
 
@@ -154,3 +154,40 @@ def test_all_variants_compile_for_v5e_4x4():
     rows = [ln for ln in text.splitlines() if ln.startswith("| mamba_vision")]
     assert len(rows) == 11 and not any("failed" in ln for ln in rows), text
     assert "| mamba_vision_T | 224 | 512 |" in text and "| yes |" in rows[0], text
+
+
+@pytest.mark.parametrize(("start", "limit"), [(64, 300), (64, 64), (512, 37), (8, 1)])
+def test_fit_batch_search(monkeypatch, start, limit):
+    """--fit batch: the largest per-device batch that fits, by doubling / halving then bisection
+    (a stand-in compiler: a program fits while its per-device batch is <= limit)."""
+    from mambavision_jax.aot import fit
+
+    calls = []
+
+    def fake_plan(req, compile_only_devices=None):
+        calls.append(req.batch)
+        return {
+            "fits": req.batch // 4 <= limit,
+            "batch": req.batch,
+            "memory_per_device": {"total": req.batch},
+        }
+
+    monkeypatch.setattr(planner, "plan", fake_plan)
+    monkeypatch.setattr(tg, "compile_only_devices", lambda target: [object()] * 4)
+    result = fit.fit(planner.Request(target="tpu:v5e:2x2", batch=4 * start), "batch", log=lambda s: None)
+    assert result["value"] == limit and result["report"]["batch"] == 4 * limit
+    assert result["compiles"] == len(set(calls)) <= 2 * (limit.bit_length() + start.bit_length()) + 2
+
+
+def test_fit_fsdp_and_remat_search(monkeypatch):
+    from mambavision_jax.aot import fit
+
+    def fake_plan(req, compile_only_devices=None):
+        return {"fits": req.fsdp >= 4 or req.remat, "memory_per_device": {"total": 1}}
+
+    monkeypatch.setattr(planner, "plan", fake_plan)
+    monkeypatch.setattr(tg, "compile_only_devices", lambda target: [object()] * 16)
+    r = fit.fit(planner.Request(target="tpu:v5p:4x4x1"), "fsdp", log=lambda s: None)
+    assert r["value"] == 4 and r["compiles"] <= 4  # of 1, 2, 4, 8, 16
+    r = fit.fit(planner.Request(target="tpu:v5p:4x4x1"), "remat", log=lambda s: None)
+    assert r["value"] is True and r["compiles"] == 2

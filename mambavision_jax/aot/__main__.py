@@ -24,12 +24,10 @@ from mambavision_jax.aot import targets as tg
 from mambavision_jax.models.config import FLOAT_DTYPES
 
 # Compile-only devices need no accelerator: JAX runs on the CPU (else it would try libtpu and the
-# CUDA plugin as backends, and the latter prints a traceback without a GPU), and libtpu must not
-# ask for a TPU VM's metadata server (it would wait for it). The package import already read the
-# environment, so the platform is set through jax.config (before any backend starts).
+# CUDA plugin as backends, and the latter prints a traceback without a GPU). The package import
+# already read the environment, so the platform is set through jax.config, before any backend starts.
 if not os.environ.get("JAX_PLATFORMS"):
     jax.config.update("jax_platforms", "cpu")
-os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 
 # The global batch per target family that the --all-variants table uses by default: the official
 # recipe's per-GPU 128 on GPUs; 32 per chip on v5e (16 GiB) and 128 on v5p.

@@ -124,8 +124,14 @@ def compile_only_devices(target: Target) -> list:
     """Devices of `target` that XLA compiles for without the hardware (they cannot run). Needs the
     `aot` extra (libtpu for TPUs, jax-cuda12-plugin and ptxas for GPUs); a TPU topology libtpu
     refuses is a UserError."""
+    import os
+
     from jax.experimental import topologies
 
+    # libtpu locks /tmp/libtpu_lockfile so that one process owns a host's TPU chips; compile-only
+    # devices own nothing, and several processes (pytest workers, parallel plans) may compile at once.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no TPU VM metadata server to ask (it would wait)
     try:
         if target.platform == "tpu":
             topo = topologies.get_topology_desc(f"{target.chip.xla_name}:{target.topology}", "tpu")
