@@ -109,8 +109,8 @@ def test_cli_bad_target_is_one_line():
 
 
 def test_cli_json(tmp_path):
-    """--json prints the report as one JSON object (a small model from the tests' config, so the
-    compile takes seconds)."""
+    """--json prints the report as one JSON object (the eval step of a small model from the tests'
+    config: the cheapest compile)."""
     result = run_cli(
         "mambavision_jax.aot",
         "--target",
@@ -119,12 +119,15 @@ def test_cli_json(tmp_path):
         "tests/small_train_config.py",
         "--batch",
         "16",
+        "--program",
+        "eval",
         "--json",
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     r = json.loads(result.stdout)
     assert r["target"] == "gpu:a100x8" and r["devices"] == 8 and r["image_size"] == 32
+    assert r["program"] == "eval" and r["model"] == "mamba_vision_T"
     assert r["scan_impl"].startswith("pallas") and r["fits"]
     assert r["flops_source"] == "jaxpr_conv_matmul" and r["flops_per_step"] > 0
 
