@@ -112,15 +112,18 @@ class TrainProgram(NamedTuple):
     eval_gd: Any
 
 
-def build_train_program(config, mesh, num_classes: int, steps_per_epoch: int) -> TrainProgram:
+def build_train_program(
+    config, mesh, num_classes: int, steps_per_epoch: int, *, abstract: bool = False
+) -> TrainProgram:
     """The optimizer, schedule, model graphdefs (their Pallas scans per device on the mesh), the
     initial sharded state and the jitted train step of `config`: what `train_and_evaluate` runs,
-    and what the benchmarks time as the bare step."""
+    and what the benchmarks time as the bare step. abstract: the state as sharded
+    `jax.ShapeDtypeStruct`s, no arrays (`step.lower(state, batch)` for a compile-only mesh)."""
     bn_groups = _bn_groups(config, mesh)
     schedule = make_schedule(config, steps_per_epoch)
     tx = make_optimizer(config, steps_per_epoch, schedule=schedule)
     train_gd, eval_gd = graphdefs(config, num_classes, bn_groups, mesh)
-    state, shardings = create_train_state(config, num_classes, bn_groups, tx, mesh)
+    state, shardings = create_train_state(config, num_classes, bn_groups, tx, mesh, abstract=abstract)
     cfg = pretrained_cfg(config.model.name)
     step = make_train_step(
         config,

@@ -69,9 +69,17 @@ def graphdefs(config, num_classes: int, bn_groups: int, mesh=None):
 
 
 def create_train_state(
-    config, num_classes: int, bn_groups: int, tx: optax.GradientTransformation, mesh
+    config,
+    num_classes: int,
+    bn_groups: int,
+    tx: optax.GradientTransformation,
+    mesh,
+    *,
+    abstract: bool = False,
 ) -> tuple[TrainState, Any]:
-    """The initial state, created inside jit with its output shardings. Returns (state, shardings)."""
+    """The initial state, created inside jit with its output shardings. Returns (state, shardings).
+    abstract: the state as `jax.ShapeDtypeStruct`s carrying their shardings, nothing allocated
+    (compiling for devices this process cannot run on: `mambavision_jax.aot`)."""
     arch, runtime = model_configs(config, num_classes, bn_groups)
 
     def init():
@@ -88,8 +96,11 @@ def create_train_state(
             ema_batch_stats=stats if ema else None,
         )
 
-    abstract = jax.eval_shape(init)
-    shardings = shd.tree_shardings(abstract, mesh, config.mesh.min_size_to_shard_mb)
+    abstract_state = jax.eval_shape(init)
+    shardings = shd.tree_shardings(abstract_state, mesh, config.mesh.min_size_to_shard_mb)
+    if abstract:
+        sds = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+        return jax.tree.map(sds, abstract_state, shardings), shardings
     state = jax.jit(init, out_shardings=shardings)()
     return state, shardings
 
