@@ -25,7 +25,13 @@ from collections.abc import Iterator
 
 from etils import epath
 
-from mambavision_jax.errors import EnvironmentFailure, UserError, first_line, is_environment_failure
+from mambavision_jax.errors import (
+    ENVIRONMENT_ERRNOS,
+    EnvironmentFailure,
+    UserError,
+    first_line,
+    is_environment_failure,
+)
 
 PathLike = str | os.PathLike
 
@@ -207,9 +213,9 @@ def _check_bucket(url: str) -> None:
 _MIN_FREE_BYTES = 64 * 1024  # less than this free: a write will fail (file-system metadata included)
 
 
-def _storage_refusal(folder: PathLike) -> str | None:
+def _storage_refusal(folder: PathLike, min_free: int = _MIN_FREE_BYTES) -> str | None:
     """Why nothing can be written in the local `folder` (read-only file system, no permission, a
-    full disk), or None."""
+    full disk: less than `min_free` bytes free), or None."""
     try:
         st = os.statvfs(folder)
     except OSError:
@@ -218,25 +224,36 @@ def _storage_refusal(folder: PathLike) -> str | None:
         return f"{folder} is on a read-only file system"
     if not os.access(folder, os.W_OK):
         return f"{folder}: permission denied"
-    if st.f_bavail * st.f_frsize < _MIN_FREE_BYTES:
+    if st.f_bavail * st.f_frsize < min_free:
         return f"no space left on the device of {folder} ({st.f_bavail * st.f_frsize:,} bytes free)"
     return None
+
+
+# The messages of the storage's refusals, as libraries that do not raise OSError quote them
+# (safetensors: "I/O error: No space left on device (os error 28)").
+_REFUSAL_TEXTS = tuple((os.strerror(n), f"os error {n}") for n in sorted(ENVIRONMENT_ERRNOS))
 
 
 def _environment_failure(target, error: BaseException) -> BaseException | None:
     """The EnvironmentFailure that a failed write of `target` was, or None (a bug, or the user's).
     Libraries report a full disk in their own ways (torch: RuntimeError "file write failed";
-    safetensors: SafetensorError "os error 28"), so the file system is asked as well."""
-    if isinstance(error, EnvironmentFailure):
-        return None
-    if is_remote(target):
+    safetensors: SafetensorError "os error 28"), so their message and the file system are asked
+    as well."""
+    if isinstance(error, EnvironmentFailure) or is_remote(target):
         return None
     reason = None
-    if isinstance(error, OSError) and is_environment_failure(error):
-        reason = error.strerror or str(error)
+    if isinstance(error, OSError):
+        if is_environment_failure(error):
+            reason = error.strerror or str(error)
     else:
-        parent = next((p for p in pathlib.Path(os.fspath(target)).absolute().parents if p.exists()), None)
-        reason = _storage_refusal(parent) if parent is not None else None
+        text = str(error)
+        reason = next(
+            (strerror for strerror, code in _REFUSAL_TEXTS if strerror in text or code in text), None
+        )
+        if reason is None:
+            parent = next((p for p in pathlib.Path(os.fspath(target)).absolute().parents if p.exists()), None)
+            # a write that failed with under 1 MiB left: the disk filled up
+            reason = _storage_refusal(parent, min_free=2**20) if parent is not None else None
     if reason is None:
         return None
     return EnvironmentFailure(f"cannot write {os.fspath(target)}: {reason}")

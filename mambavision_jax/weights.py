@@ -272,7 +272,7 @@ def exists(spec) -> bool:
     """Whether `spec` names a hub id or a file / folder that exists (checked before any work)."""
     from mambavision_jax import hub
 
-    return hub.is_hub_id(spec) or path_of(spec).exists()
+    return hub.is_hub_id(spec) or as_path(spec).exists()  # a misspelt URL (gs:/b) is refused
 
 
 def resolve(
@@ -312,8 +312,8 @@ def resolve(
     checkpoint = str(checkpoint)
     if kind.name != "training-run" and checkpoint != "best":
         raise UserError(
-            f"--checkpoint {checkpoint} (checkpoint={checkpoint!r}) applies to a training workdir; "
-            f"{text} is {kind.description}"
+            f"--checkpoint {checkpoint} (checkpoint={checkpoint!r}) applies to training runs (a "
+            f"training workdir); {text} is {kind.description}"
         )
     if ema and kind.one_set:
         raise CheckpointError(

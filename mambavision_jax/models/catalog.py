@@ -10,7 +10,7 @@ import fnmatch
 from typing import Any
 
 from mambavision_jax.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from mambavision_jax.models.config import MambaVisionConfig
+from mambavision_jax.models.config import ConfigError, MambaVisionConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +125,7 @@ def _check_name(name: str) -> None:
     if name not in CONFIGS:
         close = difflib.get_close_matches(str(name), list(CONFIGS), n=3, cutoff=0.5)
         hint = f"; did you mean {close}?" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint} Known models: {', '.join(CONFIGS)}")
+        raise ConfigError(f"unknown model {name!r}{hint} Known models: {', '.join(CONFIGS)}")
 
 
 def model_config(name: str) -> MambaVisionConfig:
