@@ -161,11 +161,9 @@ def check_output(
     if is_remote(path):
         if kind == "file" and path.is_dir():
             raise IsADirectoryError(f"{what} is a folder; name a file")
-        if (
-            path.exists()
-            and not overwrite
-            and not (kind == "dir" and empty_dir_ok and not any(path.iterdir()))
-        ):
+        if kind == "dir":
+            _check_existing_dir(what, path, overwrite, empty_dir_ok)
+        elif path.exists() and not overwrite:
             raise FileExistsError(f"{what} exists; pass --overwrite (overwrite=True) to replace it")
         _check_bucket(os.fspath(path))
         return path
@@ -181,8 +179,7 @@ def check_output(
     else:
         if local.exists() and not local.is_dir():
             raise UserError(f"{what} is a file, not a folder")
-        if local.is_dir() and not overwrite and not (empty_dir_ok and not any(local.iterdir())):
-            raise FileExistsError(f"{what} exists; choose a new folder or pass --overwrite to replace it")
+        _check_existing_dir(what, local, overwrite, empty_dir_ok)
     if parent_must_exist and not local.parent.is_dir():
         raise FileNotFoundError(f"{what}: the folder {local.parent} does not exist")
     ancestor = next(p for p in local.parents if p.exists())
@@ -192,6 +189,16 @@ def check_output(
     if refusal:
         raise EnvironmentFailure(f"cannot write {what}: {refusal}")
     return path
+
+
+def _check_existing_dir(what: str, path, overwrite: bool, empty_dir_ok: bool) -> None:
+    """An existing output folder: replaced only with overwrite (an empty one also with empty_dir_ok)."""
+    if overwrite or not path.is_dir():
+        return
+    if not empty_dir_ok:
+        raise FileExistsError(f"{what} exists; choose a new folder or pass --overwrite to replace it")
+    if any(path.iterdir()):
+        raise UserError(f"{what} exists and is not empty; pass --overwrite to replace it")
 
 
 def _check_bucket(url: str) -> None:
