@@ -6,13 +6,24 @@ from mambavision_jax.models import (
     MambaVision,
     MambaVisionConfig,
     RuntimeConfig,
-    create_model,
     list_models,
     model_config,
     pretrained_cfg,
 )
+from mambavision_jax.models import create_model as _create_model
+from mambavision_jax.version import __version__
 
-__version__ = "0.1.0"
+
+def create_model(name_or_config, *, pretrained: bool = False, **kwargs):
+    """`models.create_model` (an official variant by name, or any MambaVisionConfig, with the
+    official init); `pretrained=True`: the official weights from the Hugging Face hub, downloaded
+    and converted on first use, then cached (`hub.create_pretrained`; also takes revision=,
+    token=, cache_dir=; `num_classes` other than the checkpoint's gives a fresh head)."""
+    if pretrained:
+        from mambavision_jax.hub import create_pretrained
+
+        return create_pretrained(name_or_config, **kwargs)
+    return _create_model(name_or_config, **kwargs)
 
 
 def __getattr__(name):
@@ -27,8 +38,8 @@ def __getattr__(name):
         from mambavision_jax import convert
 
         return getattr(convert, name)
-    if name == "load_checkpoint":  # a training run's checkpoints, or any model checkpoint
-        from mambavision_jax.inference import load_checkpoint
+    if name == "load_checkpoint":  # any weights: a training run, a file, a folder, a hub id
+        from mambavision_jax.weights import load_checkpoint
 
         return load_checkpoint
     if name == "from_pretrained":  # official weights from the Hugging Face hub, converted once
@@ -47,6 +58,7 @@ __all__ = [
     "list_models",
     "model_config",
     "pretrained_cfg",
+    "__version__",
     "load_torch_checkpoint",
     "to_torch_state_dict",
     "save_torch_checkpoint",

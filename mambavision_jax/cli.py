@@ -1,11 +1,15 @@
-"""What every command line of the package shares: argument types that check ranges, and one way
-to turn a user's mistake into a one-line message with a non-zero exit code.
+"""What every command line of the package shares: the set-up and error handling of `run`, the
+argument types that check ranges, and the flags several commands take (defined once here).
 
-A user error (a bad argument, a refused or corrupt checkpoint, a missing file, an unreadable
-image) ends the command with `error: <what is wrong and how to fix it>` on stderr and exit code 2,
-no traceback; a refusal of the machine or the store (full disk, read-only target, no permission,
-missing bucket) the same way with exit code 4 (`mambavision_jax.errors`). `--debug` on the command line, or MAMBAVISION_JAX_DEBUG=1, shows the traceback.
-Anything else (a bug) keeps its traceback.
+`run(main)` is every command's entry point. It sets XLA-CPU's faster convolutions before JAX
+starts (`xla_cpu.use_eigen_convolutions`), then calls `main(argv)`. A user error (the package's
+`errors.UserError` classes: a bad argument, a refused or corrupt checkpoint, a bad config value;
+argparse's usage errors; a missing file; an unreadable image) ends the command with
+`error: <what is wrong and how to fix it>` on stderr and exit code 2, no traceback; a refusal of
+the machine or the store (full disk, read-only target, no permission, missing bucket) the same way
+with exit code 4 (`mambavision_jax.errors`). `--debug` on the command line, or
+MAMBAVISION_JAX_DEBUG=1, shows the traceback. Anything else is a bug: its traceback, then a line
+asking for a report, exit code 1.
 """
 
 from __future__ import annotations
@@ -13,28 +17,34 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
-from mambavision_jax.errors import EXIT_ENVIRONMENT, EXIT_USER_ERROR, UserError, is_environment_failure
+from mambavision_jax.errors import (
+    EXIT_ENVIRONMENT,
+    EXIT_USER_ERROR,
+    UsageError,
+    UserError,
+    is_environment_failure,
+)
+
+ISSUES_URL = "https://github.com/mambavision-jax/mambavision-jax/issues"
+DTYPES = ("float32", "bfloat16", "float16")
+CHECKPOINT_CHOICES = "{best,latest,STEP}"
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    # Imported lazily: a CLI's --help must not pay for torch / orbax imports.
     errors: list[type[BaseException]] = [
         UserError,
-        ValueError,
         FileNotFoundError,
         FileExistsError,
         IsADirectoryError,
         NotADirectoryError,
-        PermissionError,
     ]
-    try:
+    if "mambavision_jax.images" in sys.modules:  # PIL's module loaded: an image may have failed
         from mambavision_jax.images import ImageReadError
 
         errors.append(ImageReadError)
-    except ImportError:  # pragma: no cover - PIL missing
-        pass
     return tuple(errors)
 
 
@@ -44,8 +54,12 @@ def debug_requested(argv: Sequence[str] | None = None) -> bool:
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Call `main(argv)`; a user error becomes `error: ...` on stderr and exit code 2, a refusal of
-    the machine or the store the same with exit code 4."""
+    """Call `main(argv)` after the shared set-up; a user error becomes `error: ...` on stderr and
+    exit code 2, a refusal of the machine or the store the same with exit code 4, a bug its
+    traceback and a request for a report (exit code 1)."""
+    from mambavision_jax import xla_cpu
+
+    xla_cpu.use_eigen_convolutions()  # before JAX starts its backends
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
     argv = [a for a in argv if a != "--debug"]
@@ -60,14 +74,21 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         elif isinstance(e, _user_errors()):
             code = EXIT_USER_ERROR
         else:
-            raise
+            traceback.print_exc()
+            print(
+                f"this is a bug in mambavision-jax ({type(e).__name__}); please report it with the "
+                f"command line and the traceback above: {ISSUES_URL}",
+                file=sys.stderr,
+            )
+            return 1
         if debug:
             raise
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return code
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """The message of an error the user sees, on one line (an OSError as `file: reason`)."""
     text = str(e) if str(e) else type(e).__name__
     if isinstance(e, OSError) and e.filename and e.strerror:
         text = f"{e.filename}: {e.strerror}"
@@ -123,13 +144,146 @@ def float_range(
     return _number(float, minimum, maximum, min_inclusive=min_inclusive, max_inclusive=max_inclusive)
 
 
+def checkpoint_choice(text: str) -> str:
+    """argparse type of --checkpoint: best, latest or a step number."""
+    if text in ("best", "latest") or text.isdigit():
+        return text
+    raise argparse.ArgumentTypeError(f"must be best, latest or a step number, got {text!r}")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are UsageErrors: under `run`, one `error: ...` line, exit 2.
+    Every parser gets `--debug` (read by `run` before parsing) in its --help."""
+
+    def __init__(self, *args, add_debug: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        if add_debug:
+            add_debug_flag(self)
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+# ------------------------------------------------------------------ shared flags
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     """`--debug` (read by `run` before parsing) shown in --help."""
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are UserErrors: under `run`, one `error: ...` line, exit 2."""
+def add_weights_arguments(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """--weights, --model, --checkpoint, --ema / --no_ema (`weights.resolve`'s arguments)."""
+    p.add_argument(
+        "--weights",
+        required=required,
+        help="checkpoint: official .pth.tar, .safetensors, Hugging Face model folder "
+        "(config.json + model.safetensors), a hub id such as nvidia/MambaVision-T-1K, an orbax "
+        "folder from mambavision_jax.convert, or a training run's workdir",
+    )
+    add_model_argument(p)
+    add_checkpoint_arguments(p)
 
-    def error(self, message: str):
-        raise UserError(f"{message} (see {self.prog} --help)")
+
+def add_model_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default=None,
+        help="variant name, e.g. mamba_vision_T (default: inferred from the weights or "
+        "config.json; needed where the weights are ambiguous, e.g. L2 vs L2_512_21k)",
+    )
+
+
+def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    """--checkpoint and --ema / --no_ema: which weights of a training run (or of a .pth.tar)."""
+    p.add_argument(
+        "--checkpoint",
+        type=checkpoint_choice,
+        default="best",
+        metavar=CHECKPOINT_CHOICES,
+        help="a training workdir's checkpoint: best (best validation top-1), latest, or a "
+        "step number (default best)",
+    )
+    ema = p.add_mutually_exclusive_group()
+    ema.add_argument(
+        "--ema",
+        dest="ema",
+        action="store_const",
+        const=True,
+        default=None,
+        help="the EMA weights: an official .pth.tar's state_dict_ema, a training run's EMA "
+        "(a training run's EMA weights are used by default when it kept them)",
+    )
+    ema.add_argument(
+        "--no_ema",
+        dest="ema",
+        action="store_const",
+        const=False,
+        help="a training run's raw weights instead of its EMA",
+    )
+
+
+def add_preprocessing_arguments(p: argparse.ArgumentParser) -> None:
+    """--image_size, --crop_pct, --crop_mode (`preprocessing.preprocessing_for`'s overrides)."""
+    p.add_argument(
+        "--image_size",
+        type=positive_int,
+        default=None,
+        help="crop size (default: the variant's, e.g. 224; 512 for the *_512_21k models)",
+    )
+    p.add_argument(
+        "--crop_pct",
+        type=float_range(0, 1, min_inclusive=False),
+        default=None,
+        help="in (0, 1]: resize to floor(image_size / crop_pct) before the center crop "
+        "(default: the variant's, e.g. 1.0 for T, 0.98 T2, 0.93 S)",
+    )
+    p.add_argument(
+        "--crop_mode",
+        choices=("center", "squash"),
+        default=None,
+        help="'center': resize the short side, keep the aspect ratio; 'squash': resize "
+        "both sides (default: the variant's)",
+    )
+
+
+def add_dtype_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="compute dtype of the model (default float32, as the reported numbers)",
+    )
+
+
+def add_max_pixels_argument(p: argparse.ArgumentParser, *, what: str = "") -> None:
+    from mambavision_jax.images import DEFAULT_MAX_PIXELS
+
+    p.add_argument(
+        "--max_pixels",
+        type=non_negative_int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"{what}refuse images with more pixels (a decompression-bomb guard; JPEGs are decoded "
+        f"downscaled instead where that fits); 0: no limit (default {DEFAULT_MAX_PIXELS:,})",
+    )
+
+
+def load_weights(args, **overrides):
+    """(WeightsSource, (model, preprocessing)) of the shared flags: --weights resolved once with
+    --checkpoint / --ema, loaded with --model and, where the command has them, --dtype and the
+    preprocessing flags; `overrides` go to `weights.load`."""
+    from mambavision_jax import weights
+
+    source = weights.resolve(args.weights, checkpoint=args.checkpoint, ema=args.ema)
+    flags = ("dtype", "image_size", "crop_pct", "crop_mode")
+    kw = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
+    return source, weights.load(source, name=args.model, **kw, **overrides)
+
+
+def check_weights_argument(weights: str) -> None:
+    """What can be checked about --weights before anything is loaded: it names a file, a folder
+    or a hub id."""
+    from mambavision_jax import weights as weights_lib
+
+    if not weights_lib.exists(weights):
+        raise FileNotFoundError(
+            f"--weights {weights}: no such file or folder (nor a hub id such as nvidia/MambaVision-T-1K)"
+        )

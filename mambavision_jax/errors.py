@@ -1,7 +1,11 @@
-"""The package's exit codes and the one error class that is neither the user's mistake nor a bug.
+"""The package's exit codes and its error classes: what is the user's mistake, what is the world's
+refusal; any other exception is a bug.
 
 A leaf module (imports nothing of the package), so every layer can raise these without import
-cycles. Exit codes of every command:
+cycles. `cli.run` turns a `UserError` (and argparse's usage errors, raised as `UsageError` by
+`cli.ArgumentParser`) into one `error:` line with exit code 2, an environment failure into one
+line with exit code 4, and shows anything else with its traceback and a request for a bug report.
+Exit codes of every command:
 
 - 0 done;
 - 2 (`EXIT_USER_ERROR`) a mistake in what was asked: a bad flag or config value, a refused or
@@ -28,7 +32,24 @@ ENVIRONMENT_ERRNOS = frozenset(
 
 
 class UserError(ValueError):
-    """A mistake in what the user asked for; the message names the problem and the fix (exit 2)."""
+    """A mistake in what the user asked for; the message names the problem and the fix (exit 2).
+    (A ValueError subclass, so callers that caught the ValueErrors these replaced still do.)"""
+
+
+class UsageError(UserError):
+    """A command line that cannot be parsed or whose values do not go together."""
+
+
+class ConfigError(UserError):
+    """A configuration value of the wrong type or out of range (the message names the field)."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be read or does not fit the model (the message says why)."""
+
+
+class HubError(CheckpointError):
+    """Official weights that cannot be fetched or are not a MambaVision (the message says why)."""
 
 
 class EnvironmentFailure(Exception):
@@ -41,3 +62,12 @@ def is_environment_failure(e: BaseException) -> bool:
     if isinstance(e, EnvironmentFailure):
         return True
     return isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """`Type: first line of the message`, whitespace collapsed and cut at `limit` characters: how
+    an exception of a library (orbax, torch, tensorstore) is quoted inside one of ours."""
+    lines = str(e).strip().splitlines()
+    text = " ".join(lines[0].split()) if lines else ""
+    text = text[:limit] + ("..." if len(text) > limit else "")
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

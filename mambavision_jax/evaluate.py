@@ -5,7 +5,8 @@
     python -m mambavision_jax.evaluate --weights W --folder /data/imagenet/val
     python -m mambavision_jax.evaluate --weights runs/demo --tfds mv_digits   # a training run
 
-Preprocessing is the variant's official eval transform (`mambavision_jax.inference`). Batches are
+The weights are read by `mambavision_jax.weights` and preprocessed with the variant's official eval
+transform (`mambavision_jax.preprocessing`), with what the weights say on top. Batches are
 sharded over the local devices; the last batch is padded and masked, so every image counts
 exactly once. The metrics are `mambavision_jax.metrics.classification_metrics`, as in training.
 
@@ -30,33 +31,21 @@ import jax
 import numpy as np
 
 from mambavision_jax import cli
-from mambavision_jax.inference import (
-    NonFiniteOutputError,
-    Preprocessing,
-    Runner,
-    add_preprocessing_arguments,
-    add_weights_arguments,
-    check_output_file,
-    check_weights_arguments,
-    load_model,
-    preprocessing_for,
-    resolve_preprocessing,
-    weights_config,
-)
+from mambavision_jax.data.image_folder import folder_examples
 from mambavision_jax.metrics import summarize
 from mambavision_jax.paths import is_remote
+from mambavision_jax.preprocessing import Preprocessing, resolve_preprocessing
+from mambavision_jax.runner import NonFiniteOutputError, Runner
 
-# Preprocessing, Runner, ... are re-exported: they lived here before mambavision_jax.inference.
+# Preprocessing, Runner, folder_examples are re-exported: they lived here before.
 __all__ = [
     "Preprocessing",
     "Runner",
     "evaluate",
     "folder_batches",
     "folder_examples",
-    "load_model",
     "main",
     "resolve_preprocessing",
-    "weights_config",
 ]
 
 
@@ -157,56 +146,6 @@ def _accumulate(totals, out):
 
 
 # ----------------------------------------------------------------------------- folder input
-def folder_examples(
-    root: str | os.PathLike, *, num_classes: int | None = None, label_map: str = "auto"
-) -> tuple[list[str], list[int], list[str]]:
-    """(image paths, labels, class names) of ROOT/<class>/**/<image>, each file once (the walk of
-    `mambavision_jax.data.folder`, which also builds TFDS data sets from such folders).
-
-    label_map: 'sorted': the sorted class-folder names are labels 0..K-1 (torchvision's
-    ImageFolder); 'imagenet': the folders are ImageNet-1k synset ids (n01440764, ...) and each gets
-    its ImageNet index, so a subset of the 1000 classes is scored against the right logits; 'auto'
-    (default): 'imagenet' when num_classes == 1000 and every folder is an ImageNet synset, else
-    'sorted'. (For the full ImageNet val folder both give the same labels.)
-    """
-    from mambavision_jax.data.folder import _class_dirs, _list_files
-    from mambavision_jax.images import is_image_file
-
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"--folder {root} is not a folder")
-    if label_map not in ("auto", "sorted", "imagenet"):
-        raise ValueError(f"label_map must be 'auto', 'sorted' or 'imagenet', got {label_map!r}")
-    classes = _class_dirs(os.fspath(root))
-    if not classes:
-        raise ValueError(f"{root} has no class sub-folders (expected ROOT/<class>/<images>)")
-    if label_map != "sorted":
-        from mambavision_jax.labels import imagenet_synsets
-
-        index = {s: i for i, s in enumerate(imagenet_synsets())}
-        all_synsets = all(c in index for c in classes)
-        if label_map == "imagenet" and not all_synsets:
-            bad = [c for c in classes if c not in index][:5]
-            raise ValueError(f"label_map='imagenet' but these folders are not ImageNet-1k synsets: {bad}")
-        label_map = (
-            "imagenet" if (all_synsets and (label_map == "imagenet" or num_classes == 1000)) else "sorted"
-        )
-    label_of = (
-        {c: index[c] for c in classes} if label_map == "imagenet" else {c: i for i, c in enumerate(classes)}
-    )
-    paths, labels = [], []
-    for c in classes:
-        for path in _list_files(os.path.join(root, c)):
-            if is_image_file(path) and not os.path.basename(path).startswith("."):
-                paths.append(path)
-                labels.append(label_of[c])
-    if not paths:
-        raise ValueError(f"no image files under {root}/<class>/ (extensions: jpg, png, ...)")
-    if num_classes and max(labels) >= num_classes:
-        raise ValueError(f"{root} has {len(classes)} classes but the model has {num_classes} outputs")
-    return paths, labels, classes
-
-
 def folder_batches(
     paths: Sequence[str],
     labels: Sequence[int],
@@ -264,7 +203,6 @@ def folder_batches(
 
 # ----------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
-    from mambavision_jax.images import DEFAULT_MAX_PIXELS
     from mambavision_jax.ops import SCAN_IMPLS
 
     p = cli.ArgumentParser(
@@ -282,7 +220,7 @@ def _parser() -> argparse.ArgumentParser:
         "A folder dataset can be made a TFDS dataset once with\n"
         "  python -m mambavision_jax.data.make_folder_dataset --src DIR --name NAME --data_dir D",
     )
-    add_weights_arguments(p)
+    cli.add_weights_arguments(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
         "--tfds",
@@ -310,7 +248,7 @@ def _parser() -> argparse.ArgumentParser:
         default=64,
         help="global batch size, split over the local devices (default 64)",
     )
-    add_preprocessing_arguments(p)
+    cli.add_preprocessing_arguments(p)
     p.add_argument(
         "--label_map",
         choices=("auto", "sorted", "imagenet"),
@@ -324,14 +262,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="--folder only: leave out files that cannot be decoded (listed in the JSON) instead of stopping",
     )
-    p.add_argument(
-        "--max_pixels",
-        type=cli.non_negative_int,
-        default=DEFAULT_MAX_PIXELS,
-        help=f"--folder only: refuse images with more pixels (a decompression-bomb guard; "
-        f"JPEGs are decoded downscaled instead where that fits); 0: no limit "
-        f"(default {DEFAULT_MAX_PIXELS:,})",
-    )
+    cli.add_max_pixels_argument(p, what="--folder only: ")
     p.add_argument(
         "--num_workers",
         type=cli.non_negative_int,
@@ -339,12 +270,7 @@ def _parser() -> argparse.ArgumentParser:
         help="TFDS: grain worker processes for preprocessing (default 0: threads only); "
         "folder: reader threads (default: min(8, cores + 2))",
     )
-    p.add_argument(
-        "--dtype",
-        choices=("float32", "bfloat16", "float16"),
-        default="float32",
-        help="compute dtype of the model (default float32, as the reported numbers)",
-    )
+    cli.add_dtype_argument(p)
     p.add_argument(
         "--scan_impl",
         default="auto",
@@ -359,18 +285,15 @@ def _parser() -> argparse.ArgumentParser:
         "preprocessing) as JSON to FILE ('-' for stdout)",
     )
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
-    cli.add_debug_flag(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from mambavision_jax import xla_cpu
-
-    xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     from mambavision_jax.images import ImageReadError
+    from mambavision_jax.paths import check_output
 
     args = _parser().parse_args(argv)
-    check_weights_arguments(args)
+    cli.check_weights_argument(args.weights)
     if args.folder is not None and is_remote(args.folder):
         raise cli.UserError(
             f"--folder {args.folder}: image folders are read from a local disk; copy it there or "
@@ -378,19 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.folder is not None and not Path(args.folder).is_dir():
         raise FileNotFoundError(f"--folder {args.folder}: no such folder")
-    if args.json and args.json != "-":
-        check_output_file("--json", args.json)
-    model = load_model(
-        args.weights,
-        args.model,
-        dtype=args.dtype,
-        ema=args.ema,
-        scan_impl=args.scan_impl,
-        which=args.checkpoint,
-    )
-    pre = preprocessing_for(
-        model, args.weights, image_size=args.image_size, crop_pct=args.crop_pct, crop_mode=args.crop_mode
-    )
+    if args.json and args.json != "-":  # before the evaluation: a refusal costs nothing
+        check_output(args.json, flag="--json", overwrite=True, parent_must_exist=True)
+    scan = {"scan_impl": args.scan_impl} if args.scan_impl != "auto" else {}
+    _, (model, pre) = cli.load_weights(args, **scan)
     skipped: list = []
     if args.folder:
         paths, labels, classes = folder_examples(
@@ -466,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             from mambavision_jax.paths import atomic_write_text
 
-            atomic_write_text(args.json, text)
+            atomic_write_text(args.json, text)  # checked before the evaluation
     return 0
 
 

@@ -4,7 +4,7 @@
     python -m mambavision_jax.export --weights W --out DIR --dynamic-batch --onnx
 
 Both artifacts take float32 NHWC images (batch, H, W, 3), already preprocessed and normalised
-(see `mambavision_jax.inference.Preprocessing`; the values are in DIR/export_config.json), and
+(see `mambavision_jax.preprocessing.Preprocessing`; the values are in DIR/export_config.json), and
 return float32 logits (batch, num_classes). The weights are baked in as constants.
 
 - `model.jax_export` (`jax.export.Exported.serialize()`): load with
@@ -37,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mambavision_jax.paths import is_remote, path_of, swap_dir_into_place, upload_dir
+from mambavision_jax import cli
+from mambavision_jax.paths import atomic_dir, atomic_write_bytes, check_output, path_of
 
 __all__ = ["check_onnx", "export_jax", "export_onnx", "load_jax_export", "main"]
 
@@ -48,16 +49,12 @@ EXTERNAL_DATA_BYTES = int(1.8 * 2**30)  # larger weights go to an external .onnx
 
 
 def _inference_copy(model, scan_impl: str | None):
-    """An eval-mode copy sharing the arrays, with every mixer's scan implementation set."""
+    """An eval-mode copy sharing the arrays, with its scan implementation set (`set_runtime`)."""
     graphdef, state = nnx.split(model)
     m = nnx.merge(graphdef, state)
     m.eval()
     if scan_impl is not None:
-        from mambavision_jax.models.mixer import MambaVisionMixer
-
-        for _, mod in nnx.iter_modules(m):
-            if isinstance(mod, MambaVisionMixer):
-                mod.scan_impl = scan_impl
+        m.set_runtime(scan_impl=scan_impl)
     return m
 
 
@@ -105,10 +102,7 @@ def export_jax(
     exported = jax.export.export(fn, platforms=platforms)(
         _input_spec(batch_size, image_size, getattr(model, "in_chans", 3))
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(exported.serialize())
-    return path
+    return Path(atomic_write_bytes(path, exported.serialize()))
 
 
 def load_jax_export(path: str | os.PathLike) -> jax.export.Exported:
@@ -245,9 +239,6 @@ def _platforms(text: str) -> tuple[str, ...]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from mambavision_jax import cli
-    from mambavision_jax.inference import add_weights_arguments
-
     p = cli.ArgumentParser(
         prog="python -m mambavision_jax.export",
         description="Export a MambaVision checkpoint as a serialized jax.export artifact "
@@ -258,7 +249,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example: python -m mambavision_jax.export --weights mambavision_tiny_1k.pth.tar "
         "--out export_T --dynamic-batch",
     )
-    add_weights_arguments(p)
+    cli.add_weights_arguments(p)
     p.add_argument(
         "--out", required=True, help="output folder (created; an existing non-empty one needs --overwrite)"
     )
@@ -309,15 +300,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip running the ONNX file in onnxruntime against the JAX logits",
     )
-    cli.add_debug_flag(p)
     return p
 
 
 def _check_onnx_tools(check: bool) -> None:
     """Import what the ONNX export needs now, before any work, so a missing package is one line."""
     import importlib
-
-    from mambavision_jax import cli
 
     _quiet_jax2onnx()
     missing = []
@@ -333,37 +321,22 @@ def _check_onnx_tools(check: bool) -> None:
         )
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    from mambavision_jax import cli
-
-    if out.exists() and not out.is_dir():
-        raise cli.UserError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise cli.UserError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
-    if not is_remote(out) and not out.absolute().parent.is_dir():
-        raise FileNotFoundError(f"--out {out}: the folder {out.absolute().parent} does not exist")
+class ExportCheckError(RuntimeError):
+    """The exported file does not compute what the model computes (a bug of a converter)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import shutil
-    import tempfile
-
-    from mambavision_jax import xla_cpu
-    from mambavision_jax.inference import check_weights_arguments, load_model, preprocessing_for
     from mambavision_jax.paths import atomic_write_text
 
-    xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
-
     args = _parser().parse_args(argv)
-    check_weights_arguments(args)
+    cli.check_weights_argument(args.weights)
     do_onnx, do_jax = (args.onnx, args.jax) if (args.onnx or args.jax) else (True, True)
+    check_output(args.out, kind="dir", flag="--out", overwrite=args.overwrite, empty_dir_ok=True)
     out = path_of(args.out)
-    _check_out(out, args.overwrite)
     if do_onnx:
         _check_onnx_tools(not args.no_check)
 
-    model = load_model(args.weights, args.model, ema=args.ema, which=args.checkpoint)
-    pre = preprocessing_for(model, args.weights, image_size=args.image_size)
+    _, (model, pre) = cli.load_weights(args)
     batch = None if args.dynamic_batch else args.batch
     config: dict[str, Any] = {
         "model": getattr(model, "name", None),
@@ -386,12 +359,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if hasattr(model, "checkpoint_info"):
         config["checkpoint"] = model.checkpoint_info
-    # Everything is written into a temporary folder beside --out and moved into place at the end:
-    # a failed or interrupted export leaves --out as it was. For an object store (gs://...) the
-    # folder is built locally and uploaded once complete, export_config.json last.
-    local_parent = None if is_remote(out) else out.absolute().parent
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=local_parent))
-    try:
+    # Everything is written into a temporary folder and put in place at the end (`atomic_dir`): a
+    # failed or interrupted export leaves --out as it was; on an object store the folder is built
+    # locally and uploaded once complete, export_config.json last.
+    with atomic_dir(args.out, replace=True, last=CONFIG_FILE) as tmp:
         if do_jax:
             t = time.perf_counter()
             path = export_jax(
@@ -443,29 +414,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 info["onnxruntime_max_rel_err"] = err
                 msg += f"; onnxruntime vs JAX: max relative error {err:.2e}"
-                if err > 1e-4:
-                    print(
-                        f"error: the ONNX logits differ from JAX by {err:.3g} > 1e-4; nothing written",
-                        file=sys.stderr,
+                if err > 1e-4:  # raised, so that atomic_dir writes nothing
+                    raise ExportCheckError(
+                        f"the ONNX logits differ from JAX by {err:.3g} > 1e-4; nothing written"
                     )
-                    return 1
             config["files"]["onnx"] = info
             if args.nchw:
                 config["input"]["layout"] = "NHWC (jax_export), NCHW (onnx)"
             print(msg)
         atomic_write_text(tmp / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
-        if is_remote(out):
-            upload_dir(tmp, out, last=CONFIG_FILE)
-        else:
-            swap_dir_into_place(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")
     return 0
 
 
 if __name__ == "__main__":
-    from mambavision_jax import cli
-
     sys.exit(cli.run(main))

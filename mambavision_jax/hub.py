@@ -11,8 +11,11 @@ other Hugging Face library. The converted model is kept as an orbax checkpoint u
 
 keyed by the resolved commit and the package version, so a later call neither downloads nor converts
 (offline, the revision is resolved from the hub cache's `refs/`). An entry is built in a temporary
-folder and renamed into place: a reader sees a whole entry or none, and two processes racing to
-build the same one both end up loading the one that was renamed first.
+folder and renamed into place (`paths.atomic_dir`): a reader sees a whole entry or none, and two
+processes racing to build the same one both end up loading the one that was renamed first.
+
+This module downloads and converts; it never calls a loader that calls it back (`weights.resolve`
+calls `fetch` for a hub id, and `from_pretrained` reads the converted entry with the orbax reader).
 """
 
 from __future__ import annotations
@@ -21,17 +24,25 @@ import difflib
 import json
 import os
 import re
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
 
-from mambavision_jax.convert.checkpoint_io import HF_CONFIG, HF_WEIGHTS, CheckpointError
-from mambavision_jax.paths import publish_dir
+from mambavision_jax.convert.checkpoint_io import HF_CONFIG, HF_WEIGHTS
+from mambavision_jax.errors import HubError
+from mambavision_jax.paths import atomic_dir
 
-__all__ = ["HubError", "cache_root", "create_pretrained", "from_pretrained", "is_hub_id", "resolve_weights"]
+__all__ = [
+    "HubError",
+    "cache_root",
+    "create_pretrained",
+    "fetch",
+    "from_pretrained",
+    "is_hub_id",
+    "resolve_weights",
+    "same_architecture",
+]
 
 CACHE_ENV = "MAMBAVISION_JAX_CACHE"
 HUB_PREFIX = "hf-hub:"  # timm's spelling, accepted for familiarity
@@ -40,10 +51,6 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 # Local checkpoint files: a path like "ckpt/model.safetensors" that does not exist is a typo, not a repo.
 _FILE_SUFFIXES = (".safetensors", ".pth", ".tar", ".bin", ".pt", ".json", ".onnx", ".npz", ".msgpack")
-
-
-class HubError(CheckpointError):
-    """Official weights that cannot be fetched or are not a MambaVision (the message says why)."""
 
 
 # ----------------------------------------------------------------------------- names and ids
@@ -122,7 +129,7 @@ def _repo_folder(repo_id: str) -> str:
 
 
 def _entry_dir(repo_id: str, commit: str) -> Path:
-    from mambavision_jax import __version__
+    from mambavision_jax.version import __version__
 
     return cache_root() / _repo_folder(repo_id) / commit / f"v{__version__}"
 
@@ -208,7 +215,7 @@ def check_mambavision_config(config: dict[str, Any], repo_id: str) -> None:
 
 
 # ----------------------------------------------------------------------------- conversion cache
-def _same_architecture(a, b) -> bool:
+def same_architecture(a, b) -> bool:
     """Whether two MambaVisionConfigs build the same layers (names and head sizes aside)."""
     return a.replace(name=None, num_classes=0) == b.replace(name=None, num_classes=0)
 
@@ -227,7 +234,7 @@ def _name_override(config: dict[str, Any], official_name: str | None, repo_id: s
     if (
         official_name is not None
         and cfg.name != official_name
-        and _same_architecture(cfg, model_config(official_name))
+        and same_architecture(cfg, model_config(official_name))
     ):
         return {"name": official_name}
     return {}
@@ -235,7 +242,7 @@ def _name_override(config: dict[str, Any], official_name: str | None, repo_id: s
 
 def _build_entry(repo_id: str, commit: str, official_name: str | None, *, cache_dir, token) -> Path:
     """Download, check, convert and cache one hub commit; returns the entry folder."""
-    from mambavision_jax.convert.api import ORBAX_META, load_torch_checkpoint, save_checkpoint
+    from mambavision_jax.convert.api import ORBAX_META, load_torch_checkpoint, write_orbax
     from mambavision_jax.convert.checkpoint_io import read_hf_config
 
     final = _entry_dir(repo_id, commit)
@@ -250,16 +257,10 @@ def _build_entry(repo_id: str, commit: str, official_name: str | None, *, cache_
     _download(repo_id, HF_WEIGHTS, revision=commit, cache_dir=cache_dir, token=token, known=known)
     # config.json + model.safetensors, side by side in huggingface_hub's snapshot folder
     model = load_torch_checkpoint(config_path.parent, **_name_override(config, official_name, repo_id))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    try:
-        save_checkpoint(model, tmp)
+    with atomic_dir(final, keep_existing=ORBAX_META) as tmp:  # a concurrent builder's entry is kept
+        write_orbax(model, tmp)
         (tmp / HF_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / HUB_INFO).write_text(json.dumps({"repo_id": repo_id, "commit": commit}, indent=2) + "\n")
-        publish_dir(tmp, final, complete=ORBAX_META)  # a concurrent builder's entry is kept
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
@@ -284,13 +285,23 @@ def _ensure_entry(spec: str, *, revision=None, cache_dir=None, token=None) -> tu
 
 
 # ----------------------------------------------------------------------------- public API
+def fetch(
+    spec: str, *, revision: str | None = None, cache_dir=None, token=None
+) -> tuple[Path, dict[str, Any]]:
+    """A hub id or official model name -> (the local folder of its converted orbax checkpoint,
+    {"repo_id", "commit", "name"}): downloaded and converted on first use, then read from the
+    cache. What `weights.resolve` calls for a hub id."""
+    entry, official_name = _ensure_entry(spec, revision=revision, cache_dir=cache_dir, token=token)
+    repo_id, _ = _resolve_spec(spec)
+    return entry, {"repo_id": repo_id, "commit": entry.parent.name, "name": official_name}
+
+
 def resolve_weights(spec, *, revision: str | None = None, cache_dir=None, token=None):
-    """A hub id -> the local folder of its converted orbax checkpoint (downloaded and converted on
-    first use; `load_checkpoint` reads it, and its config.json gives the preprocessing). Anything
-    else (a local path) is returned unchanged. For `--weights` and `init_from`."""
+    """A hub id -> the local folder of its converted orbax checkpoint (`fetch`); anything else (a
+    local path) is returned unchanged."""
     if not is_hub_id(spec):
         return spec
-    return _ensure_entry(spec, revision=revision, cache_dir=cache_dir, token=token)[0]
+    return fetch(spec, revision=revision, cache_dir=cache_dir, token=token)[0]
 
 
 def from_pretrained(
@@ -311,10 +322,10 @@ def from_pretrained(
     fine-tuning); None keeps the checkpoint's. cache_dir / token: as in `huggingface_hub`.
     overrides: runtime arguments for `create_model` (scan_impl, attn_impl, remat, ...).
     """
-    from mambavision_jax.convert.api import load_checkpoint
+    from mambavision_jax.convert.api import load_file  # reads the orbax entry; never calls the hub
 
     entry, _ = _ensure_entry(name_or_repo_id, revision=revision, cache_dir=cache_dir, token=token)
-    return load_checkpoint(entry, num_classes=num_classes, dtype=dtype, **overrides)
+    return load_file(entry, num_classes=num_classes, dtype=dtype, **overrides)
 
 
 def create_pretrained(
@@ -332,24 +343,4 @@ def create_pretrained(
         from mambavision_jax.models.features import FeatureExtractor
 
         return FeatureExtractor(model, out_indices=out_indices)
-    return model
-
-
-def load_checkpoint(
-    spec: str,
-    name: str | None = None,
-    *,
-    num_classes: int | None = None,
-    use_ema: bool = False,
-    dtype=jnp.float32,
-    **kwargs,
-):
-    """`convert.load_checkpoint` for a hub id (its hook calls this)."""
-    if use_ema:
-        raise HubError(f"{spec}: the hub weights hold one set of weights (no EMA); drop use_ema / --ema")
-    from mambavision_jax.models.registry import model_config
-
-    model = from_pretrained(spec, num_classes=num_classes, dtype=dtype, **kwargs)
-    if name is not None and name != model.name and not _same_architecture(model_config(name), model.config):
-        raise HubError(f"{spec} holds {model.name}, not {name}; drop the model name or pick its repo")
     return model

@@ -10,6 +10,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from mambavision_jax.errors import UserError
+
 __all__ = ["class_names_for", "imagenet_class_names", "imagenet_synsets", "read_labels_file"]
 
 
@@ -38,7 +40,7 @@ def read_labels_file(path: str | os.PathLike) -> list[str]:
     try:
         text = Path(path).read_text("utf-8")
     except UnicodeDecodeError:
-        raise ValueError(f"labels file {path} is not UTF-8 text (expected one class name per line)") from None
+        raise UserError(f"labels file {path} is not UTF-8 text (expected one class name per line)") from None
     return [line.split("\t", 1)[-1].strip() for line in text.splitlines() if line.strip()]
 
 
@@ -55,7 +57,7 @@ def class_names_for(
         names = read_labels_file(labels) if is_file else list(labels)
         if len(names) != num_classes:
             where = f" in {os.fspath(labels)}" if is_file else ""
-            raise ValueError(
+            raise UserError(
                 f"{len(names)} labels given{where} for a model with {num_classes} classes "
                 f"(one name per line, in class-index order)"
             )

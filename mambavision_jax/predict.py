@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from mambavision_jax import cli
+from mambavision_jax.errors import UserError
 from mambavision_jax.images import DEFAULT_MAX_PIXELS
 
 # Re-exported: the class-name helpers lived here before mambavision_jax.labels.
@@ -74,21 +75,18 @@ def predict(
     """For each image (a file path, PIL image, uint8 HxWx3 array or encoded bytes), the `topk`
     classes as (class_index, name, probability), most likely first.
 
-    preprocessing: a `mambavision_jax.inference.Preprocessing` (default: the model's official eval
+    preprocessing: a `mambavision_jax.preprocessing.Preprocessing` (default: the model's official eval
     transform). labels: class names (list or file; default: ImageNet names for 1000 classes, else
     the index as a string). alpha: how transparent images are flattened (see images.load_image).
     max_pixels: the decompression-bomb limit for image files (None: no limit).
     Raises NonFiniteOutputError if the model's outputs are NaN or infinite (its weights cannot be
     right), rather than returning NaN probabilities.
     """
-    from mambavision_jax.inference import (
-        NonFiniteOutputError,
-        Runner,
-        resolve_preprocessing,
-    )
+    from mambavision_jax.preprocessing import resolve_preprocessing
+    from mambavision_jax.runner import NonFiniteOutputError, Runner
 
     if int(topk) < 1 or int(batch_size) < 1:
-        raise ValueError(f"topk and batch_size must be >= 1, got topk={topk}, batch_size={batch_size}")
+        raise UserError(f"topk and batch_size must be >= 1, got topk={topk}, batch_size={batch_size}")
     pre = preprocessing or resolve_preprocessing(model)
     runner = runner or Runner(model, topk=topk)
     names = class_names_for(runner.num_classes, labels=labels) if runner.num_classes else None
@@ -120,11 +118,6 @@ def predict(
 
 
 def _parser() -> argparse.ArgumentParser:
-    from mambavision_jax.inference import (
-        add_preprocessing_arguments,
-        add_weights_arguments,
-    )
-
     p = cli.ArgumentParser(
         prog="python -m mambavision_jax.predict",
         description="Top-k classes and probabilities of images with a MambaVision checkpoint.",
@@ -133,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, BMP, TIFF, GIF, ...)"
     )
-    add_weights_arguments(p)
+    cli.add_weights_arguments(p)
     p.add_argument(
         "--topk",
         type=cli.positive_int,
@@ -147,46 +140,31 @@ def _parser() -> argparse.ArgumentParser:
         help="class-name file, one name per line in class-index order (default: ImageNet "
         "names for 1000-class models, a config.json's id2label, else indices)",
     )
-    add_preprocessing_arguments(p)
+    cli.add_preprocessing_arguments(p)
     p.add_argument(
         "--alpha",
         default="white",
         choices=("white", "black", "drop"),
         help="transparent images: composite on white / black, or drop the alpha channel (default white)",
     )
-    p.add_argument(
-        "--max_pixels",
-        type=cli.non_negative_int,
-        default=DEFAULT_MAX_PIXELS,
-        help=f"refuse images with more pixels (a decompression-bomb guard; JPEGs are decoded "
-        f"downscaled instead where that fits); 0: no limit (default {DEFAULT_MAX_PIXELS:,})",
-    )
+    cli.add_max_pixels_argument(p)
     p.add_argument(
         "--batch_size", type=cli.positive_int, default=32, help="images per forward pass (default 32)"
     )
-    p.add_argument(
-        "--dtype",
-        choices=("float32", "bfloat16", "float16"),
-        default="float32",
-        help="compute dtype (default float32)",
-    )
+    cli.add_dtype_argument(p)
     p.add_argument(
         "--json",
         action="store_true",
         help="print JSON: [{image, predictions: [{index, label, prob}]}] instead of a table",
     )
-    cli.add_debug_flag(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from mambavision_jax import xla_cpu
-
-    xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
-    from mambavision_jax.inference import check_weights_arguments
+    from mambavision_jax.runner import NonFiniteOutputError, Runner
 
     args = _parser().parse_args(argv)
-    check_weights_arguments(args)
+    cli.check_weights_argument(args.weights)
     for img in args.images:
         if is_remote(img):
             raise cli.UserError(f"{img}: images are read from a local disk; copy them there first")
@@ -198,24 +176,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise FileNotFoundError(f"--labels {args.labels}: no such file")
     labels = read_labels_file(args.labels) if args.labels is not None else None
 
-    from mambavision_jax.inference import (
-        NonFiniteOutputError,
-        Runner,
-        load_model,
-        preprocessing_for,
-        weights_config,
-    )
-
-    model = load_model(args.weights, args.model, dtype=args.dtype, ema=args.ema, which=args.checkpoint)
+    source, (model, pre) = cli.load_weights(args)  # a hub id: resolved once
     if args.topk > model.num_classes:
         raise cli.UserError(f"--topk {args.topk} is more than the model's {model.num_classes} classes")
-    hf = weights_config(args.weights)
-    pre = preprocessing_for(
-        model, args.weights, image_size=args.image_size, crop_pct=args.crop_pct, crop_mode=args.crop_mode
-    )
+    hf = source.hf_config()
     try:
         names = class_names_for(model.num_classes, labels=labels, hf_config=hf)
-    except ValueError as e:
+    except UserError as e:
         raise cli.UserError(f"--labels {args.labels}: {e}") from None
     runner = Runner(model, topk=args.topk)
     try:

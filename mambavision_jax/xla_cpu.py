@@ -39,6 +39,8 @@ apply = use_eigen_convolutions  # the earlier name
 
 
 def _flag_can_apply() -> bool:
+    # No public API says whether the backends exist yet (jax.extend.backend.backends() would create
+    # them, and then the flag would come too late): the private check, with a safe fallback.
     try:
         import jaxlib
         from jax._src import xla_bridge

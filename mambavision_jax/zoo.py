@@ -219,7 +219,7 @@ the official README; "-" where the paper gives none."""
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m mambavision_jax.zoo",
         description="Markdown model-zoo table: params and FLOPs/MACs measured with XLA beside the "
         "paper's numbers, for the official variants.",
@@ -234,7 +234,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", default=None, help="also write the rows as JSON")
     p.add_argument("--out", metavar="FILE", default=None, help="write the markdown to FILE instead of stdout")
     p.add_argument("--quiet", action="store_true", help="no per-model progress lines on stderr")
-    cli.add_debug_flag(p)
     return p
 
 
@@ -254,27 +253,13 @@ def _model_names(text: str | None) -> list[str] | None:
     return list(dict.fromkeys(names))  # each variant once, in the order given
 
 
-def _check_output(flag: str, path: str | None) -> None:
-    if path is None:
-        return
-    p = paths.as_path(path)
-    if paths.is_remote(p):
-        return
-    if p.is_dir():
-        raise IsADirectoryError(f"{flag} {path} is a folder; name a file")
-    if not p.parent.is_dir():
-        raise FileNotFoundError(f"{flag} {path}: the folder {p.parent} does not exist")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    from mambavision_jax import xla_cpu
-
-    xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     args = _parser().parse_args(argv)
     # Everything checked before minutes of compiling.
     names = _model_names(args.models)
-    _check_output("--out", args.out)
-    _check_output("--json", args.json)
+    for flag, path in (("--out", args.out), ("--json", args.json)):
+        if path is not None:
+            paths.check_output(path, flag=flag, overwrite=True, parent_must_exist=True)
     if args.out and args.json and paths.as_path(args.out) == paths.as_path(args.json):
         raise cli.UserError("--out and --json name the same file; give two different files")
     rows = zoo_rows(names, compile=not args.no_compile, progress=not args.quiet)

@@ -296,27 +296,28 @@ def test_convert_writes_into_the_bucket_and_refuses_to_replace_without_overwrite
 
 
 def test_weights_in_the_bucket_in_every_format_give_the_local_models_logits(bucket_weights):
-    """--weights / load_model / mvj.load_checkpoint with a gs:// .pth.tar, safetensors file, Hugging
+    """--weights / weights.load / mvj.load_checkpoint with a gs:// .pth.tar, safetensors file, Hugging
     Face folder, orbax folder and training-run workdir: bit-identical logits to the local model."""
     import mambavision_jax as mvj
-    from mambavision_jax.inference import is_training_run, load_model, preprocessing_for
+    from mambavision_jax import weights
 
     model, _, b = bucket_weights
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
     want = np.asarray(model(x))
-    for w in (f"{b}/t.pth.tar", f"{b}/hf/model.safetensors", f"{b}/hf", f"{b}/orbax"):
-        assert not is_training_run(w)
-        np.testing.assert_array_equal(np.asarray(load_model(w)(x)), want, err_msg=w)
+    kinds = {"t.pth.tar": "pth", "hf/model.safetensors": "safetensors", "hf": "hf-folder", "orbax": "orbax"}
+    for w, kind in kinds.items():
+        source = weights.resolve(f"{b}/{w}")
+        assert source.kind == kind and source.path == f"{b}/{w}"  # read in place, no local copy of a folder
+        np.testing.assert_array_equal(np.asarray(weights.load(source).model(x)), want, err_msg=w)
     run = f"{b}/run"
-    assert is_training_run(run)
-    raw = load_model(run, ema=False, which="latest")
+    assert weights.resolve(run).kind == "training-run"
+    raw, pre = weights.load(weights.resolve(run, ema=False, checkpoint="latest"))
     np.testing.assert_array_equal(np.asarray(raw(x)), want)
     assert raw.checkpoint_info == {"path": f"{run}/checkpoints/3", "step": 3, "ema": False}
     ema = mvj.load_checkpoint(run)  # best, EMA weights (the weights * 0.5)
     assert ema.checkpoint_info == {"path": f"{run}/best/3", "step": 3, "ema": True}
     assert not np.array_equal(np.asarray(ema(x)), want)  # the comparisons above can fail
     # the run's data config gives the preprocessing, as for a local run
-    pre = preprocessing_for(raw, run)
     assert (pre.image_size, pre.crop_pct) == (32, 0.875)
 
 
@@ -359,6 +360,25 @@ def test_evaluate_and_predict_with_weights_in_the_bucket_and_json_into_it(
         evaluate.main(["--weights", str(local), "--folder", f"{b}/val"])
     with pytest.raises(cli.UserError, match="read from a local disk"):
         predict.main([f"{b}/cat.png", "--weights", str(local)])
+
+
+def test_json_into_a_missing_bucket_is_refused_before_the_evaluation(gcs, bucket_weights, image_folder):
+    """Row 11 of issue 18: the error names the missing bucket (not only the store's URL), with the
+    environment's exit code 4, before any image is evaluated."""
+    from cli_run import run_cli
+
+    env, _ = gcs
+    _, local, _ = bucket_weights
+    r = run_cli(
+        "mambavision_jax.evaluate",
+        *("--weights", local, "--folder", image_folder, "--image_size", "32", "--no_progress"),
+        *("--json", "gs://no-such-bucket/x.json"),
+        **env,
+    )
+    assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    (line,) = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+    assert "the bucket gs://no-such-bucket does not exist" in line, line
+    assert "top-1" not in r.stdout
 
 
 def test_export_into_the_bucket(gcs, bucket_weights):

@@ -1,11 +1,11 @@
 """Weight converters between the official PyTorch checkpoints and the NNX models.
 
-CLI: `python -m mambavision_jax.convert --help`.
+CLI: `python -m mambavision_jax.convert --help`. `load_checkpoint` is `weights.load_checkpoint`
+(any weights: files, folders, hub ids, training runs).
 """
 
 from mambavision_jax.convert.api import (
     hf_config,
-    load_checkpoint,
     load_state_dict,
     load_torch_checkpoint,
     save_checkpoint,
@@ -15,6 +15,7 @@ from mambavision_jax.convert.api import (
 )
 from mambavision_jax.convert.checkpoint_io import CheckpointError, read_state_dict
 from mambavision_jax.convert.variants import infer_variant
+from mambavision_jax.weights import load_checkpoint
 
 __all__ = [
     "CheckpointError",

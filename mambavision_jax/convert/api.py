@@ -13,7 +13,6 @@ import numpy as np
 from flax import nnx
 
 from mambavision_jax.convert import checkpoint_io as io
-from mambavision_jax.convert.checkpoint_io import CheckpointError
 from mambavision_jax.convert.keymap import jax_to_torch_array, path_to_torch_key, torch_to_jax_array
 from mambavision_jax.convert.variants import (
     JAX_CONFIG_KEY,
@@ -21,9 +20,10 @@ from mambavision_jax.convert.variants import (
     config_from_hf,
     infer_variant,
 )
+from mambavision_jax.errors import CheckpointError, first_line
 from mambavision_jax.models.config import ConfigError, MambaVisionConfig
 from mambavision_jax.models.registry import CONFIGS, create_model, model_config
-from mambavision_jax.paths import as_path, atomic_write_text, path_of
+from mambavision_jax.paths import as_path, atomic_dir, check_output, path_of
 
 _STATE = (nnx.Param, nnx.BatchStat)
 ORBAX_META = "mambavision_jax.json"
@@ -217,17 +217,24 @@ ORBAX_FORMAT = 2
 def save_checkpoint(model, directory: str | Path) -> Path:
     """The model's parameters and BatchNorm statistics as an orbax checkpoint, with
     `mambavision_jax.json` = {"format": 2, "config": the model's MambaVisionConfig}, so that
-    `load_checkpoint(directory)` rebuilds the model with no other argument."""
+    `load_checkpoint(directory)` rebuilds the model with no other argument. `directory` (local or
+    gs://) must not exist; it appears whole or not at all (`paths.atomic_dir`)."""
+    directory = check_output(directory, kind="dir")
+    with atomic_dir(directory, last=ORBAX_META) as tmp:
+        write_orbax(model, tmp)
+    return directory
+
+
+def write_orbax(model, folder: str | Path) -> None:
+    """`save_checkpoint`'s files, written into the existing local `folder` (its `state/` and, last,
+    `mambavision_jax.json`, which marks the checkpoint complete)."""
     import orbax.checkpoint as ocp
 
-    directory = as_path(directory)  # local or gs://...
-    if directory.exists():
-        raise FileExistsError(f"{directory} exists; choose a new folder")
+    folder = Path(folder)
     meta = {"format": ORBAX_FORMAT, "config": model.config.to_dict()}
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(directory / "state", nnx.state(model, _STATE))
-    atomic_write_text(directory / ORBAX_META, json.dumps(meta, indent=2) + "\n")
-    return directory
+        ckptr.save(os.path.abspath(folder / "state"), nnx.state(model, _STATE))
+    (folder / ORBAX_META).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def _orbax_config(path: Path, name: str | None) -> MambaVisionConfig:
@@ -278,8 +285,7 @@ def _check_orbax_shapes(path: Path, ckptr, abstract) -> None:
         saved = _leaf_shapes(ckptr.metadata(path / "state").item_metadata.tree)
     except Exception as e:  # noqa: BLE001 - a missing or corrupt state folder, in whatever form
         raise CheckpointError(
-            f"{path / 'state'}: not a readable orbax checkpoint "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+            f"{path / 'state'}: not a readable orbax checkpoint ({first_line(e, 200)})"
         ) from None
     want = _leaf_shapes(abstract.to_pure_dict())
     problems = sorted(set(want) ^ set(saved)) + [
@@ -293,7 +299,7 @@ def _check_orbax_shapes(path: Path, ckptr, abstract) -> None:
         )
 
 
-def load_checkpoint(
+def load_file(
     path: str | Path,
     name: str | None = None,
     *,
@@ -303,18 +309,13 @@ def load_checkpoint(
     allow_nonfinite: bool = False,
     **kwargs,
 ):
-    """Any supported checkpoint: an orbax folder written by `save_checkpoint`, what
-    `load_torch_checkpoint` reads (.pth.tar, .safetensors, Hugging Face folder), or a Hugging Face
-    hub id such as "nvidia/MambaVision-T-1K" (see `mambavision_jax.hub`). The architecture comes
-    from the checkpoint; `kwargs` (any `create_model` argument) apply on top."""
+    """A model file or folder: an orbax folder written by `save_checkpoint`, or what
+    `load_torch_checkpoint` reads (.pth.tar, .safetensors, Hugging Face folder); local or gs://.
+    The architecture comes from the checkpoint; `kwargs` (any `create_model` argument) apply on
+    top. (The reader behind `weights.load`, which also takes hub ids and training runs:
+    `mambavision_jax.convert.load_checkpoint` is `weights.load_checkpoint`.)"""
     import orbax.checkpoint as ocp
 
-    from mambavision_jax import hub
-
-    if hub.is_hub_id(path):  # "nvidia/MambaVision-T-1K": fetched, converted once, cached
-        return hub.load_checkpoint(
-            path, name, num_classes=num_classes, use_ema=use_ema, dtype=dtype, **kwargs
-        )
     path = as_path(path)  # local or gs://...
     if not (path / ORBAX_META).is_file():
         return load_torch_checkpoint(

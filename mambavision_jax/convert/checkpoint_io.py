@@ -2,35 +2,29 @@
 
 Everything here speaks `{official key: numpy array}`; `api.py` maps that onto the NNX model.
 Paths may be local or URLs (gs://...): a remote file is read from a temporary local copy, and an
-output is written to a local temporary file first, then renamed into place (local) or uploaded as
-one whole object (an object store).
+output is written through `paths.atomic_file` (renamed into place, or uploaded as one whole
+object).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import shutil
-import tempfile
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mambavision_jax.paths import as_path, is_remote, local_copy, path_of, upload_file
+from mambavision_jax.errors import CheckpointError, first_line  # re-exported: it was defined here
+from mambavision_jax.paths import atomic_file, check_output, is_remote, local_copy, path_of
 
 HF_PREFIX = "model."
 HF_WEIGHTS, HF_CONFIG = "model.safetensors", "config.json"
 # Buffers that are integers in official checkpoints (BatchNorm's step counter); every other tensor
 # is a parameter or a statistic and must be floating point.
 INTEGER_BUFFERS = ("num_batches_tracked",)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model (the message says why)."""
 
 
 def _torch():
@@ -66,7 +60,7 @@ def read_torch_file(
         except FileNotFoundError:
             raise
         except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            msg = first_line(e)
             if "weights_only" in str(e) or "Unsupported global" in str(e):
                 raise CheckpointError(
                     f"{path}: refusing to load: the file needs arbitrary Python objects to unpickle, "
@@ -74,7 +68,7 @@ def read_torch_file(
                     f"machine, or convert it to .safetensors."
                 ) from e
             raise CheckpointError(
-                f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {type(e).__name__}: {msg}"
+                f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {msg}"
             ) from e
     meta: dict[str, Any] = {}
     if isinstance(ckpt, dict) and isinstance(ckpt.get("args"), argparse.Namespace):
@@ -230,8 +224,8 @@ def write_torch_file(
     torch = _torch()
     path = check_output_file(path, overwrite=overwrite)
     tensors = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in sd.items()}
-    tmp = _write_tmp(path, lambda t: torch.save({"state_dict": tensors, **(extra or {})}, t))
-    _commit([(tmp, path)])
+    with atomic_file(path) as tmp:
+        torch.save({"state_dict": tensors, **(extra or {})}, tmp)
 
 
 def write_safetensors_file(
@@ -264,77 +258,16 @@ def write_safetensors_file(
                 f"or pass --overwrite (overwrite=True) to replace both"
             )
     arrays = {HF_PREFIX + k: np.ascontiguousarray(v) for k, v in sd.items()}
-    pending = []
-    try:
-        pending.append((_write_tmp(path, lambda t: save_file(arrays, t, metadata={"format": "pt"})), path))
+    with contextlib.ExitStack() as both:  # leaves in reverse order: config.json, then the weights
+        tmp = both.enter_context(atomic_file(path))
+        save_file(arrays, tmp, metadata={"format": "pt"})
         if config_text is not None:
-            pending.append((_write_tmp(config_path, lambda t: Path(t).write_text(config_text)), config_path))
-    except BaseException:
-        for tmp, final in pending:
-            _discard(tmp, final)
-        raise
-    _commit(pending)
+            both.enter_context(atomic_file(config_path)).write_text(config_text)
 
 
 def check_output_file(path: str | Path, *, overwrite: bool = False) -> Path:
-    """The output path, after refusing a folder, a missing or non-folder parent, and (unless
-    overwrite) an existing file. Called before any work, so a refusal costs nothing."""
-    if not os.fspath(path):
-        raise ValueError("the output path is empty; name a file")
-    remote = is_remote(path)  # an object store: no devices, no parent folders to check
-    path = as_path(path) if remote else Path(path).absolute()
-    if not remote and path.exists() and not path.is_dir() and not path.is_file():
-        # os.replace would swap a device or pipe (e.g. /dev/null) for a regular file
-        raise ValueError(f"{path} is not a regular file (a device, pipe or socket); name a file")
-    if path.is_dir():
-        raise IsADirectoryError(
-            f"{path} is a folder; name the output file inside it, e.g. "
-            f"{path / 'model.pth.tar'} or {path / 'model.safetensors'}"
-        )
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
-    if remote:
-        return path
-    parent = next((p for p in path.parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise NotADirectoryError(f"cannot write {path}: {parent} is a file, not a folder")
-    return path
-
-
-def _write_tmp(path: Path, write: Callable[[str], Any]) -> Path:
-    # Written under a hidden temporary name beside the target (same file system, so the rename
-    # that follows is atomic): a crash mid-write never leaves a truncated file under the real name.
-    # For an object store, in a local temporary folder, uploaded whole by _commit.
-    if is_remote(path):
-        tmp = Path(tempfile.mkdtemp(prefix="mambavision_jax-")) / path.name
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        write(str(tmp))
-        os.chmod(tmp, 0o644)  # safetensors creates 0600; checkpoints are meant to be shared like .pth.tar
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-    except BaseException:
-        _discard(tmp, path)
-        raise
-    return tmp
-
-
-def _discard(tmp: Path, path) -> None:
-    if is_remote(path):
-        shutil.rmtree(tmp.parent, ignore_errors=True)
-    else:
-        tmp.unlink(missing_ok=True)
-
-
-def _commit(pending: list[tuple[Path, Path]]) -> None:
-    try:
-        for tmp, path in pending:
-            if is_remote(path):
-                upload_file(tmp, path)
-            else:
-                os.replace(tmp, path)
-    finally:
-        for tmp, path in pending:
-            _discard(tmp, path)
+    """The output path (`paths.check_output`: not a folder nor a device, its folder creatable and
+    writable, an existing file replaced only with overwrite). Called before any work, so a refusal
+    costs nothing."""
+    checked = check_output(path, overwrite=overwrite)
+    return checked if is_remote(path) else Path(os.fspath(checked))

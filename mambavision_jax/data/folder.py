@@ -30,17 +30,17 @@ import json
 import multiprocessing
 import os
 import re
-import shutil
-import uuid
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
+from mambavision_jax.data.image_folder import class_dirs, walk_files
 from mambavision_jax.data.image_io import encode_png, to_rgb_uint8
 from mambavision_jax.data.tfds_base import LocalBuilder
-from mambavision_jax.paths import swap_dir_into_place
+from mambavision_jax.errors import UserError
+from mambavision_jax.paths import atomic_dir
 
 _SPLIT_DIRS = ({"train", "val"}, {"train", "validation"})
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -69,71 +69,19 @@ class FolderBuildReport:
         return "\n".join(lines)
 
 
-def _file_id(path: str) -> tuple[int, int] | None:
-    """(device, inode) of what `path` points to, or None for a broken link (listed, then skipped
-    as unreadable, so the report names it)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _walk_files(root: str) -> list[tuple[str, tuple[int, int] | None]]:
-    """(path, file id) of every regular file under root, each real file once; see the module doc."""
-    # Folders already seen: root's ancestors (a link back up would re-list everything, forever
-    # with followlinks) and every folder entered so far (a second link to one folder).
-    seen_dirs = set()
-    head = os.path.realpath(root)
-    while True:
-        seen_dirs.add(_file_id(head))
-        parent = os.path.dirname(head)
-        if parent == head:
-            break
-        head = parent
-    seen_files, out = set(), []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        keep = []
-        for d in sorted(dirnames):
-            key = _file_id(os.path.join(dirpath, d))
-            if not d.startswith(".") and key is not None and key not in seen_dirs:
-                seen_dirs.add(key)
-                keep.append(d)
-        dirnames[:] = keep
-        for f in sorted(filenames):
-            path = os.path.join(dirpath, f)
-            key = _file_id(path)
-            if key is None or key not in seen_files:
-                seen_files.add(key)
-                out.append((path, key))
-    return sorted(out, key=lambda item: item[0])
-
-
-def _list_files(root: str) -> list[str]:
-    """Every regular file under root (recursively), sorted, each real file once; hidden folders
-    (.git, .ipynb_checkpoints) are not entered since they hold copies or metadata, not samples."""
-    return [path for path, _ in _walk_files(root)]
-
-
-def _class_dirs(root: str) -> list[str]:
-    return sorted(
-        d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith(".")
-    )
-
-
 def class_files(root: str, classes: list[str], owners: dict | None = None) -> list[list[str]]:
     """The files of each class folder root/<class>, each real file once; the same file in two class
-    folders is refused (ValueError naming both paths). Pass one `owners` dict to several calls to
+    folders is refused (a UserError naming both paths). Pass one `owners` dict to several calls to
     also refuse a file shared between them (e.g. train/ and val/)."""
     owners = {} if owners is None else owners
     out = []
     for c in classes:
         files = []
-        for path, key in _walk_files(os.path.join(root, c)):
+        for path, key in walk_files(os.path.join(root, c)):
             if key is not None:
                 first = owners.setdefault(key, path)
                 if first != path:
-                    raise ValueError(
+                    raise UserError(
                         f"the same image is in two places: {first} and {path} (one file, linked "
                         f"twice); as one example under two labels, or in both training and "
                         f"validation, it would leak between them. Keep one of the two"
@@ -152,20 +100,20 @@ def _min_files_for_validation(val_fraction: float) -> int:
 
 def plan_splits(src: str, val_fraction: float = 0.1, seed: int = 0):
     """-> (classes, {split: [(path, label)]}, loose files outside class folders)."""
-    top = _class_dirs(src)
+    top = class_dirs(src)
     loose = [os.path.join(src, f) for f in sorted(os.listdir(src)) if os.path.isfile(os.path.join(src, f))]
     if set(top) in _SPLIT_DIRS:
         val_dir = "val" if "val" in top else "validation"
-        classes = _class_dirs(os.path.join(src, "train"))
-        extra = sorted(set(_class_dirs(os.path.join(src, val_dir))) - set(classes))
+        classes = class_dirs(os.path.join(src, "train"))
+        extra = sorted(set(class_dirs(os.path.join(src, val_dir))) - set(classes))
         if extra:
-            raise ValueError(f"{val_dir}/ has classes that train/ lacks: {extra[:10]}")
+            raise UserError(f"{val_dir}/ has classes that train/ lacks: {extra[:10]}")
         splits, owners = {}, {}
         for split, d in (("train", "train"), ("validation", val_dir)):
             per_class = class_files(os.path.join(src, d), classes, owners)
             empty = [c for c, files in zip(classes, per_class) if not files]
             if split == "train" and empty:
-                raise ValueError(
+                raise UserError(
                     f"class folder(s) with no files in {os.path.join(src, d)}: {empty[:10]}; "
                     f"add images or remove the folder(s)"
                 )
@@ -176,17 +124,17 @@ def plan_splits(src: str, val_fraction: float = 0.1, seed: int = 0):
                 if os.path.isfile(os.path.join(src, d, f))
             ]
         if not splits["validation"]:
-            raise ValueError(
+            raise UserError(
                 f"{os.path.join(src, val_dir)} holds no files: the validation split would be "
                 f"empty. Add images, or put all class folders directly under {src} to "
                 f"split them by --val_fraction"
             )
         return classes, splits, loose
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
     classes = top
     if not classes:
-        raise ValueError(
+        raise UserError(
             f"{src} has no class sub-folders (expected SRC/<class>/<images>, or "
             f"SRC/train/<class>/... with SRC/val/<class>/...)"
         )
@@ -195,7 +143,7 @@ def plan_splits(src: str, val_fraction: float = 0.1, seed: int = 0):
     per_class = class_files(src, classes)
     empty = [c for c, files in zip(classes, per_class) if not files]
     if empty:
-        raise ValueError(
+        raise UserError(
             f"class folder(s) with no files in {src}: {empty[:10]}; add images or remove the folder(s)"
         )
     for label, files in enumerate(per_class):
@@ -204,7 +152,7 @@ def plan_splits(src: str, val_fraction: float = 0.1, seed: int = 0):
         splits["validation"] += [(files[i], label) for i in sorted(order[:n_val])]
         splits["train"] += [(files[i], label) for i in sorted(order[n_val:])]
         if n_val == len(files):
-            raise ValueError(
+            raise UserError(
                 f"class {classes[label]!r} has {len(files)} file(s): at val_fraction "
                 f"{val_fraction} all of them would go to validation and none to train. "
                 f"Add images or lower --val_fraction"
@@ -213,7 +161,7 @@ def plan_splits(src: str, val_fraction: float = 0.1, seed: int = 0):
         del splits["validation"]
     elif not splits["validation"]:
         need = _min_files_for_validation(val_fraction)
-        raise ValueError(
+        raise UserError(
             f"the validation split would be empty: at --val_fraction {val_fraction} a class "
             f"needs at least {need} files to give one to validation, and the largest has "
             f"{max(len(f) for f in per_class)}. Pass a larger --val_fraction, or 0 to "
@@ -308,7 +256,7 @@ def _builder_class(
                 yield rel, {"image": data, "label": label, "file_name": rel}
             if items and not n:  # said here: TFDS would only say "No examples were yielded"
                 split = "validation" if items is splits.get("validation") else "train"
-                raise ValueError(
+                raise UserError(
                     f"none of the {len(items)} files planned for the {split} split is a "
                     f"readable image (e.g. {items[0][0]}: {skipped[-1][1]})"
                 )
@@ -330,9 +278,9 @@ def build_folder_dataset(
     An existing DATA_DIR/name/version is kept unless `overwrite`, and then replaced only by a
     complete new build (see the module doc)."""
     if not _NAME_RE.match(name):
-        raise ValueError(f"dataset name must be snake_case ([a-z][a-z0-9_]*), got {name!r}")
+        raise UserError(f"dataset name must be snake_case ([a-z][a-z0-9_]*), got {name!r}")
     if not _VERSION_RE.match(version):
-        raise ValueError(f"version must be x.y.z (e.g. 1.0.0), got {version!r}")
+        raise UserError(f"version must be x.y.z (e.g. 1.0.0), got {version!r}")
     if not os.path.isdir(src):
         raise FileNotFoundError(
             f"--src {src!r} is not a folder" if os.path.exists(src) else f"--src {src!r} does not exist"
@@ -341,7 +289,7 @@ def build_folder_dataset(
     if "://" not in data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise NotADirectoryError(f"--data_dir {data_dir!r} is a file, not a folder")
     if name in tfds.list_builders(with_community_datasets=False):
-        raise ValueError(f"{name!r} is a TFDS dataset name; choose another (e.g. my_{name})")
+        raise UserError(f"{name!r} is a TFDS dataset name; choose another (e.g. my_{name})")
     classes, splits, loose = plan_splits(src, val_fraction, seed)
     skipped = [(p, "not inside a class folder") for p in loose]
     builder_class = _builder_class(name, version, classes, splits, src, skipped, num_workers)
@@ -384,19 +332,21 @@ def build_folder_dataset(
 
     if remote:  # an object store has no rename: build in place, and only where nothing is replaced
         if epath.Path(final).exists():
-            raise ValueError(
+            raise UserError(
                 f"{final}: a data set on an object store cannot be replaced atomically; "
                 f"delete it first, or build on a local disk and copy it over"
             )
         return build(existing)
     os.makedirs(data_dir, exist_ok=True)
-    build_root = os.path.join(data_dir, f".{name}-{version}.build-{uuid.uuid4().hex[:8]}")
-    try:
-        report = build(builder_class(data_dir=build_root, file_format="array_record"))
-        swap_dir_into_place(os.path.join(build_root, name, version), final)
-    finally:
-        shutil.rmtree(build_root, ignore_errors=True)
-    return report
+    # built under DATA_DIR/.NAME-VERSION.build-*/NAME/VERSION (TFDS's own layout), then swapped in
+    with atomic_dir(
+        final,
+        replace=True,
+        content=os.path.join(name, version),
+        tmp_dir=data_dir,
+        tmp_prefix=f".{name}-{version}.build-",
+    ) as build_root:
+        return build(builder_class(data_dir=os.fspath(build_root), file_format="array_record"))
 
 
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
@@ -410,7 +360,7 @@ def _check_every_class_has_examples(classes, splits, skipped) -> None:
     empty = [label for label in range(len(classes)) if not readable[label]]
     if empty:
         path = next(p for items in splits.values() for p, label in items if label == empty[0])
-        raise ValueError(
+        raise UserError(
             f"class folder(s) with no readable image: {[classes[i] for i in empty[:10]]} "
             f"(e.g. {path}: {why[path]}). Fix or remove them"
         )

@@ -21,7 +21,7 @@ from mambavision_jax import cli
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m mambavision_jax.data.make_folder_dataset",
         description=__doc__.split("\n\n", 1)[1],
         epilog="Layouts: SRC/<class>/<images> (split by --val_fraction), or SRC/train/<class>/... with "
@@ -71,14 +71,10 @@ def _parser() -> argparse.ArgumentParser:
         help="rebuild even if DATA_DIR/NAME/VERSION is already prepared (the old one is "
         "replaced only once the new build is complete)",
     )
-    cli.add_debug_flag(p)
     return p
 
 
 def main(argv=None) -> int:
-    from mambavision_jax import xla_cpu
-
-    xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     args = _parser().parse_args(argv)
     from mambavision_jax.data.folder import build_folder_dataset  # TFDS import: after --help
 

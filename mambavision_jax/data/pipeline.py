@@ -30,6 +30,7 @@ from mambavision_jax.data.transforms import (
     train_augment,
     train_transform,
 )
+from mambavision_jax.errors import UserError
 
 
 def _host(process_index, process_count) -> tuple[int, int]:
@@ -44,7 +45,7 @@ def _host(process_index, process_count) -> tuple[int, int]:
 
 def _per_host_batch(global_batch_size: int, process_count: int) -> int:
     if global_batch_size % process_count:
-        raise ValueError(f"global batch {global_batch_size} is not divisible by {process_count} processes")
+        raise UserError(f"global batch {global_batch_size} is not divisible by {process_count} processes")
     return global_batch_size // process_count
 
 
@@ -86,7 +87,7 @@ def default_num_threads(num_workers: int, cpu_count: int | None = None) -> int:
 def resolve_workers(num_workers: int, num_threads: int) -> tuple[int, int]:
     """(-1 = auto) -> the worker-process and thread counts used."""
     if num_workers < -1 or num_threads < -1 or num_threads == 0:
-        raise ValueError(
+        raise UserError(
             f"num_workers must be >= 0 or -1 (auto), num_threads >= 1 or -1 (auto); got "
             f"{num_workers}, {num_threads}"
         )
@@ -236,7 +237,7 @@ def make_train_iterator(
     source = open_source(name, split, data_dir, image_key)
     start, end = shard_bounds(len(source), process_index, process_count, drop_remainder=True)
     if end - start < batch:
-        raise ValueError(
+        raise UserError(
             f"{name}/{split}: a host shard of {end - start} examples is smaller than the "
             f"per-host batch {batch}"
         )

@@ -12,6 +12,7 @@ import os
 import tensorflow_datasets as tfds
 
 from mambavision_jax.data.digits import DIGITS_NAME, build_digits
+from mambavision_jax.errors import UserError
 from mambavision_jax.paths import as_path, is_remote
 
 _RANDOM_ACCESS_FORMATS = ("array_record", "parquet")
@@ -95,7 +96,7 @@ def open_source(name: str, split: str, data_dir=None, image_key: str = "image"):
     ArrayRecord reads local files only: a data set in a bucket is copied to each host's local disk
     (or the bucket mounted with gcsfuse) and that local path given as the data dir."""
     if data_dir and is_remote(data_dir):
-        raise ValueError(
+        raise UserError(
             f"data dir {data_dir}: ArrayRecord files are read from a local file system only; "
             f"copy the prepared data set to each host's local disk (gcloud storage cp -r "
             f"{os.fspath(data_dir).rstrip('/')}/{name.split(':')[0]} LOCAL_DIR/) or mount the "
@@ -123,4 +124,4 @@ def default_eval_split(name: str, data_dir=None) -> str:
     for split in ("validation", "test"):
         if split in splits:
             return split
-    raise ValueError(f"dataset {name!r} has no validation or test split (splits: {sorted(splits)})")
+    raise UserError(f"dataset {name!r} has no validation or test split (splits: {sorted(splits)})")

@@ -25,8 +25,8 @@ from mambavision_jax.data.image_io import to_pil_rgb, to_rgb_uint8
 from mambavision_jax.data.rand_augment import rand_augment_transform
 
 # One definition of the ImageNet statistics, the models' pretrained cfgs'; the data names stay.
-from mambavision_jax.models.registry import IMAGENET_MEAN as IMAGENET_DEFAULT_MEAN
-from mambavision_jax.models.registry import IMAGENET_STD as IMAGENET_DEFAULT_STD
+from mambavision_jax.imagenet import IMAGENET_MEAN as IMAGENET_DEFAULT_MEAN
+from mambavision_jax.imagenet import IMAGENET_STD as IMAGENET_DEFAULT_STD
 
 _INTERPOLATION = {
     "nearest": Image.Resampling.NEAREST,

@@ -14,15 +14,13 @@ import math
 import numbers
 from typing import TYPE_CHECKING, Any
 
+from mambavision_jax.errors import ConfigError  # re-exported: it was defined here
+
 if TYPE_CHECKING:
     from mambavision_jax.ops import ScanSharding
 
 NUM_STAGES = 4  # two convolutional stages, two hybrid (Mamba + attention) stages, as the official
 HYBRID_STAGES = (2, 3)  # the stages whose blocks have mixers, heads and windows
-
-
-class ConfigError(ValueError):
-    """A configuration value of the wrong type or out of range (the message names the field)."""
 
 
 def unknown_names_message(what: str, unknown, valid, noun: str = "field") -> str:

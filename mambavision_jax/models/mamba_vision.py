@@ -10,6 +10,7 @@ import numpy as np
 from flax import nnx
 
 from mambavision_jax.models.blocks import MambaVisionLayer, PatchEmbed
+from mambavision_jax.models.catalog import pretrained_cfg_for
 from mambavision_jax.models.config import MambaVisionConfig, RuntimeConfig
 from mambavision_jax.models.layers import BatchNorm, Linear
 from mambavision_jax.models.mixer import MambaVisionMixer
@@ -83,8 +84,6 @@ class MambaVision(nnx.Module):
     def pretrained_cfg(self):
         """The official preprocessing of `config.name` (timm's pretrained_cfg), with this model's
         classes and channels; a default one (224 px, ImageNet mean / std) for a custom model."""
-        from mambavision_jax.models.registry import pretrained_cfg_for  # registry imports this module
-
         return pretrained_cfg_for(self.config)
 
     def set_scan_sharding(self, sharding: ScanSharding | None) -> None:
@@ -101,6 +100,17 @@ class MambaVision(nnx.Module):
             if isinstance(module, MambaVisionMixer):
                 module.scan_sharding = sharding
         self.runtime = self.runtime.replace(scan_sharding=sharding)
+
+    def set_runtime(self, *, scan_impl: str | None = None) -> None:
+        """Change the runtime options that need no new modules (the selective scan's
+        implementation, e.g. 'sequential' for an ONNX export) in every mixer; `runtime` follows,
+        so it keeps describing the model. Set it before the model is traced."""
+        if scan_impl is None:
+            return
+        self.runtime = self.runtime.replace(scan_impl=scan_impl)  # validates the name
+        for _, module in nnx.iter_modules(self):
+            if isinstance(module, MambaVisionMixer):
+                module.scan_impl = scan_impl
 
     def _check_input(self, x: jax.Array) -> None:
         if x.ndim != 4:

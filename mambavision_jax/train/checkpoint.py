@@ -109,3 +109,111 @@ def _json_default(x):
     if hasattr(x, "tolist"):
         return x.tolist()
     raise TypeError(f"cannot store {type(x).__name__} in the data state")
+
+
+# ------------------------------------------------------------------ reading a training run
+# The layout of a workdir, for the Checkpointer above and for readers of a run's weights
+# (`mambavision_jax.weights`): orbax CheckpointManagers in checkpoints/ (the last N) and best/
+# (the best one), one item each, plus the run's config files beside them.
+CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best"
+ITEM_NAME = "default"  # the item name a CheckpointManager gives its only item
+RUN_CONFIG = "config.json"  # the training config (ConfigDict as JSON)
+RUN_MODEL_CONFIG = "model_config.json"  # the model's MambaVisionConfig.to_dict()
+RUN_CHECKPOINTS = {"best": BEST_DIR, "latest": CHECKPOINTS_DIR}
+
+
+def is_training_run(path: PathLike) -> bool:
+    """Whether `path` (local or a URL such as gs://bucket/run) is a training workdir (it has the
+    orbax `checkpoints/` or `best/` folder)."""
+    p = as_path(path)
+    return p.is_dir() and any((p / d).is_dir() for d in RUN_CHECKPOINTS.values())
+
+
+def finished_steps(directory) -> list[int]:
+    """The steps of the finished checkpoints in one CheckpointManager folder, oldest first. Orbax
+    names a finished step folder by the step alone; one still being written carries a
+    '.orbax-checkpoint-tmp' suffix and is not a checkpoint yet."""
+    directory = as_path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def step_dir(workdir: PathLike, checkpoint: str | int = "best"):
+    """The folder of a run's checkpoint: 'best' (best validation top-1), 'latest', or a step
+    number (in checkpoints/ or best/). A missing one is a FileNotFoundError that says what there is."""
+    from mambavision_jax.errors import UserError  # (imported here: this part was added to the file)
+
+    workdir = as_path(workdir)
+    if isinstance(checkpoint, int) or (isinstance(checkpoint, str) and checkpoint.isdigit()):
+        step = int(checkpoint)
+        for d in (CHECKPOINTS_DIR, BEST_DIR):
+            if (workdir / d / str(step)).is_dir():
+                return workdir / d / str(step)
+        steps = finished_steps(workdir / CHECKPOINTS_DIR)
+        raise FileNotFoundError(f"{workdir} has no checkpoint of step {step} (steps: {steps or 'none'})")
+    if checkpoint not in RUN_CHECKPOINTS:
+        raise UserError(f"checkpoint must be 'best', 'latest' or a step number, got {checkpoint!r}")
+    steps = finished_steps(workdir / RUN_CHECKPOINTS[checkpoint])
+    if not steps:
+        hint = (
+            " (best/ is written at the first evaluation; pick --checkpoint latest)"
+            if checkpoint == BEST_DIR and finished_steps(workdir / CHECKPOINTS_DIR)
+            else ""
+        )
+        raise FileNotFoundError(
+            f"{workdir}: no {checkpoint} checkpoint in {workdir / RUN_CHECKPOINTS[checkpoint]}{hint}"
+        )
+    return workdir / RUN_CHECKPOINTS[checkpoint] / str(steps[-1])
+
+
+def restore_weights(step_folder, params, batch_stats, *, ema: bool | None = None):
+    """(params, batch stats, whether they are the EMA ones) of the train state saved in
+    `step_folder`, restored alone (no optimizer state) into the structure of `params` /
+    `batch_stats` (an NNX model's `nnx.Param` / `nnx.BatchStat` states), on one device.
+
+    ema: None: the EMA weights when the run kept them, else its weights; True: the EMA weights (a
+    CheckpointError where there are none); False: the weights. A checkpoint that cannot be read or
+    does not fit is a CheckpointError naming the folder."""
+    from mambavision_jax.errors import CheckpointError, first_line
+
+    step_folder = as_path(step_folder)
+    item_dir = step_folder / ITEM_NAME
+    # The handler, not a Checkpointer: the step folder is read as it is, without the
+    # Checkpointer's look for a step-metadata file that the manager keeps one level up.
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        try:
+            saved = handler.metadata(item_dir).tree
+        except Exception as e:  # noqa: BLE001 - whatever orbax raises, the user gets one line
+            raise CheckpointError(
+                f"{step_folder}: not a readable training checkpoint ({first_line(e)})"
+            ) from None
+        if not isinstance(saved, dict) or "params" not in saved:
+            raise CheckpointError(f"{step_folder}: not a training checkpoint (no 'params' in it)")
+        has_ema = bool(saved.get("ema_params"))
+        if ema is True and not has_ema:
+            raise CheckpointError(
+                f"{step_folder}: the run kept no EMA weights (config.ema.enabled was off); "
+                f"leave out --ema to use its weights"
+            )
+        use_ema = ema is not False and has_ema
+        prefix = "ema_" if use_ema else ""
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = {prefix + "params": params, prefix + "batch_stats": batch_stats}
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), target)
+        restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), abstract)
+        try:
+            restored = handler.restore(
+                item_dir,
+                args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True),
+            )
+        except Exception as e:  # noqa: BLE001 - a mismatched or corrupt checkpoint: one line
+            raise CheckpointError(
+                f"{step_folder}: cannot restore the model's weights ({first_line(e)}); is "
+                f"{RUN_MODEL_CONFIG} the run's own?"
+            ) from None
+    finally:
+        handler.close()
+    return restored[prefix + "params"], restored[prefix + "batch_stats"], use_ema

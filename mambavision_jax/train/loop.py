@@ -324,23 +324,21 @@ def report_train_metrics(pending, step, steps_per_epoch, meter, writer, ckpt) ->
 
 
 def init_from_checkpoint(config, state, shardings, num_classes, bn_groups, writer):
-    """Fine-tuning: `state` with the weights of `config.init_from` (any checkpoint
-    `convert.load_checkpoint` reads: converted, PyTorch, orbax, a hub id, a training run; the EMA
-    weights with `config.init_from_ema`), a new head when the number of classes differs, placed
-    with `shardings`. `writer.log` says where they came from."""
-    from mambavision_jax.convert import load_checkpoint
+    """Fine-tuning: `state` with the weights of `config.init_from` (any weights
+    `mambavision_jax.weights.resolve` takes: a converted or PyTorch checkpoint, an orbax folder, a
+    hub id, a training run's best checkpoint; the EMA weights with `config.init_from_ema`), a new
+    head when the number of classes differs, placed with `shardings`. `writer.log` says where they
+    came from."""
+    from mambavision_jax import weights
     from mambavision_jax.train.state import split_model
 
     arch, runtime = model_configs(config, num_classes, bn_groups)
     arch_fields = {k: v for k, v in arch.to_dict().items() if k not in ("name", "num_classes")}
-    model = load_checkpoint(
-        config.init_from,
-        config.model.name,
-        num_classes=num_classes,
-        use_ema=config.init_from_ema,
-        **arch_fields,
-        **runtime.to_dict(),
-    )
+    source = weights.resolve(config.init_from, ema=True if config.init_from_ema else None)
+    model = weights.load(
+        source, name=config.model.name, num_classes=num_classes, **arch_fields, **runtime.to_dict()
+    ).model
     _, params, stats, _ = split_model(model)
-    writer.log(f"initialised from {config.init_from}")
+    where = f" (step {source.step} of its {source.checkpoint})" if source.step is not None else ""
+    writer.log(f"initialised from {config.init_from}{where}")
     return with_weights(state, params, stats, shardings)

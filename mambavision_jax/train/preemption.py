@@ -46,6 +46,8 @@ class Preempted(Exception):
 
 
 def _coordination_client():
+    # No public API gives the coordination-service client (jax.distributed has initialize /
+    # is_initialized / shutdown only; multihost_utils uses this same private global).
     try:
         from jax._src import distributed
     except ImportError:  # pragma: no cover - private module moved
@@ -65,6 +67,8 @@ def _sync_every_from_env() -> int:
 
 
 def _jax_service_running() -> bool:
+    # No public API says whether JAX's preemption sync manager runs (jax.distributed.is_initialized
+    # is true without it); reached_preemption_sync_point fails where it does not.
     try:
         from jax._src import distributed
     except ImportError:  # pragma: no cover - private module moved

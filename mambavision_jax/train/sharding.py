@@ -7,36 +7,12 @@ import math
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-BATCH_AXES = ("data", "fsdp")
-
-
-def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
-    """A (data, fsdp) mesh over all devices; -1 takes what is left. Axes are Auto: Flax convs
-    fail under the Explicit axes that `jax.make_mesh` defaults to."""
-    devices = list(devices if devices is not None else jax.devices())
-    n = len(devices)
-    if data == -1 and fsdp == -1:
-        raise ValueError("mesh: at most one of mesh.data / mesh.fsdp may be -1")
-    if data == -1:
-        data = n // fsdp
-    if fsdp == -1:
-        fsdp = n // data
-    if data * fsdp != n:
-        raise ValueError(f"mesh: data={data} x fsdp={fsdp} does not use the {n} devices")
-    dev = np.asarray(devices).reshape(data, fsdp)
-    return Mesh(dev, BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto))
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over every device of the mesh."""
-    return NamedSharding(mesh, P(BATCH_AXES))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
+# The mesh and the batch / replicated shardings live below the training layer (inference uses
+# them too); re-exported here for the training code.
+from mambavision_jax.mesh import BATCH_AXES, batch_sharding, make_mesh, replicated  # noqa: F401
 
 
 def fsdp_spec(shape: tuple[int, ...], itemsize: int, fsdp_size: int, min_size_mb: float) -> P:

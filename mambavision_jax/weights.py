@@ -1,0 +1,430 @@
+"""The one way in for weights: `resolve` says what a weights spec is, `load` builds its model.
+
+    src = weights.resolve("nvidia/MambaVision-T-1K")          # or a file, a folder, gs://..., a run
+    model, pre = weights.load(src, dtype="bfloat16")          # the model (eval mode), its preprocessing
+
+`resolve(spec, checkpoint=..., ema=..., revision=...)` looks at the spec once: a Hugging Face hub id
+becomes the local folder of its converted copy (`hub.fetch`: downloaded and converted on first use,
+cached); a local path or URL is checked to exist and its kind is found (`KINDS`, in order):
+
+- `training-run`: a training workdir (`train.checkpoint`'s layout: checkpoints/, best/,
+  model_config.json); `checkpoint` ('best', 'latest' or a step) picks the step folder, `ema`
+  (None: the EMA weights when the run kept them; True: required; False: the raw weights);
+- `orbax`: a folder written by `convert.save_checkpoint` (also what the hub cache holds);
+- `hf-folder`: a Hugging Face model folder (config.json + model.safetensors);
+- `safetensors`: a `.safetensors` file (config.json beside it is read when present);
+- `pth`: a PyTorch file (an official `.pth.tar`; `ema=True` takes its state_dict_ema).
+
+A gs:// file is copied locally only by the readers of formats that need a local file (torch.load,
+safetensors); orbax folders and training runs are read in place. Every command (`--weights`), the
+training config's `init_from`, `mvj.load_checkpoint`, `convert.load_checkpoint` and the `convert`
+command line go through here.
+
+Adding a source kind (e.g. a segmentation checkpoint) is one `register_kind(SourceKind(...))`:
+`detect(path) -> bool` on a path that exists, `load(source, **kw) -> model`, and optionally
+`preprocessing(source) -> dict` of hints and `one_set=True` when the format holds one set of
+weights (`ema=True` is then refused).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from mambavision_jax.errors import CheckpointError, HubError, UserError
+from mambavision_jax.paths import as_path, is_remote, path_of
+
+__all__ = [
+    "KINDS",
+    "Loaded",
+    "SourceKind",
+    "WeightsSource",
+    "exists",
+    "load",
+    "load_checkpoint",
+    "register_kind",
+    "resolve",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsSource:
+    """What `resolve` found. spec: as given; kind: a `KINDS` name; path: the local path or URL
+    that holds the weights (a hub id's converted folder); for a training run, the step folder
+    `step_dir` of `checkpoint` and its `step`; `ema` as asked; `hub`: {"repo_id", "commit",
+    "name"} when the spec was a hub id."""
+
+    spec: str
+    kind: str
+    path: str
+    checkpoint: str = "best"
+    ema: bool | None = None
+    step: int | None = None
+    step_dir: str | None = None
+    hub: dict[str, Any] | None = None
+
+    def hf_config(self) -> dict[str, Any] | None:
+        """The Hugging Face config.json that goes with the weights (a model folder's, or the one
+        beside a .safetensors file), or None."""
+        if self.kind == "training-run":  # a run's config.json is its training config
+            return None
+        p = path_of(self.path)
+        cfg = (
+            p / "config.json"
+            if p.is_dir()
+            else (p.parent / "config.json" if p.suffix == ".safetensors" else None)
+        )
+        if cfg is None or not cfg.is_file():
+            return None
+        try:
+            data = json.loads(cfg.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def info(self) -> dict[str, Any]:
+        """What a summary (evaluate --json, export_config.json) records about the weights."""
+        out: dict[str, Any] = {"kind": self.kind, "path": self.path}
+        if self.step is not None:
+            out.update(step=self.step, step_dir=self.step_dir)
+        if self.hub:
+            out["hub"] = self.hub
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceKind:
+    """One kind of weights. detect(path) is asked, in `KINDS` order, of a path that exists (local
+    or a URL); load(source, *, name, num_classes, dtype, allow_nonfinite, **overrides) builds the
+    model; preprocessing(source) gives the eval-preprocessing hints the weights carry
+    ({"image_size", "crop_pct", "crop_mode", "mean", "std"}, each optional); one_set: the format
+    holds one set of weights (`ema=True` is refused)."""
+
+    name: str
+    detect: Callable[[str], bool]
+    load: Callable[..., Any]
+    preprocessing: Callable[[WeightsSource], dict[str, Any]] = lambda source: {}
+    one_set: bool = True
+    description: str = ""
+
+
+class Loaded(NamedTuple):
+    model: Any
+    preprocessing: Any  # preprocessing.Preprocessing
+
+
+# ----------------------------------------------------------------------------- the kinds
+def _is_run(path: str) -> bool:
+    from mambavision_jax.train.checkpoint import is_training_run
+
+    return is_training_run(path)
+
+
+def _is_orbax(path: str) -> bool:
+    from mambavision_jax.convert.api import ORBAX_META
+
+    return (path_of(path) / ORBAX_META).is_file()
+
+
+def _is_hf_folder(path: str) -> bool:
+    return path_of(path).is_dir()  # checked for model.safetensors by the reader, with its own message
+
+
+def _is_safetensors(path: str) -> bool:
+    return path_of(path).suffix == ".safetensors"
+
+
+def _is_file(path: str) -> bool:
+    return path_of(path).is_file()
+
+
+def _load_run(
+    source: WeightsSource, *, name=None, num_classes=None, dtype=None, allow_nonfinite=False, **overrides
+):
+    """A freshly initialised model of the architecture the run trained (its model_config.json),
+    with the weights of the step folder."""
+    from flax import nnx
+
+    from mambavision_jax.models.config import MambaVisionConfig
+    from mambavision_jax.models.registry import create_model
+    from mambavision_jax.train.checkpoint import RUN_MODEL_CONFIG, restore_weights
+
+    workdir = as_path(source.path)
+    config_path = workdir / RUN_MODEL_CONFIG
+    if not config_path.is_file():
+        raise CheckpointError(
+            f"{workdir} is a training run without {RUN_MODEL_CONFIG} (written by the training loop): "
+            f"the architecture of its checkpoints is unknown"
+        )
+    try:
+        config = MambaVisionConfig.from_dict(json.loads(config_path.read_text()))
+    except ValueError as e:  # not JSON (JSONDecodeError), or a field missing / out of range (ConfigError)
+        raise CheckpointError(f"{config_path}: {e}") from None
+    # overrides apply on top, as for a file (e.g. another drop_path_rate for fine-tuning); ones that
+    # change the parameters' shapes make the restore below fail with one line
+    model = create_model(config, dtype=dtype, **overrides)
+    if name is not None and name != model.name:
+        raise CheckpointError(f"{workdir} trained {model.name}, not {name}")
+    _, params, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    params, stats, used_ema = restore_weights(source.step_dir, params, stats, ema=source.ema)
+    nnx.update(model, params, stats)
+    model.checkpoint_info = {"path": source.step_dir, "step": source.step, "ema": used_ema}
+    if num_classes is not None and num_classes != model.num_classes:
+        model = _new_head(model, num_classes, dtype=dtype, **overrides)
+    return model
+
+
+def _new_head(model, num_classes: int, **kwargs):
+    """The model with a freshly initialised head of `num_classes` (fine-tuning)."""
+    from mambavision_jax.convert.api import _HEAD_KEYS, load_state_dict, to_torch_state_dict
+    from mambavision_jax.models.registry import create_model
+
+    new = create_model(model.config, num_classes=num_classes, **kwargs)
+    load_state_dict(new, to_torch_state_dict(model), skip=_HEAD_KEYS)
+    return new
+
+
+def _load_file(
+    source: WeightsSource, *, name=None, num_classes=None, dtype=None, allow_nonfinite=False, **kw
+):
+    from mambavision_jax.convert.api import load_file as load_model_file
+
+    return load_model_file(
+        source.path,
+        name,
+        num_classes=num_classes,
+        use_ema=bool(source.ema),
+        dtype=dtype,
+        allow_nonfinite=allow_nonfinite,
+        **kw,
+    )
+
+
+def _run_preprocessing(source: WeightsSource) -> dict[str, Any]:
+    """The eval preprocessing the run used (its config.json's data.image_size, crop_pct, crop_mode,
+    where set)."""
+    from mambavision_jax.train.checkpoint import RUN_CONFIG
+
+    path = path_of(source.path) / RUN_CONFIG
+    try:
+        data = json.loads(path.read_text()).get("data", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    out: dict[str, Any] = {}
+    if isinstance(data.get("image_size"), int) and data["image_size"] > 0:
+        out["image_size"] = data["image_size"]
+    if isinstance(data.get("crop_pct"), (int, float)) and 0 < data["crop_pct"] <= 1:
+        out["crop_pct"] = float(data["crop_pct"])  # <= 0 in the config: the variant's
+    if data.get("crop_mode") in ("center", "squash"):
+        out["crop_mode"] = data["crop_mode"]
+    return out
+
+
+def _hf_preprocessing(source: WeightsSource) -> dict[str, Any]:
+    cfg = source.hf_config() or {}
+    out = {}
+    for key in ("crop_pct", "crop_mode", "mean", "std"):
+        if cfg.get(key) is not None:
+            out[key] = tuple(cfg[key]) if key in ("mean", "std") else cfg[key]
+    return out
+
+
+KINDS: list[SourceKind] = [
+    SourceKind(
+        "training-run",
+        _is_run,
+        _load_run,
+        _run_preprocessing,
+        one_set=False,
+        description="a training workdir",
+    ),
+    SourceKind("orbax", _is_orbax, _load_file, _hf_preprocessing, description="an orbax model folder"),
+    SourceKind(
+        "hf-folder", _is_hf_folder, _load_file, _hf_preprocessing, description="a Hugging Face folder"
+    ),
+    SourceKind(
+        "safetensors", _is_safetensors, _load_file, _hf_preprocessing, description="a .safetensors file"
+    ),
+    SourceKind("pth", _is_file, _load_file, one_set=False, description="a PyTorch checkpoint file"),
+]
+
+
+def register_kind(kind: SourceKind, *, before: str | None = None) -> None:
+    """Add a kind of weights (replacing one of the same name); it is detected before the kind
+    named `before` (default: before the catch-all folder and file kinds, i.e. 'hf-folder')."""
+    names = [k.name for k in KINDS]
+    if kind.name in names:
+        KINDS[names.index(kind.name)] = kind
+        return
+    anchor = before or "hf-folder"
+    KINDS.insert(names.index(anchor) if anchor in names else len(KINDS), kind)
+
+
+def _kind(name: str) -> SourceKind:
+    return next(k for k in KINDS if k.name == name)
+
+
+# ----------------------------------------------------------------------------- resolve / load
+def exists(spec) -> bool:
+    """Whether `spec` names a hub id or a file / folder that exists (checked before any work)."""
+    from mambavision_jax import hub
+
+    return hub.is_hub_id(spec) or as_path(spec).exists()  # a misspelt URL (gs:/b) is refused
+
+
+def resolve(
+    spec,
+    *,
+    checkpoint: str | int = "best",
+    ema: bool | None = None,
+    revision: str | None = None,
+    cache_dir=None,
+    token=None,
+) -> WeightsSource:
+    """What `spec` is, resolved once (see the module docstring). A missing file is a
+    FileNotFoundError; a checkpoint or EMA choice the source cannot give, a UserError."""
+    from mambavision_jax import hub
+
+    if isinstance(spec, WeightsSource):
+        return spec
+    if not isinstance(spec, (str, os.PathLike)):
+        raise UserError(f"weights: expected a path, URL or hub id, got {type(spec).__name__}")
+    text = os.fspath(spec)
+    if not text:
+        raise UserError("weights: the path is empty; name a checkpoint file or folder, or a hub id")
+    hub_info = None
+    if hub.is_hub_id(text):
+        if ema:
+            raise HubError(f"{text}: the hub weights hold one set of weights (no EMA); drop use_ema / --ema")
+        entry, hub_info = hub.fetch(text, revision=revision, cache_dir=cache_dir, token=token)
+        path = os.fspath(entry)
+    else:
+        if revision is not None:
+            raise UserError(f"revision={revision!r} applies to hub ids; {text} is a path")
+        path = text if is_remote(text) else os.path.abspath(os.path.expanduser(text))
+        as_path(path)  # a misspelt URL (gs:/b, gss://) is refused here
+        if not path_of(path).exists():
+            raise FileNotFoundError(f"no such checkpoint: {text}")
+    kind = next(k for k in KINDS if k.detect(path))
+    checkpoint = str(checkpoint)
+    if kind.name != "training-run" and checkpoint != "best":
+        raise UserError(
+            f"--checkpoint {checkpoint} (checkpoint={checkpoint!r}) applies to training runs (a "
+            f"training workdir); {text} is {kind.description}"
+        )
+    if ema and kind.one_set:
+        raise CheckpointError(
+            f"{text} is {kind.description}, which holds one set of weights: drop --ema / --use-ema "
+            f"(use_ema=True); EMA weights come from a training run or an official .pth.tar's "
+            f"state_dict_ema"
+        )
+    step = step_dir = None
+    if kind.name == "training-run":
+        from mambavision_jax.train.checkpoint import step_dir as run_step_dir
+
+        folder = run_step_dir(path, checkpoint)
+        step_dir, step = os.fspath(folder), int(folder.name)
+    return WeightsSource(
+        spec=text,
+        kind=kind.name,
+        path=path,
+        checkpoint=checkpoint,
+        ema=ema,
+        step=step,
+        step_dir=step_dir,
+        hub=hub_info,
+    )
+
+
+def load(
+    source,
+    *,
+    name: str | None = None,
+    num_classes: int | None = None,
+    dtype=None,
+    allow_nonfinite: bool = False,
+    image_size: int | None = None,
+    crop_pct: float | None = None,
+    crop_mode: str | None = None,
+    **overrides,
+) -> Loaded:
+    """(the model in eval mode, its eval preprocessing) of a `WeightsSource` (or of a spec,
+    resolved with the defaults). name: the variant expected (a mismatch is refused);
+    num_classes: another head size gives a freshly initialised head; dtype: the compute dtype;
+    overrides: `create_model` arguments (runtime options such as scan_impl; architecture fields
+    must agree with the weights). image_size / crop_pct / crop_mode override the preprocessing
+    that the variant and the weights give (`preprocessing.preprocessing_for`)."""
+    import jax.numpy as jnp
+
+    from mambavision_jax.preprocessing import resolve_preprocessing
+
+    source = resolve(source)
+    kind = _kind(source.kind)
+    dtype = jnp.dtype(dtype if dtype is not None else jnp.float32)
+    if source.hub is not None:
+        model = _load_hub(source, kind, name=name, num_classes=num_classes, dtype=dtype, **overrides)
+    else:
+        model = kind.load(
+            source,
+            name=name,
+            num_classes=num_classes,
+            dtype=dtype,
+            allow_nonfinite=allow_nonfinite,
+            **overrides,
+        )
+    model.eval()
+    hints = kind.preprocessing(source)
+    explicit = {"image_size": image_size, "crop_pct": crop_pct, "crop_mode": crop_mode}
+    pre = resolve_preprocessing(model, hints=hints, **explicit)
+    return Loaded(model, pre)
+
+
+def _load_hub(source: WeightsSource, kind: SourceKind, *, name, **kw):
+    """A hub entry: loaded without the name (an official repo's model keeps its registry name),
+    then the name checked by architecture (B and B_21k share one)."""
+    from mambavision_jax.hub import same_architecture
+    from mambavision_jax.models.registry import model_config
+
+    model = kind.load(source, name=None, **kw)
+    if name is not None and name != model.name and not same_architecture(model_config(name), model.config):
+        raise HubError(f"{source.spec} holds {model.name}, not {name}; drop the model name or pick its repo")
+    return model
+
+
+def load_checkpoint(
+    spec,
+    name: str | None = None,
+    *,
+    checkpoint: str | int | None = None,
+    which: str | int | None = None,
+    ema: bool | None = None,
+    use_ema: bool = False,
+    num_classes: int | None = None,
+    dtype=None,
+    allow_nonfinite: bool = False,
+    revision: str | None = None,
+    **overrides,
+):
+    """The model (eval mode) of any weights: `load(resolve(spec, ...)).model`.
+
+    spec: a training workdir, an orbax folder, a .pth.tar, a .safetensors file, a Hugging Face
+    folder, a hub id, local or gs://. name: the variant expected (needed only where the weights
+    are ambiguous). checkpoint (or which): a training run's 'best' (default), 'latest' or a step.
+    ema: None: a training run's EMA weights when it kept them, a file's main weights; True: the
+    EMA weights (a run's, or a .pth.tar's state_dict_ema; `use_ema=True` says the same), an error
+    where there are none; False: the main weights. The model of a training run carries
+    `checkpoint_info` = {"path", "step", "ema"}."""
+    if checkpoint is not None and which is not None and str(checkpoint) != str(which):
+        raise UserError(f"checkpoint={checkpoint!r} and which={which!r} disagree; pass one")
+    chosen = checkpoint if checkpoint is not None else (which if which is not None else "best")
+    if use_ema:
+        if ema is False:
+            raise UserError("use_ema=True and ema=False disagree; pass one")
+        ema = True
+    source = resolve(spec, checkpoint=chosen, ema=ema, revision=revision)
+    return load(
+        source, name=name, num_classes=num_classes, dtype=dtype, allow_nonfinite=allow_nonfinite, **overrides
+    ).model
