@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_gcs import gcs  # noqa: F401 - the GCS emulator fixture
 from train_runs import read_until, run_losses, train_cmd, train_env
 
 from mambavision_jax.errors import EXIT_ENVIRONMENT, EXIT_PREEMPTED, EXIT_USER_ERROR
@@ -102,13 +103,15 @@ def ref(digits_dir, tmp_path_factory):
     proc, seen = _popen(workdir, digits_dir), []
     try:
         assert read_until(proc, "mamba_vision_T:", seen), "".join(seen)  # it holds the lock now
-        second = _run(workdir, digits_dir)
-        running = proc.poll() is None
+        proc.send_signal(signal.SIGSTOP)  # paused (still holding it) until the second one has tried
+        try:
+            second = _run(workdir, digits_dir)
+        finally:
+            proc.send_signal(signal.SIGCONT)
         proc.wait(timeout=600)
     finally:
         proc.kill()
     assert proc.returncode == 0, proc.stderr.read()[-3000:]
-    assert running, "the first run ended before the second one tried the lock"
     line = _one_error_line(second, EXIT_USER_ERROR)
     assert f"in use by another training run: pid {proc.pid} on host {socket.gethostname()}" in line, line
     assert not (workdir / "train.lock").exists()  # released at the end
@@ -247,3 +250,63 @@ def test_read_only_workdir_is_one_line_exit_4(ref, digits_dir, tmp_path):
         assert tree_hash(disk / "run") == before
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_bucket_lock_admits_one_writer_and_a_missing_bucket_is_exit_4(gcs, digits_dir):  # noqa: F811
+    """Row 5 on gs://: the lock object is created under an ifGenerationMatch=0 precondition, so a
+    second writer is refused naming the first; row 8: a missing bucket is one line, exit 4."""
+    from mambavision_jax.errors import EnvironmentFailure, UserError
+    from mambavision_jax.train.workdir import WorkdirLock
+
+    env, fs = gcs
+    first = WorkdirLock("gs://mv-test/run")
+    assert first.acquire() is None
+    try:
+        with pytest.raises(
+            UserError, match=rf"gs://mv-test/run is in use by another training run: pid {os.getpid()} "
+        ):
+            WorkdirLock("gs://mv-test/run").acquire()
+    finally:
+        first.release()
+    assert not fs.exists("mv-test/run/train.lock")
+    with pytest.raises(EnvironmentFailure, match="the bucket 'no-such-bucket' does not exist"):
+        WorkdirLock("gs://no-such-bucket/run").acquire()
+    out = subprocess.run(
+        train_cmd("gs://no-such-bucket/run", f"--config.data.dir={digits_dir}", *COMMON),
+        env={**train_env(1), **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    line = _one_error_line(out, EXIT_ENVIRONMENT)
+    assert "gs://no-such-bucket/run: the bucket 'no-such-bucket' does not exist" in line, line
+
+
+def test_environment_message_finds_the_refusal_in_orbax_and_os_errors():
+    import errno
+
+    from mambavision_jax.train.workdir import environment_message
+
+    ts = ValueError(
+        'RESOURCE_EXHAUSTED: Error writing "params.x/0" in OCDBT database at local file "/w/checkpoints/5/": '
+        "Failed writing: \"/w/checkpoints/5/d/ab\": No space left on device [os_error_code='28']"
+    )
+    wrapped = RuntimeError("save failed")
+    wrapped.__cause__ = ts
+    assert environment_message(wrapped) == "No space left on device (/w/checkpoints/5/d/ab)"
+    immutable = PermissionError(errno.EPERM, "Operation not permitted", "/w/train.lock")
+    assert environment_message(immutable) == "Operation not permitted (/w/train.lock)"
+    assert environment_message(ValueError("config.batch_size: must be > 0")) is None
+    assert environment_message(FileNotFoundError(errno.ENOENT, "No such file", "/x")) is None
+
+
+def test_stored_config_without_a_newer_field_resumes_when_the_field_has_its_default():
+    from mambavision_jax.train.config import base_config
+    from mambavision_jax.train.workdir import config_changes, config_record
+
+    c = base_config()
+    stored = config_record(c)
+    del stored["resume_changes"]  # written by a version without the field
+    assert config_changes(stored, config_record(c), config_record(base_config())) == {}
+    c.seed = 5
+    assert config_changes(stored, config_record(c), config_record(base_config())) == {"seed": (31, 5)}

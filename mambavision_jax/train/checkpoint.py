@@ -141,46 +141,45 @@ def checkpoint_steps(directory: PathLike) -> list[int]:
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
 
 
+def _json_problem(path, what: str = "") -> tuple[object, str | None]:
+    """(the JSON in `path`, None), or (None, why it cannot be read: missing, not JSON)."""
+    try:
+        return json.loads(path.read_text()), None
+    except FileNotFoundError:
+        return None, f"{path}{what} is missing"
+    except (ValueError, UnicodeDecodeError) as e:
+        return None, f"{path}{what} is not valid JSON ({e})"
+
+
 def step_metadata(directory: PathLike, step: int) -> dict:
     """The custom metadata the Checkpointer stored with `step` ({} for checkpoints of older
     versions); raises ValueError naming the file when it is missing or not JSON."""
     path = as_path(directory) / str(step) / STEP_METADATA
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path} is missing") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path} is not a JSON object")
+    meta, why = _json_problem(path)
+    if why is None and not isinstance(meta, dict):
+        why = f"{path} is not a JSON object"
+    if why is not None:
+        raise ValueError(why)
     return meta.get("custom_metadata") or {}
 
 
 def damage(directory: PathLike, step: int, processes: int) -> str | None:
     """Why checkpoint `step` under `directory` (a run's checkpoints/) cannot be resumed from,
     naming the file, or None when its metadata, state metadata and every host's iterator position
-    are present and readable (the arrays themselves are checked by restoring them)."""
+    are present and readable (the arrays themselves are checked by restoring them). `processes`:
+    the hosts whose positions must be there when the checkpoint does not say how many wrote it."""
     directory = as_path(directory)
     try:
         meta = step_metadata(directory, step)
     except ValueError as e:
         return str(e)
-    state_meta = directory / str(step) / STATE_ITEM / "_METADATA"
-    try:
-        json.loads(state_meta.read_text())
-    except FileNotFoundError:
-        return f"{state_meta} is missing"
-    except (ValueError, UnicodeDecodeError) as e:
-        return f"{state_meta} is not valid JSON ({e})"
+    why = _json_problem(directory / str(step) / STATE_ITEM / "_METADATA")[1]
     for p in range(int(meta.get("processes", processes))):
+        if why is not None:
+            break
         path = directory / DATA_STATE / f"{step}.{p}.json"
-        try:
-            json.loads(path.read_text())
-        except FileNotFoundError:
-            return f"{path} (the data-iterator position of process {p}) is missing"
-        except (ValueError, UnicodeDecodeError) as e:
-            return f"{path} (the data-iterator position of process {p}) is not valid JSON ({e})"
-    return None
+        why = _json_problem(path, f" (the data-iterator position of process {p})")[1]
+    return why
 
 
 def read_data_state(directory: PathLike, step: int, process: int) -> dict:

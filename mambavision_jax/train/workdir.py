@@ -248,9 +248,11 @@ class WorkdirLock:
                     raise self._busy(holder) from None
                 fs.rm_file(key)
                 taken_over = f"took over the lock of {self.workdir} from {_describe(holder)}, which is no longer running"
-            except FileNotFoundError as e:  # gcsfs: the bucket does not exist
+            except FileNotFoundError:  # gcsfs: the bucket does not exist
                 bucket = os.fspath(self.workdir).split("://", 1)[1].split("/", 1)[0]
-                raise EnvironmentFailure(f"{self.workdir}: no such bucket {bucket!r} ({e})") from None
+                raise EnvironmentFailure(
+                    f"{self.workdir}: the bucket {bucket!r} does not exist (or this account cannot see it)"
+                ) from None
         raise self._busy(None)
 
     def release(self) -> None:
