@@ -275,13 +275,21 @@ def train_and_evaluate(config, workdir: PathLike) -> dict:
         return {}
     lock = WorkdirLock(workdir)
     took_over = on_process_zero("workdir_lock", lock.acquire)  # process 0 holds it for the run
+    notes = ([took_over] if took_over else []) + [f"config changed on resume: {c}" for c in config_changes]
     try:
+        eval_cfg = (cfg, crop_pct, crop_mode)
         return _train(
-            config, workdir, mesh, info, num_classes, steps_per_epoch, total_steps, eval_batch,
-            (cfg, crop_pct, crop_mode), [m for m in (took_over,) if m] + [
-                "config changed on resume: " + c for c in config_changes
-            ],
-        )  # fmt: skip
+            config,
+            workdir,
+            mesh,
+            info,
+            num_classes,
+            steps_per_epoch,
+            total_steps,
+            eval_batch,
+            eval_cfg,
+            notes,
+        )
     finally:
         lock.release()
 
@@ -297,6 +305,8 @@ def _train(
     bn_groups = _bn_groups(config, mesh)
     program = build_train_program(config, mesh, num_classes, steps_per_epoch)
     state, shardings = program.state, program.shardings
+    # The restore is the first cross-process collective (30 s rendezvous): start it together.
+    wait_for_all_processes("mambavision_jax_restore")
     resume = find_resume_point(ckpt_dir, state, shardings)
 
     # ------------------------------------------------------------------ every check passed: write
