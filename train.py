@@ -4,21 +4,32 @@ Any config field can be overridden: `--config.batch_size=256 --config.data.dir=/
 Several processes (TPU pods, SLURM, or `--coordinator/--num_processes/--process_id`) run the
 same command; each reads its own shard of the data. `--workdir` may be local or gs://bucket/run.
 
-Exit codes: 0 done; 2 a bad flag or config value (`error: ...` on stderr, `--debug` or
-MAMBAVISION_JAX_DEBUG=1 for the traceback); 3 the loss or the weights stopped being finite (no
-checkpoint holds that state); 143 (`EXIT_PREEMPTED`) preempted by SIGTERM after writing a
-checkpoint at a step every process agreed on: run the same command to resume.
+An existing workdir is resumed from its newest whole checkpoint, with the config it was trained
+with: a change to a field that changes what the checkpoints mean is refused (naming each field, old
+-> new) unless `--config.resume_changes=field,...` allows it. One run writes to a workdir at a time.
+
+Exit codes (one `error: ...` line on stderr; `--debug` or MAMBAVISION_JAX_DEBUG=1 for the traceback):
+0 done (or nothing left to do: "nothing to do: the run finished at step N");
+2 a bad flag or config value, a refused resume (another config, no whole checkpoint, the workdir
+  in use by another run), a misspelt URL;
+3 the loss or the weights stopped being finite (no checkpoint holds that state);
+4 the machine or the store refused: a full disk, a read-only or immutable workdir, no permission,
+  a missing bucket; fix it and run the same command to resume;
+143 (`EXIT_PREEMPTED`) preempted by SIGTERM after writing a checkpoint at a step every process
+  agreed on: run the same command to resume.
 """
 
 import difflib
 import importlib.util
+import logging as py_logging
+import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mambavision_jax.cli import debug_requested
-from mambavision_jax.errors import EXIT_NON_FINITE, EXIT_USER_ERROR
+from mambavision_jax.errors import EXIT_ENVIRONMENT, EXIT_NON_FINITE, EXIT_USER_ERROR, UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py).", lock_config=True
@@ -42,8 +53,53 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _fail(message: str, code: int = EXIT_USER_ERROR):
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    _silence_stderr()
     sys.exit(code)
+
+
+def _silence_stderr() -> None:
+    """After the one error line: nothing more on stderr. A failed orbax save leaves tensorstore
+    callbacks and asyncio tasks that report the same failure again while the process shuts down."""
+    if debug_requested():
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
+
+
+class _WithoutLoopNoise:
+    """sys.stderr without the tracebacks "RuntimeError: Event loop is closed" that tensorstore's
+    callbacks print once orbax's event loop has stopped after a failed save: the failure itself is
+    reported once, by the main thread."""
+
+    def __init__(self, stream):
+        self.stream, self.partial, self.block = stream, "", None
+
+    def write(self, text: str) -> int:
+        lines = (self.partial + text).split("\n")
+        self.partial = lines.pop()
+        for line in lines:
+            if self.block is not None:
+                self.block.append(line)
+                if line and not line.startswith((" ", "Traceback")):  # the exception line ends it
+                    if "Event loop is closed" not in line:
+                        self.stream.write("\n".join(self.block) + "\n")
+                    self.block = None
+            elif line.startswith("Traceback (most recent call last):"):
+                self.block = [line]
+            else:
+                self.stream.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self.partial and self.block is None:
+            self.stream.write(self.partial)
+            self.partial = ""
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 def _config_file(argv) -> str | None:
@@ -107,6 +163,18 @@ def _parse_flags(argv):
 
 def main(argv):
     del argv
+    from mambavision_jax.paths import check_url
+
+    try:  # a misspelt URL (gs:/b, gss://b) before anything else: it would be written as a local folder
+        check_url(_WORKDIR.value)
+    except UserError as e:
+        _fail(e)
+    if not debug_requested():
+        sys.stderr = _WithoutLoopNoise(sys.stderr)
+        py_logging.getLogger("asyncio").setLevel(py_logging.CRITICAL)  # "exception was never retrieved"
+        # orbax logs a failed background save with its traceback, then raises it in the main thread,
+        # which reports it in one line
+        py_logging.getLogger("absl").addFilter(lambda r: "/orbax/" not in r.pathname)
     from mambavision_jax import xla_cpu
 
     xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
@@ -133,6 +201,7 @@ def main(argv):
     from mambavision_jax.train import train_and_evaluate
     from mambavision_jax.train.loop import NonFiniteLossError
     from mambavision_jax.train.preemption import EXIT_PREEMPTED, Preempted
+    from mambavision_jax.train.workdir import environment_message
 
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -146,10 +215,15 @@ def main(argv):
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    except ValueError as e:
+    except Exception as e:
         if debug_requested():
             raise
-        _fail(e)
+        world = environment_message(e)
+        if world is not None:  # orbax / tensorstore / gcsfs errors carry it in their text
+            _fail(f"{world}; fix that and run the same command to resume", EXIT_ENVIRONMENT)
+        if isinstance(e, ValueError):  # UserError included
+            _fail(e)
+        raise
 
 
 if __name__ == "__main__":

@@ -6,17 +6,31 @@ local or an object store (gs://...): orbax writes through tensorstore, the itera
 epath.
 
 The caller saves only states it has checked to be finite (see loop.py), so every checkpoint here
-is one that training can resume from.
+is one that training can resume from. A checkpoint counts as whole only with its metadata, its
+state and every host's iterator position readable (`damage`, then `restore_step`); the step's
+`_CHECKPOINT_METADATA` also records how many hosts wrote it and whether the eval due at that step
+is still owed (a preemption stops before it). Reading here never writes: `resumable_steps` and
+`restore_step` work without a `CheckpointManager` (whose creation writes and cleans up).
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 import jax
 import orbax.checkpoint as ocp
 
-from mambavision_jax.paths import PathLike, as_path, atomic_write_text
+from mambavision_jax.paths import PathLike, as_path, atomic_write_text, is_remote
+
+# The layout of a workdir, shared by the trainer and by readers of a run.
+CHECKPOINTS = "checkpoints"  # the last `keep_checkpoints`, one folder per step
+BEST = "best"  # the best eval score
+DATA_STATE = "data_state"  # under CHECKPOINTS: <step>.<process>.json, each host's iterator position
+DAMAGED = "damaged_checkpoints"  # damaged checkpoints newer than the one a run resumed from
+STEP_METADATA = "_CHECKPOINT_METADATA"  # orbax's, per step; our custom metadata lives in it
+STATE_ITEM = "default"  # the state's orbax item inside a step folder
+TMP_MARKER = ".orbax-checkpoint-tmp"  # orbax's name for an unfinished save
 
 
 def _is_key(x) -> bool:
@@ -49,11 +63,17 @@ def _abstract_saveable(state, shardings):
 
 
 class Checkpointer:
+    """The writer: the last `keep` states under `checkpoints/` (async) and the best one under
+    `best/`. Creating it creates both folders and removes the temporary folders of saves that
+    were interrupted (a run killed mid-save): make it only once the run may write."""
+
     def __init__(self, workdir: PathLike, keep: int = 3):
         workdir = as_path(workdir)
-        self.directory = workdir / "checkpoints"
-        self.data_dir = workdir / "checkpoints" / "data_state"
-        opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
+        self.directory = workdir / CHECKPOINTS
+        self.data_dir = workdir / CHECKPOINTS / DATA_STATE
+        opts = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=True, cleanup_tmp_directories=True
+        )
         self.latest = ocp.CheckpointManager(self.directory, options=opts)
         best_opts = ocp.CheckpointManagerOptions(
             max_to_keep=1,
@@ -61,10 +81,13 @@ class Checkpointer:
             best_fn=lambda m: m["score"],
             best_mode="max",
             enable_async_checkpointing=False,
+            cleanup_tmp_directories=True,
         )
-        self.best = ocp.CheckpointManager(workdir / "best", options=best_opts)
+        self.best = ocp.CheckpointManager(workdir / BEST, options=best_opts)
 
-    def save(self, step: int, state, data_state: dict | None = None) -> None:
+    def save(self, step: int, state, data_state: dict | None = None, *, eval_pending: bool = False) -> None:
+        """Save `state` at `step` with this host's iterator position; `eval_pending`: the eval due
+        at this step has not run (a preemption), the resumed run does it first."""
         if data_state is not None:
             # Every host writes its own iterator position before the state (small JSON, atomic).
             self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -72,8 +95,15 @@ class Checkpointer:
                 self.data_dir / f"{step}.{jax.process_index()}.json",
                 json.dumps(data_state, default=_json_default),
             )
+        meta = {
+            "processes": jax.process_count(),
+            "data_state": data_state is not None,
+            "eval_pending": eval_pending,
+        }
         # force: the loop decides when to save (its own interval, eval, preemption).
-        self.latest.save(step, args=ocp.args.StandardSave(to_saveable(state)), force=True)
+        self.latest.save(
+            step, args=ocp.args.StandardSave(to_saveable(state)), custom_metadata=meta, force=True
+        )
 
     def save_best(self, step: int, state, score: float) -> None:
         if self.best.latest_step() == step:
@@ -88,11 +118,9 @@ class Checkpointer:
     def restore(self, step: int, abstract_state, shardings):
         """The state at `step` placed on the current mesh (any device count), and this host's data
         iterator state (None if it was not saved)."""
-        target = _abstract_saveable(abstract_state, shardings)
-        restored = self.latest.restore(step, args=ocp.args.StandardRestore(target))
+        state = restore_step(self.directory, step, abstract_state, shardings)
         path = self.data_dir / f"{step}.{jax.process_index()}.json"
-        data_state = json.loads(path.read_text()) if path.is_file() else None
-        return from_saveable(restored, abstract_state), data_state
+        return state, (json.loads(path.read_text()) if path.is_file() else None)
 
     def wait(self) -> None:
         self.latest.wait_until_finished()
@@ -101,6 +129,101 @@ class Checkpointer:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+# ------------------------------------------------------------------ reading a run (no writes)
+def checkpoint_steps(directory: PathLike) -> list[int]:
+    """The finished step folders under `directory` (a run's checkpoints/ or best/), oldest first;
+    unfinished saves (orbax's temporary folders) are not steps."""
+    directory = as_path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def _json_problem(path, what: str = "") -> tuple[object, str | None]:
+    """(the JSON in `path`, None), or (None, why it cannot be read: missing, not JSON)."""
+    try:
+        return json.loads(path.read_text()), None
+    except FileNotFoundError:
+        return None, f"{path}{what} is missing"
+    except (ValueError, UnicodeDecodeError) as e:
+        return None, f"{path}{what} is not valid JSON ({e})"
+
+
+def step_metadata(directory: PathLike, step: int) -> dict:
+    """The custom metadata the Checkpointer stored with `step` ({} for checkpoints of older
+    versions); raises ValueError naming the file when it is missing or not JSON."""
+    path = as_path(directory) / str(step) / STEP_METADATA
+    meta, why = _json_problem(path)
+    if why is None and not isinstance(meta, dict):
+        why = f"{path} is not a JSON object"
+    if why is not None:
+        raise ValueError(why)
+    return meta.get("custom_metadata") or {}
+
+
+def damage(directory: PathLike, step: int, processes: int) -> str | None:
+    """Why checkpoint `step` under `directory` (a run's checkpoints/) cannot be resumed from,
+    naming the file, or None when its metadata, state metadata and every host's iterator position
+    are present and readable (the arrays themselves are checked by restoring them). `processes`:
+    the hosts whose positions must be there when the checkpoint does not say how many wrote it."""
+    directory = as_path(directory)
+    try:
+        meta = step_metadata(directory, step)
+    except ValueError as e:
+        return str(e)
+    why = _json_problem(directory / str(step) / STATE_ITEM / "_METADATA")[1]
+    for p in range(int(meta.get("processes", processes))):
+        if why is not None:
+            break
+        path = directory / DATA_STATE / f"{step}.{p}.json"
+        why = _json_problem(path, f" (the data-iterator position of process {p})")[1]
+    return why
+
+
+def read_data_state(directory: PathLike, step: int, process: int) -> dict:
+    return json.loads((as_path(directory) / DATA_STATE / f"{step}.{process}.json").read_text())
+
+
+def restore_step(directory: PathLike, step: int, abstract_state, shardings):
+    """The state saved at `step` under `directory`, placed with `shardings` (any device count):
+    read only, no CheckpointManager."""
+    target = _abstract_saveable(abstract_state, shardings)
+    with ocp.StandardCheckpointer() as ckptr:
+        restored = ckptr.restore(as_path(directory) / str(step) / STATE_ITEM, target)
+    return from_saveable(restored, abstract_state)
+
+
+def unreadable_reason(e: BaseException) -> str:
+    """The first line of what tensorstore / orbax said, without orbax's advice to pad or truncate
+    arrays (which would hide a checkpoint that does not fit)."""
+    inner = e
+    while inner.__cause__ is not None or inner.__context__ is not None:
+        inner = inner.__cause__ or inner.__context__
+    text = " ".join(str(inner).split()) or type(inner).__name__
+    return text.split(" Truncating/padding is disabled")[0][:400]
+
+
+def move_aside(directory: PathLike, step: int) -> str:
+    """Move checkpoint `step` out of `directory` (a run's checkpoints/) into the workdir's
+    damaged_checkpoints/, so a resumed run can write that step again; returns the new place."""
+    directory = as_path(directory)
+    target_dir = directory.parent / DAMAGED
+    target = target_dir / str(step)
+    n = 1
+    while target.exists():
+        n += 1
+        target = target_dir / f"{step}.{n}"
+    if is_remote(directory):
+        import fsspec
+
+        fs, src = fsspec.core.url_to_fs(os.fspath(directory / str(step)))
+        fs.mv(src, fsspec.core.url_to_fs(os.fspath(target))[1], recursive=True)
+    else:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        os.rename(directory / str(step), target)
+    return str(target)
 
 
 def _json_default(x):

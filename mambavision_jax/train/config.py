@@ -103,6 +103,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.init_from = ""  # a converted / PyTorch / orbax checkpoint to fine-tune from
     c.init_from_ema = False
+    # Resuming a workdir whose stored config differs in a guarded field (model, classes, batch,
+    # data, seed, augmentation, schedule, ...: train/workdir.py MAY_CHANGE lists the others) is
+    # refused; name the fields allowed to change here, comma-separated ("batch_size,optimizer.lr").
+    c.resume_changes = ""
     return c
 
 

@@ -12,19 +12,37 @@ import numpy as np
 
 from mambavision_jax import data as mvdata
 from mambavision_jax.data.device_ops import DevicePrefetch
+from mambavision_jax.errors import UserError
 from mambavision_jax.models.registry import pretrained_cfg
 from mambavision_jax.paths import PathLike, as_path, atomic_write_text
 from mambavision_jax.train import sharding as shd
-from mambavision_jax.train.checkpoint import Checkpointer
+from mambavision_jax.train.checkpoint import (
+    CHECKPOINTS,
+    Checkpointer,
+    checkpoint_steps,
+    damage,
+    move_aside,
+    read_data_state,
+    restore_step,
+    step_metadata,
+    unreadable_reason,
+)
 from mambavision_jax.train.config import validate
 from mambavision_jax.train.evaluator import Evaluator
 from mambavision_jax.train.metrics import MetricWriter, Throughput
-from mambavision_jax.train.multihost import CompileThenAlign, wait_for_all_processes
+from mambavision_jax.train.multihost import CompileThenAlign, on_process_zero, wait_for_all_processes
 from mambavision_jax.train.optim import make_optimizer
 from mambavision_jax.train.preemption import Preempted, PreemptionWatcher
 from mambavision_jax.train.schedule import make_schedule, num_train_epochs
 from mambavision_jax.train.state import TrainState, create_train_state, graphdefs, model_configs, with_weights
 from mambavision_jax.train.steps import make_train_step
+from mambavision_jax.train.workdir import (
+    CONFIG_NAME,
+    MODEL_CONFIG_NAME,
+    WorkdirLock,
+    check_resume_config,
+    environment_message,
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -148,12 +166,71 @@ def build_train_program(
     return TrainProgram(step, state, shardings, eval_gd)
 
 
+class ResumePoint(NamedTuple):
+    """Where a run continues: the restored `state` at `step`, this host's `data_state`, whether
+    the eval due at `step` is still owed (`eval_pending`), and the newer checkpoints found damaged
+    (`damaged`: (step, why), newest first)."""
+
+    step: int
+    state: Any
+    data_state: dict
+    eval_pending: bool
+    damaged: list
+
+
+def finished_step(directory, total_steps: int) -> int | None:
+    """The step of the run's newest whole-looking checkpoint when it is at or past `total_steps`
+    with no eval owed (nothing left to do), else None. Reads only."""
+    for step in reversed(checkpoint_steps(directory)):
+        if damage(directory, step, jax.process_count()) is None:
+            owed = step_metadata(directory, step).get("eval_pending", False)
+            return step if step >= total_steps and not owed else None
+    return None
+
+
+def find_resume_point(directory, state, shardings) -> ResumePoint | None:
+    """The newest whole checkpoint under `directory` (a run's checkpoints/), restored: its metadata,
+    state and every host's iterator position present and readable. None when there is no
+    checkpoint at all; a UserError naming each one when none of them is whole (nothing is moved
+    or deleted then). Reads only; the caller moves the damaged newer ones aside."""
+    steps = list(reversed(checkpoint_steps(directory)))
+    problems = []
+    for step in steps:
+        why = damage(directory, step, jax.process_count())
+        if why is None:
+            try:
+                restored = restore_step(directory, step, state, shardings)
+            except Exception as e:  # noqa: BLE001 - which checkpoint is whole is the question
+                if environment_message(e):  # the store refused the read: not the checkpoint's fault
+                    raise
+                why = f"{as_path(directory) / str(step)} cannot be read: {unreadable_reason(e)}"
+            else:
+                meta = step_metadata(directory, step)
+                return ResumePoint(
+                    step,
+                    restored,
+                    read_data_state(directory, step, jax.process_index()),
+                    bool(meta.get("eval_pending", False)),
+                    problems,
+                )
+        problems.append((step, why))
+    if not steps:
+        return None
+    raise UserError(
+        f"no whole checkpoint to resume from in {directory}: "
+        + "; ".join(f"step {s}: {why}" for s, why in problems)
+        + ". Nothing was changed; move the folder away to start over, or use another --workdir"
+    )
+
+
 def train_and_evaluate(config, workdir: PathLike) -> dict:
     """Train `config` in `workdir` (a local path or a URL such as gs://bucket/run), resuming from
-    its latest checkpoint. Returns the final eval.
+    its newest whole checkpoint. Returns the final eval ({} when the run had already finished).
 
-    Raises `Preempted` after writing a checkpoint when the run got SIGTERM (see preemption.py),
-    and `NonFiniteLossError` when the loss or the weights stop being finite."""
+    Everything that may refuse the run (the config against the stored one, the lock, the
+    checkpoints) is checked before anything is written to the workdir. Raises `Preempted` after
+    writing a checkpoint when the run got SIGTERM (see preemption.py), `NonFiniteLossError` when
+    the loss or the weights stop being finite, UserError / EnvironmentFailure for refusals."""
     validate(config)
     workdir = as_path(workdir)
     mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
@@ -190,24 +267,77 @@ def train_and_evaluate(config, workdir: PathLike) -> dict:
     crop_pct = config.data.crop_pct if config.data.crop_pct > 0 else cfg.crop_pct
     crop_mode = config.data.crop_mode or cfg.crop_mode
 
+    # ------------------------------------------------------------------ the record: checks, no writes
+    ckpt_dir = workdir / CHECKPOINTS
+    resuming = bool(checkpoint_steps(ckpt_dir))
+    config_changes = check_resume_config(workdir, config) if resuming else []
+    done = finished_step(ckpt_dir, total_steps)
+    if done is not None:
+        if jax.process_index() == 0:
+            print(f"nothing to do: the run finished at step {done} (total_steps {total_steps})", flush=True)
+        return {}
+    lock = WorkdirLock(workdir)
+    took_over = on_process_zero("workdir_lock", lock.acquire)  # process 0 holds it for the run
+    notes = ([took_over] if took_over else []) + [f"config changed on resume: {c}" for c in config_changes]
+    try:
+        eval_cfg = (cfg, crop_pct, crop_mode)
+        return _train(
+            config,
+            workdir,
+            mesh,
+            info,
+            num_classes,
+            steps_per_epoch,
+            total_steps,
+            eval_batch,
+            eval_cfg,
+            notes,
+        )
+    finally:
+        lock.release()
+
+
+def _train(
+    config, workdir, mesh, info, num_classes, steps_per_epoch, total_steps, eval_batch, eval_cfg, notes
+):
+    """`train_and_evaluate` once the workdir is locked and the config accepted."""
+    cfg, crop_pct, crop_mode = eval_cfg
+    n_dev = mesh.size
+    ckpt_dir = workdir / CHECKPOINTS
     # ------------------------------------------------------------------ model, optimizer, state, step
     bn_groups = _bn_groups(config, mesh)
     program = build_train_program(config, mesh, num_classes, steps_per_epoch)
     state, shardings = program.state, program.shardings
-    writer = MetricWriter(workdir, total_steps)
-    if jax.process_index() == 0:  # the run's config, and its architecture for readers of its checkpoints
-        atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
+    # The restore is the first cross-process collective (30 s rendezvous): start it together.
+    wait_for_all_processes("mambavision_jax_restore")
+    resume = find_resume_point(ckpt_dir, state, shardings)
+
+    # ------------------------------------------------------------------ every check passed: write
+    if jax.process_index() == 0:
+        moved = [(s, why, move_aside(ckpt_dir, s)) for s, why in (resume.damaged if resume else [])]
+        # the run's config, and its architecture for readers of its checkpoints
+        atomic_write_text(workdir / CONFIG_NAME, config.to_json_best_effort(indent=2) + "\n")
         atomic_write_text(
-            workdir / "model_config.json",
+            workdir / MODEL_CONFIG_NAME,
             json.dumps(model_configs(config, num_classes, bn_groups)[0].to_dict(), indent=2) + "\n",
         )
     wait_for_all_processes("mambavision_jax_setup")
+    writer = MetricWriter(workdir, total_steps)
+    for note in notes:
+        writer.log(note)
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
 
-    start_step, data_state = 0, None
-    if ckpt.latest_step() is not None:
-        start_step = int(ckpt.latest_step())
-        state, data_state = ckpt.restore(start_step, state, shardings)
+    start_step, data_state, eval_pending = 0, None, False
+    if resume is not None:
+        if jax.process_index() == 0:
+            for s, why, where in moved:
+                writer.log(f"checkpoint of step {s} is damaged and was moved to {where}: {why}")
+        start_step, state, data_state, eval_pending = (
+            resume.step,
+            resume.state,
+            resume.data_state,
+            resume.eval_pending,
+        )
         writer.log(f"resumed from {ckpt.directory} at step {start_step}")
     elif config.init_from:
         state = init_from_checkpoint(config, state, shardings, num_classes, bn_groups, writer)
@@ -243,7 +373,18 @@ def train_and_evaluate(config, workdir: PathLike) -> dict:
     pending, last_eval = [], {}
     step = start_step
     preemption = PreemptionWatcher()
+
+    def evaluate(step):
+        result = evaluator.run(state)
+        writer.write(step, "eval", result)
+        writer.log(f"eval  step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in result.items()))
+        ckpt.save_best(step, state, result.get("ema_top1", result["top1"]))
+        meter.restart(step)
+        return result
+
     try:
+        if eval_pending:  # a preemption stopped before this step's eval: do it first
+            last_eval = evaluate(step)
         while step < total_steps:
             batch = next(train_iter)
             state, metrics = program.step(state, batch)
@@ -258,23 +399,26 @@ def train_and_evaluate(config, workdir: PathLike) -> dict:
             elif is_eval:
                 check_finite(pending, step, ckpt)  # best/ too holds only finite states
             if is_ckpt:
-                ckpt.save(step, state, train_iter.get_state())
+                ckpt.save(step, state, train_iter.get_state(), eval_pending=is_eval and preempted)
             if preempted:
                 ckpt.wait()
                 writer.log(f"preempted: checkpoint of step {step} written to {ckpt.directory}")
                 raise Preempted(step, str(ckpt.directory))
             if is_eval:
-                last_eval = evaluator.run(state)
-                writer.write(step, "eval", last_eval)
-                writer.log(f"eval  step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in last_eval.items()))
-                score = last_eval.get("ema_top1", last_eval["top1"])
-                ckpt.save_best(step, state, score)
-                meter.restart(step)
-    finally:
-        preemption.close()
-        ckpt.wait()
-        ckpt.close()
-        writer.close()
+                last_eval = evaluate(step)
+    except BaseException:
+        # The first error is the one to report: closing after it must not raise another (an
+        # async save that failed the same way).
+        for close in (preemption.close, ckpt.wait, ckpt.close, writer.close):
+            try:
+                close()
+            except Exception:  # noqa: BLE001, S110
+                pass
+        raise
+    preemption.close()
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
     return last_eval
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import jax
 
-__all__ = ["CompileThenAlign", "wait_for_all_processes"]
+__all__ = ["CompileThenAlign", "on_process_zero", "wait_for_all_processes"]
 
 
 def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
@@ -18,6 +18,37 @@ def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
 
     if distributed.global_state.client is not None:
         distributed.global_state.client.wait_at_barrier(name, timeout_s * 1000)
+
+
+def on_process_zero(name: str, fn, timeout_s: int = 1800):
+    """`fn()` run by process 0 alone (taking the workdir's lock); every process returns its result
+    or raises its refusal (UserError / EnvironmentFailure, same message), so that a refused run
+    stops on every host instead of leaving the others waiting at the next barrier."""
+    from mambavision_jax.errors import EnvironmentFailure, UserError
+
+    if jax.process_count() == 1:
+        return fn()
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    key = f"mambavision_jax_outcome/{name}"
+    if jax.process_index() == 0:
+        try:
+            result = fn()
+        except UserError as e:
+            client.key_value_set(key, f"user\t{e}")
+            raise
+        except BaseException as e:
+            client.key_value_set(key, f"env\t{e}" if isinstance(e, EnvironmentFailure) else f"bug\t{e!r}")
+            raise
+        client.key_value_set(key, "ok\t")
+        return result
+    kind, message = client.blocking_key_value_get(key, timeout_s * 1000).split("\t", 1)
+    if kind == "ok":
+        return None
+    raise {"user": UserError, "env": EnvironmentFailure}.get(kind, RuntimeError)(
+        message if kind != "bug" else f"process 0 failed: {message}"
+    )
 
 
 class CompileThenAlign:
