@@ -1,5 +1,6 @@
 """Semantic segmentation: UperNet on MambaVision, exact to the official mmseg models."""
 
+from mambavision_jax.segmentation import checkpoint, inference
 from mambavision_jax.segmentation.config import (
     SEG_CONFIGS,
     SegmentationConfig,
@@ -9,6 +10,8 @@ from mambavision_jax.segmentation.config import (
 from mambavision_jax.segmentation.model import SegmentationBackbone, SegOutputs, UperNet, create_segmenter
 
 __all__ = [
+    "checkpoint",
+    "inference",
     "SEG_CONFIGS",
     "SegOutputs",
     "SegmentationBackbone",
