@@ -130,14 +130,14 @@ def test_round_trip_loads_strictly_into_the_official_segmentor(tmp_path):
     assert checkpoint.load_checkpoint(out).config == model.config
 
 
-if __name__ == "__main__":  # the parity table
+if __name__ == "__main__":  # the parity table: python tests/test_segmentation_parity.py [VARIANT[:HxW]] ...
     jax.config.update("jax_default_matmul_precision", "highest")
     sizes = [(512, 512), (480, 640), (1056, 1056)]
-    variants = sys.argv[1:] or ["tiny", "small", "base"]
-    for variant in variants:
-        for h, w in sizes:
-            errs = compare(variant, h, w)
-            cells = " | ".join(f"{k} {v[0]:.1e} ({v[1]:.1e})" for k, v in errs.items() if k != "argmax")
-            print(f"| {variant} | {h}x{w} | {cells} | argmax {errs['argmax'][0] * 100:.3f}% |", flush=True)
-        _official.cache_clear()
-        _jax_model.cache_clear()
+    cases = []
+    for spec in sys.argv[1:] or ["tiny", "small", "base"]:
+        variant, _, size = spec.partition(":")
+        cases += [(variant, tuple(map(int, size.split("x"))))] if size else [(variant, hw) for hw in sizes]
+    for variant, (h, w) in cases:
+        errs = compare(variant, h, w)
+        cells = " | ".join(f"{k} {v[0]:.1e} ({v[1]:.1e})" for k, v in errs.items() if k != "argmax")
+        print(f"| {variant} | {h}x{w} | {cells} | argmax {errs['argmax'][0] * 100:.3f}% |", flush=True)
