@@ -3,11 +3,14 @@
 # Extra pytest arguments pass through (e.g. `bash scripts/test.sh -m slow`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q -e ".[dev,torch,export,aot]" "torch==2.13.0"
+python -m pip install -q -e ".[dev,torch,export,aot,seg-test]" "torch==2.13.0"
 # The official PyTorch MambaVision is the parity reference. Its pip metadata pulls a CUDA torch
 # (and mamba_ssm, CUDA-only), so it and timm/torchvision are installed without dependencies;
 # tests/official.py supplies a pure-PyTorch selective scan in place of mamba_ssm.
 python -m pip install -q --no-deps "mambavision==1.2.0" "timm==1.0.31" "torchvision==0.28.0"
+# The official segmentation reference (mmseg's UPerHead / FCNHead / EncoderDecoder, pure Python
+# here): their metadata pins mmcv builds with compiled ops, so they are installed without dependencies.
+python -m pip install -q --no-deps "mmsegmentation==1.2.2" "mmdet==3.3.0"
 # ONNX export: jax2onnx's metadata pins an old orbax-checkpoint it never imports.
 python -m pip install -q --no-deps "jax2onnx==0.17.1"
 # The aot extra installs libtpu and the CUDA plugin: JAX would try both at start-up (and print a

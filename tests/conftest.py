@@ -27,7 +27,7 @@ from train_runs import compile_cache_vars  # noqa: E402
 
 # The reference packages are part of the test environment (scripts/test.sh installs them): a missing
 # one is an error, never a silently skipped parity check.
-REFERENCE_PACKAGES = ("torch", "timm", "mambavision", "jax2onnx", "onnxruntime")
+REFERENCE_PACKAGES = ("torch", "timm", "mambavision", "jax2onnx", "onnxruntime", "mmseg", "mmengine", "mmcv")
 
 
 def pytest_configure(config):

@@ -1,0 +1,135 @@
+"""Semantic segmentation of images with a UperNet checkpoint (official ADE20K models).
+
+    python -m mambavision_jax.segment photo.jpg --weights nvidia/mamba_vision_160k_ade20k-512x512_tiny --out seg/
+
+Per image, in --out: `<name>.png`, the class index of every pixel as a palette PNG (viewers show
+the ADE20K colours; np.asarray(PIL.Image.open(...)) gives the indices), and `<name>_overlay.jpg`,
+the photo with the class colours and a legend of the classes present. Existing files are
+replaced only with --overwrite; nothing is written before every check has passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mambavision_jax import cli
+from mambavision_jax.images import DEFAULT_MAX_PIXELS
+from mambavision_jax.paths import is_remote
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = cli.ArgumentParser(
+        prog="python -m mambavision_jax.segment",
+        description="Per-pixel ADE20K classes of images with a MambaVision UperNet checkpoint: a "
+        "palette PNG of the labels and an overlay JPEG with a legend, per image.",
+        epilog="example: python -m mambavision_jax.segment photo.jpg --weights "
+        "nvidia/mamba_vision_160k_ade20k-512x512_tiny --out seg/",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, ...)")
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="an official mmseg checkpoint (.pth), a hub id (nvidia/mamba_vision_160k_ade20k-512x512_tiny, "
+        "..._small, ..._base, nvidia/mamba_vision_160k_ade20k-640x640_l3_21k) or short name (tiny, small, "
+        "base, l3), or an orbax folder written by mambavision_jax.segmentation.save_checkpoint",
+    )
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument(
+        "--mode",
+        choices=("whole", "slide"),
+        default="whole",
+        help="whole: the image resized to the test scale at once (the official test mode); slide: "
+        "crops of the training size every 2/3 crop, averaged (default whole)",
+    )
+    p.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="compute dtype"
+    )
+    p.add_argument(
+        "--max_pixels",
+        type=cli.non_negative_int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse images with more pixels (a decompression-bomb guard); 0: no limit (default {DEFAULT_MAX_PIXELS:,})",
+    )
+    cli.add_debug_flag(p)
+    return p
+
+
+def _outputs(images: Sequence[str], out: Path, overwrite: bool) -> list[tuple[Path, Path]]:
+    """(<name>.png, <name>_overlay.jpg) per image, after refusing what cannot be written."""
+    for img in images:
+        if is_remote(img):
+            raise cli.UserError(f"{img}: images are read from a local disk; copy them there first")
+        if Path(img).is_dir():
+            raise IsADirectoryError(f"{img} is a folder, not an image file")
+        if not Path(img).is_file():
+            raise FileNotFoundError(f"{img}: no such image file")
+    if is_remote(out):
+        raise cli.UserError(f"--out {out}: write to a local folder")
+    if out.exists() and not out.is_dir():
+        raise cli.UserError(f"--out {out} is a file, not a folder")
+    if not out.absolute().parent.is_dir():
+        raise FileNotFoundError(f"--out {out}: the folder {out.absolute().parent} does not exist")
+    stems: dict[str, str] = {}
+    pairs = []
+    for img in images:
+        stem = Path(img).stem
+        if stem in stems:
+            raise cli.UserError(f"{img} and {stems[stem]} would both be written as {stem}.png; rename one")
+        stems[stem] = img
+        pair = (out / f"{stem}.png", out / f"{stem}_overlay.jpg")
+        existing = [p for p in pair if p.exists()]
+        if existing and not overwrite:
+            raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace it")
+        pairs.append(pair)
+    return pairs
+
+
+def _encode(img, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from mambavision_jax import xla_cpu
+
+    xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
+    args = _parser().parse_args(argv)
+    out = Path(args.out)
+    pairs = _outputs(args.images, out, args.overwrite)
+
+    import numpy as np
+
+    from mambavision_jax.images import load_image
+    from mambavision_jax.paths import atomic_write_bytes
+    from mambavision_jax.segmentation import checkpoint
+    from mambavision_jax.segmentation.inference import ade20k_metainfo, segment_labels
+    from mambavision_jax.segmentation.visualize import overlay_image, palette_image
+
+    model = checkpoint.load_checkpoint(args.weights, dtype=args.dtype)
+    if model.num_classes > 256:
+        raise cli.UserError(
+            f"--weights {args.weights}: {model.num_classes} classes do not fit a palette PNG (256)"
+        )
+    names, palette = ade20k_metainfo()
+    if model.num_classes != len(names):  # another data set: indices as names, colours repeat
+        names = tuple(str(i) for i in range(model.num_classes))
+    out.mkdir(exist_ok=True)
+    for img_path, (png, jpg) in zip(args.images, pairs):
+        image = np.asarray(load_image(img_path, max_pixels=args.max_pixels or None))
+        labels = segment_labels(model, image, mode=args.mode)
+        atomic_write_bytes(png, _encode(palette_image(labels, palette), "PNG"))
+        atomic_write_bytes(jpg, _encode(overlay_image(image, labels, palette, names), "JPEG", quality=90))
+        present = np.bincount(labels.ravel(), minlength=model.num_classes)
+        top = ", ".join(f"{names[i]} {100 * present[i] / labels.size:.0f}%" for i in np.argsort(-present)[:3])
+        print(f"{img_path}: {png.name}, {jpg.name} ({top})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

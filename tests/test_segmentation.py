@@ -1,0 +1,248 @@
+"""Segmentation pieces against their PyTorch / mmseg definitions (fast): bilinear resize, adaptive
+pooling, blockwise attention, the slide grid, the test-scale resize, configs, checkpoints (mmseg
+files, orbax, fake hub) and the `segment` command. The whole model's parity against the official
+segmentor: tests/test_segmentation_parity.py."""
+
+from __future__ import annotations
+
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from cli_run import assert_user_error, run_cli
+from flax import nnx
+from PIL import Image
+from test_hub import add_repo, hf_home  # noqa: F401 - the fixture
+
+from mambavision_jax import ops
+from mambavision_jax.convert import CheckpointError
+from mambavision_jax.ops.attention import _attention_bhnd, attention_blockwise
+from mambavision_jax.segmentation import (
+    SEG_CONFIGS,
+    SegmentationConfig,
+    checkpoint,
+    create_segmenter,
+    inference,
+)
+from mambavision_jax.segmentation.layers import AdaptiveAvgPool2d, resize_bilinear
+
+# A reduced UperNet: the heads' and backbone's structure, a fraction of the compute.
+SMALL = dict(
+    dim=16,
+    in_dim=8,
+    depths=(1, 1, 2, 2),
+    num_heads=(1, 1, 2, 2),
+    window_size=(8, 8, 8, 4),
+    channels=32,
+    aux_channels=16,
+    test_scale=(96, 64),
+    crop_size=(64, 64),
+    stride=(40, 40),
+)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    return create_segmenter("tiny", rngs=nnx.Rngs(1), **SMALL)
+
+
+@pytest.mark.parametrize("src, dst", [((15, 20), (60, 80)), ((7, 9), (32, 32)), ((64, 80), (33, 47))])
+def test_resize_bilinear_is_torch_interpolate(src, dst):
+    x = np.random.RandomState(0).randn(2, 3, *src)
+    ref = F.interpolate(torch.from_numpy(x), size=dst, mode="bilinear", align_corners=False).numpy()
+    got = resize_bilinear(jnp.asarray(x.transpose(0, 2, 3, 1), jnp.float32), dst)
+    np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), ref, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("size, out", [((15, 20), 6), ((8, 10), 3), ((16, 16), 6), ((5, 7), 1)])
+def test_adaptive_avg_pool_has_torch_overlapping_bins(size, out):
+    x = np.random.RandomState(1).randn(1, 4, *size)
+    ref = F.adaptive_avg_pool2d(torch.from_numpy(x), out).numpy()
+    got = AdaptiveAvgPool2d(out)(jnp.asarray(x.transpose(0, 2, 3, 1), jnp.float32))
+    np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), ref, rtol=0, atol=1e-6)
+
+
+def test_blockwise_attention_equals_the_full_matrix():
+    # 1,100 tokens in blocks of 512: the last key block is mostly padding, which must be masked.
+    qkv = jnp.asarray(np.random.RandomState(0).randn(2, 1100, 3, 2, 49).astype(np.float32))
+    with jax.default_matmul_precision("highest"):
+        a, b = attention_blockwise(qkv, block=512), _attention_bhnd(qkv)
+        ga = jax.grad(lambda t: (attention_blockwise(t, block=512) ** 2).sum())(qkv)
+        gb = jax.grad(lambda t: (_attention_bhnd(t) ** 2).sum())(qkv)
+    assert float(jnp.abs(a - b).max() / jnp.abs(b).max()) < 1e-5
+    assert float(jnp.abs(ga - gb).max() / jnp.abs(gb).max()) < 1e-5
+
+
+def test_long_windows_take_blockwise_and_short_ones_are_unchanged():
+    r = ops.resolve_attn_impl
+    assert r("auto", jnp.float32, 48, platform_name="cpu", tokens=25_600) == "blockwise"  # small's 160²
+    assert r("auto", jnp.float32, 40, platform_name="cpu", tokens=4096) == "bhnd"  # tiny's 64²
+    assert r("auto", jnp.float32, 32, platform_name="cpu", tokens=196) == "bhnd"
+    assert r("auto", jnp.float32, 32, platform_name="gpu", tokens=25_600) == "blockwise"
+    assert r("auto", jnp.bfloat16, 32, platform_name="gpu", tokens=25_600) == "cudnn"
+    assert r("auto", jnp.float32, 64, platform_name="tpu", tokens=4096) == "xla"
+
+
+def test_rescale_size_is_mmcv():
+    import mmcv
+
+    for h, w in [(512, 683), (375, 500), (1024, 2048), (600, 400), (64, 80)]:
+        want = mmcv.rescale_size((w, h), (2048, 512))  # mmcv: (w, h)
+        assert inference.rescale_size(h, w, (2048, 512)) == (want[1], want[0])
+
+
+def test_slide_inference_is_mmseg_slide_inference(monkeypatch):
+    """mmseg's EncoderDecoder.slide_inference with its encode_decode replaced by a position-
+    dependent function, against ours with the same function in place of the model."""
+    import official_seg
+
+    official_seg._install_seg_shims()
+    from mmseg.models.segmentors import EncoderDecoder
+
+    def fn(x):  # NCHW -> 3 "classes"
+        return torch.cat([x[:, :1] * 2, x[:, 1:2] - x[:, 2:3], x.mean(1, keepdim=True) ** 2], 1)
+
+    x = np.random.RandomState(0).randn(1, 3, 150, 230).astype(np.float32)
+    owner = types.SimpleNamespace(
+        test_cfg=types.SimpleNamespace(stride=(40, 40), crop_size=(64, 64)),
+        out_channels=3,
+        encode_decode=lambda crop, metas: fn(crop),
+    )
+    ref = EncoderDecoder.slide_inference(owner, torch.from_numpy(x), [{}]).numpy()
+    monkeypatch.setattr(
+        inference,
+        "_logits",
+        lambda m, c: jnp.asarray(
+            fn(torch.from_numpy(np.asarray(c).transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
+        ),
+    )
+    model = types.SimpleNamespace(config=types.SimpleNamespace(crop_size=(64, 64), stride=(40, 40)))
+    got = inference.slide_logits(model, jnp.asarray(x.transpose(0, 2, 3, 1)))
+    np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_config_round_trip_and_overrides():
+    c = SEG_CONFIGS["mamba_vision_160k_ade20k-512x512_base"]
+    assert SegmentationConfig.from_dict(c.to_dict()) == c
+    assert c.backbone.window_size == (8, 8, 64, 32) and c.backbone.layer_scale == 1e-5
+    assert c.backbone.layer_scale_conv is None and c.backbone.drop_path_rate == 0.2  # as MM_mamba_vision
+    assert SEG_CONFIGS["mamba_vision_160k_ade20k-512x512_small"].backbone.window_size == (8, 8, 160, 56)
+    with pytest.raises(TypeError, match="did you mean"):
+        create_segmenter("tiny", chanels=3)
+    with pytest.raises(ValueError, match="pool_scales"):
+        SEG_CONFIGS["mamba_vision_160k_ade20k-512x512_tiny"].replace(pool_scales=())
+
+
+def test_official_config_text_gives_windows_and_heads():
+    import official_seg
+
+    for variant in official_seg.CONFIGS:
+        want = SEG_CONFIGS[official_seg.CONFIGS[variant].removesuffix(".py")]
+        text = official_seg.official_config(variant).pretty_text  # what mmengine stores in meta["cfg"]
+        assert checkpoint.config_from_mmseg_cfg(text, want) == want, variant
+        # the windows, heads and scales come from the text, not from the fallback
+        other = SEG_CONFIGS["mamba_vision_160k_ade20k-512x512_small"]
+        got = checkpoint.config_from_mmseg_cfg(
+            text, other.replace(backbone=want.backbone.replace(window_size=(1, 1, 1, 1)))
+        )
+        assert got.backbone.window_size == want.backbone.window_size, variant
+
+
+def _backbone_keys(config) -> dict[str, np.ndarray]:
+    """The keys (zero-strided arrays, no memory) by which shapes tell the variants apart."""
+    b, z = config.backbone, np.float32(0)
+    sd = {
+        "backbone.patch_embed.conv_down.0.weight": np.broadcast_to(z, (b.in_dim, 3, 3, 3)),
+        "backbone.patch_embed.conv_down.3.weight": np.broadcast_to(z, (b.dim, b.in_dim, 3, 3)),
+        "decode_head.conv_seg.weight": np.broadcast_to(z, (150, 512, 1, 1)),
+    }
+    for i, d in enumerate(b.depths):
+        for j in range(d):
+            sd[f"backbone.levels.{i}.blocks.{j}.norm1.weight"] = np.broadcast_to(z, (b.stage_dims[i],))
+            if b.layer_scale is not None and i >= 2:
+                sd[f"backbone.levels.{i}.blocks.{j}.gamma_1"] = np.broadcast_to(z, (b.stage_dims[i],))
+    return sd
+
+
+def test_variant_of_each_official_segmenter():
+    for name, config in SEG_CONFIGS.items():
+        sd = _backbone_keys(config)
+        assert checkpoint.is_mmseg_checkpoint({"state_dict": sd})
+        assert checkpoint.variant_of(sd) == name
+
+
+_forward = nnx.jit(lambda m, x: m(x))
+
+
+def test_mmseg_file_round_trip_and_errors(small_model, tmp_path):
+    path = checkpoint.save_mmseg_checkpoint(small_model, tmp_path / "m.pth")
+    checkpoint.save_checkpoint(small_model, tmp_path / "orbax")
+    x = jnp.asarray(np.random.RandomState(0).randn(1, 64, 96, 3).astype(np.float32))
+    want = np.asarray(_forward(small_model, x))
+    for source in (path, tmp_path / "orbax"):
+        back = checkpoint.load_checkpoint(source)
+        assert back.config == small_model.config
+        np.testing.assert_array_equal(np.asarray(_forward(back, x)), want)
+    with pytest.raises(FileExistsError):
+        checkpoint.save_mmseg_checkpoint(small_model, path)
+    sd = torch.load(path, weights_only=True)
+    # no stored config: the architecture must be an official one
+    del sd["meta"]
+    torch.save(sd, tmp_path / "bare.pth")
+    with pytest.raises(CheckpointError, match="fits no official segmenter"):
+        checkpoint.load_checkpoint(tmp_path / "bare.pth")
+    sd["state_dict"].pop("decode_head.fpn_bottleneck.conv.weight")
+    sd["meta"] = {checkpoint.SEG_CONFIG_KEY: small_model.config.to_dict()}
+    torch.save(sd, tmp_path / "missing.pth")
+    with pytest.raises(CheckpointError, match="missing keys.*fpn_bottleneck"):
+        checkpoint.load_checkpoint(tmp_path / "missing.pth")
+    torch.save(
+        {"state_dict": {"patch_embed.conv_down.0.weight": torch.zeros(8, 3, 3, 3)}}, tmp_path / "cls.pth"
+    )
+    with pytest.raises(CheckpointError, match="not a MambaVision UperNet"):
+        checkpoint.load_checkpoint(tmp_path / "cls.pth")
+
+
+def test_hub_id_is_fetched_from_the_hub_cache_and_converted_once(small_model, tmp_path, hf_home, monkeypatch):  # noqa: F811
+    from huggingface_hub import constants
+
+    repo = "nvidia/mamba_vision_160k_ade20k-512x512_tiny"
+    path = checkpoint.save_mmseg_checkpoint(small_model, tmp_path / "m.pth")
+    add_repo(
+        __import__("pathlib").Path(constants.HF_HUB_CACHE),
+        repo,
+        "c" * 40,
+        {f"{repo.split('/')[1]}.pth": path.read_bytes()},
+    )
+    a = checkpoint.load_checkpoint(repo)
+    calls = []
+    monkeypatch.setattr(checkpoint, "load_mmseg_checkpoint", lambda *a, **k: calls.append(1))
+    b = checkpoint.load_checkpoint("tiny")  # the short name: the same repo, now from the cache
+    assert not calls and a.config == b.config == small_model.config
+    with pytest.raises(CheckpointError, match="not in the Hugging Face cache"):
+        checkpoint.load_checkpoint("small")
+
+
+def test_segment_command(small_model, tmp_path):
+    weights = checkpoint.save_mmseg_checkpoint(small_model, tmp_path / "m.pth")
+    img = tmp_path / "photo.png"
+    Image.fromarray(np.random.RandomState(0).randint(0, 255, (70, 90, 3), np.uint8)).save(img)
+    out = tmp_path / "seg"
+    r = run_cli("mambavision_jax.segment", img, "--weights", weights, "--out", out, "--mode", "slide")
+    assert r.returncode == 0, r.stderr
+    labels = np.asarray(Image.open(out / "photo.png"))
+    assert labels.shape == (70, 90) and labels.max() < 150
+    assert Image.open(out / "photo_overlay.jpg").size[1] >= 70
+    before = (out / "photo.png").read_bytes()
+    r = run_cli("mambavision_jax.segment", img, "--weights", weights, "--out", out)
+    assert_user_error(r, "exists", "--overwrite")
+    assert (out / "photo.png").read_bytes() == before
+    r = run_cli("mambavision_jax.segment", tmp_path / "nope.jpg", "--weights", weights, "--out", out)
+    assert_user_error(r, "no such image")
+    r = run_cli("mambavision_jax.segment", img, "--weights", tmp_path / "none.pth", "--out", tmp_path / "o2")
+    assert_user_error(r, "no such checkpoint")
+    assert not (tmp_path / "o2").exists()
