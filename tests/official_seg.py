@@ -118,11 +118,12 @@ def official_outputs(model, x_nhwc: np.ndarray, *, double: bool = True) -> dict[
     dtype = torch.float64 if double else torch.float32
     x = torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))).to(dtype)
     with torch.no_grad():
+        # encode_decode's two steps, with the backbone run once for all four outputs
         feats = m.extract_feat(x)
         decode = m.decode_head(feats)
         aux = m.auxiliary_head(feats)
         metas = [dict(img_shape=tuple(x.shape[2:]), ori_shape=tuple(x.shape[2:]))] * x.shape[0]
-        logits = m.encode_decode(x, metas)
+        logits = m.decode_head.predict(feats, metas, m.test_cfg)
 
     def nhwc(t):
         return t.permute(0, 2, 3, 1).numpy()

@@ -81,6 +81,8 @@ def read_torch_file(
         meta["model_name"] = getattr(ckpt["args"], "model", None)
     if isinstance(ckpt, dict) and "mambavision_jax_config" in ckpt:  # written by save_torch_checkpoint
         meta["mambavision_jax_config"] = ckpt["mambavision_jax_config"]
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("meta"), dict):  # mmengine (mmseg / mmdet) checkpoints
+        meta["mmengine_meta"] = ckpt["meta"]
     if not isinstance(ckpt, dict):
         raise CheckpointError(
             f"{path}: expected a dict of tensors or a checkpoint dict, got {type(ckpt).__name__}"
