@@ -11,7 +11,7 @@ from mambavision_jax.segmentation.train_config import segmentation_config
 
 
 def get_config(arg=None):
-    c = segmentation_config("tiny", lr=1e-3, weight_decay=0.01, batch_size=16, crop=64, dtype="float32")
+    c = segmentation_config("tiny", lr=2e-3, weight_decay=0.01, batch_size=16, crop=64, dtype="float32")
     c.seed = 0
     c.model.overrides = dict(
         dim=32,
@@ -30,9 +30,9 @@ def get_config(arg=None):
     c.data.num_workers = 0
     c.data.num_threads = 2
     c.seg.warmup_steps = 50
-    c.total_steps = 600
+    c.total_steps = 800
     c.bn_stats = "global"
     c.log_every_steps = 25
-    c.eval_every_steps = 150
-    c.checkpoint_every_steps = 150
+    c.eval_every_steps = 100
+    c.checkpoint_every_steps = 200
     return c

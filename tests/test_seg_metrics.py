@@ -1,11 +1,16 @@
 """The segmentation metric against mmseg's own IoUMetric (mmsegmentation 1.2.2) on random label
 maps: per-class areas, aAcc / mIoU / mAcc, the ignore index and reduce_zero_label."""
 
+import importlib
+
 import numpy as np
 import pytest
-from mmseg_stubs import mmseg_module
+from official_seg import _install_seg_shims
 
 from mambavision_jax.segmentation import metrics as segm
+
+_install_seg_shims()  # mmcv-lite beside mmseg: a stub mmcv._ext (tests/official_seg.py)
+mmseg_module = importlib.import_module
 
 
 def _random_maps(rs, num_classes, shapes):

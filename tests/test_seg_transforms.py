@@ -1,11 +1,16 @@
 """The segmentation train / test transforms against mmseg 1.2.2's own transforms (the official
 ADE20K pipeline), driven by the same numpy random state: pixel-identical images and labels."""
 
+import importlib
+
 import numpy as np
 import pytest
-from mmseg_stubs import mmseg_module
+from official_seg import _install_seg_shims
 
 from mambavision_jax.data import seg_transforms as st
+
+_install_seg_shims()  # mmcv-lite beside mmseg: a stub mmcv._ext (tests/official_seg.py)
+mmseg_module = importlib.import_module
 
 TRAIN_STEPS = [
     dict(type="RandomResize", scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True),

@@ -44,6 +44,7 @@ __all__ = [
     "seg_features",
     "ade_folder_pairs",
     "build_seg_dataset",
+    "ade20k_classes",
     "build_ade_dataset",
     "seg_dataset_info",
     "open_seg_source",
@@ -180,15 +181,25 @@ def build_seg_dataset(
     return final
 
 
+def ade20k_classes() -> list[str]:
+    """The 150 ADE20K SceneParsing class names in label order (mmseg's ADE20KDataset.METAINFO),
+    shipped as mambavision_jax/ade20k_classes.txt."""
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "ade20k_classes.txt")
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
+
+
 def build_ade_dataset(
     root: str,
-    classes: list[str],
+    classes: list[str] | None = None,
     name: str = "ade20k",
     data_dir: str | None = None,
     overwrite: bool = False,
 ) -> str:
     """ADEChallengeData2016 at `root` -> the TFDS data set `name` (splits "train", "validation"),
-    files stored byte for byte, reduce_zero_label=True. `classes`: the 150 class names."""
+    files stored byte for byte, reduce_zero_label=True. `classes`: the class names (default
+    ADE20K's 150)."""
+    classes = ade20k_classes() if classes is None else classes
     plan = {
         split: ade_folder_pairs(os.path.join(root, "images", sub), os.path.join(root, "annotations", sub))
         for split, sub in ADE_SPLITS.items()

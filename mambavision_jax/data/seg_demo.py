@@ -1,8 +1,8 @@
 """The embedded segmentation demo set `mv_seg_digits`: scikit-learn's handwritten digits pasted onto
 coloured backgrounds, with per-pixel labels (0 = background, 1 + d = digit d's strokes).
 
-No network: the digits ship inside scikit-learn. 64x64 RGB images, one to three digits each (20 to
-34 px, random colours and places, later digits on top), on a two-colour gradient with noise.
+No network: the digits ship inside scikit-learn. 64x64 RGB images, one or two digits each (26 to
+44 px, random colours and places, the second on top), on a two-colour gradient with noise.
 Training images take their digits from the digits' train split and test images from their test
 split (`digits.digits_split`), so no digit drawing is in both. Stored as a segmentation data set of
 this package (`seg_datasets`): PNG images and label maps, built on first use (~2 s).
@@ -25,6 +25,7 @@ SEG_DIGITS_NAME = "mv_seg_digits"
 SEG_DIGITS_CLASSES = ["background"] + [str(d) for d in range(10)]
 SEG_DIGITS_SIZE = 64
 SEG_DIGITS_SPLITS = {"train": 1200, "test": 200}
+SEG_DIGITS_VERSION = "1.1.0"  # 1.1.0: larger, thicker digits (26-44 px, strokes at > 0.35), one or two
 _SEEDS = {"train": 0, "test": 1}
 
 
@@ -36,9 +37,9 @@ def _render(rs: np.random.RandomState, digits: np.ndarray, targets: np.ndarray, 
     c0, c1 = rs.uniform(0, 255, 3), rs.uniform(0, 255, 3)
     img = c0 * (1 - t[..., None]) + c1 * t[..., None] + rs.normal(0, 8, (size, size, 3))
     label = np.zeros((size, size), np.uint8)
-    for _ in range(rs.randint(1, 4)):
+    for _ in range(rs.randint(1, 3)):
         i = rs.randint(len(digits))
-        s = rs.randint(20, 35)
+        s = rs.randint(26, 45)
         grey = Image.fromarray(np.uint8(np.rint(digits[i] * (255.0 / 16.0))), "L")
         m = np.asarray(grey.resize((s, s), Image.Resampling.BILINEAR), np.float64) / 255.0
         y, x = rs.randint(0, size - s + 1), rs.randint(0, size - s + 1)
@@ -48,7 +49,7 @@ def _render(rs: np.random.RandomState, digits: np.ndarray, targets: np.ndarray, 
             colour = rs.uniform(0, 255, 3)
         patch = img[y : y + s, x : x + s]
         img[y : y + s, x : x + s] = patch * (1 - m[..., None]) + colour * m[..., None]
-        label[y : y + s, x : x + s][m > 0.5] = 1 + int(targets[i])
+        label[y : y + s, x : x + s][m > 0.35] = 1 + int(targets[i])
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), label
 
 
@@ -103,4 +104,5 @@ def build_seg_digits(data_dir: str | None = None) -> str:
             reduce_zero_label=False,
             data_dir=data_dir,
             description="scikit-learn digits pasted on coloured backgrounds; labels 0 background, 1 + digit.",
+            version=SEG_DIGITS_VERSION,
         )

@@ -26,6 +26,10 @@ from mambavision_jax.data.seg_transforms import (
 )
 
 
+def _text(x) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
 class _SegTrainExample(grain.transforms.RandomMap):
     def __init__(self, augment: SegAugConfig, reduce_zero_label: bool):
         self.augment, self.reduce_zero_label = augment, reduce_zero_label
@@ -37,7 +41,7 @@ class _SegTrainExample(grain.transforms.RandomMap):
         label = load_label(record["segmentation"], self.reduce_zero_label)
         if image.shape[:2] != label.shape:
             raise ValueError(
-                f"{record.get('file_name', b'').decode() or 'an example'}: image {image.shape[:2]} and "
+                f"{_text(record.get('file_name', '')) or 'an example'}: image {image.shape[:2]} and "
                 f"label map {label.shape} differ in size"
             )
         return train_augment_seg(image, label, rs, self.augment)
@@ -89,8 +93,23 @@ class _SegEvalExample(grain.transforms.Map):
             "image": eval_resize(image, self.test_scale),
             "label": label,
             "index": np.int64(index),
-            "file_name": record.get("file_name", b""),
+            "file_name": _text(record.get("file_name", "")),
         }
+
+
+def seg_eval_examples(
+    source, *, test_scale, reduce_zero_label: bool, max_examples: int = 0, num_threads: int = 4
+):
+    """Every record of `source` (random access: {"image": bytes, "segmentation": bytes[,
+    "file_name"]}) in order, one at a time: {"image": uint8 (h', w', 3) resized to fit
+    `test_scale` (mmseg's test Resize), "label": uint8 (h, w) at the original size, "index",
+    "file_name"}. max_examples > 0: only the first ones."""
+    n = len(source) if max_examples <= 0 else min(max_examples, len(source))
+    ds = grain.MapDataset.source(source)[:n].map_with_index(_AttachIndex(0))
+    ds = ds.map(_SegEvalExample(test_scale, reduce_zero_label))
+    return iter(
+        ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=num_threads))
+    )
 
 
 def make_seg_eval_iterator(
@@ -103,14 +122,30 @@ def make_seg_eval_iterator(
     max_examples: int = 0,
     num_threads: int = 4,
 ):
-    """Every image of `split` in order, one at a time: {"image": uint8 (h', w', 3) resized to fit
-    `test_scale` (mmseg's test Resize), "label": uint8 (h, w) at the original size, "index",
-    "file_name"}. Every process reads the whole split (the shapes of the jitted calls then agree
-    across processes). max_examples > 0: only the first ones."""
-    source = open_seg_source(name, split, data_dir)
-    n = len(source) if max_examples <= 0 else min(max_examples, len(source))
-    ds = grain.MapDataset.source(source)[:n].map_with_index(_AttachIndex(0))
-    ds = ds.map(_SegEvalExample(test_scale, reduce_zero_label))
-    return iter(
-        ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=num_threads))
+    """`seg_eval_examples` of the segmentation data set `name`'s `split`. Every process reads the
+    whole split (the shapes of the jitted calls then agree across processes)."""
+    return seg_eval_examples(
+        open_seg_source(name, split, data_dir),
+        test_scale=test_scale,
+        reduce_zero_label=reduce_zero_label,
+        max_examples=max_examples,
+        num_threads=num_threads,
     )
+
+
+class FolderSegSource:
+    """(image, label map) file pairs as a random-access source of records, read on access."""
+
+    def __init__(self, pairs):
+        self.pairs = list(pairs)
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, i):
+        image, label = self.pairs[i]
+        with open(image, "rb") as f:
+            image_bytes = f.read()
+        with open(label, "rb") as f:
+            label_bytes = f.read()
+        return {"image": image_bytes, "segmentation": label_bytes, "file_name": image}

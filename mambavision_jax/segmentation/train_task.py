@@ -114,7 +114,7 @@ def seg_schedule(base_lr: float, total_steps: int, warmup_steps: int, warmup_fac
     def lr(count):
         t = jnp.asarray(count, jnp.float32)
         warm = base_lr * (warmup_factor + (1.0 - warmup_factor) * jnp.minimum(t, w - 1) / max(w - 1, 1))
-        frac = 1.0 - jnp.clip(t - w, 0.0, t_poly) / t_poly
+        frac = (t_poly - jnp.clip(t - w, 0.0, t_poly)) / t_poly  # exactly 0 at the end
         poly = (base_lr - min_lr) * frac**power + min_lr
         return jnp.where(t < w, warm, poly) if w > 0 else poly
 
@@ -295,18 +295,29 @@ def logits_to_areas(logits, label, num_classes: int):
 
 
 class SegEvaluator:
-    """mIoU / mAcc / aAcc of a state's weights on `config.data`'s eval split, whole mode (see the
-    module doc); also what `evaluate_seg` runs, with `eval_gd` from a loaded model."""
+    """Whole-mode mIoU / mAcc / aAcc (see the module doc) of the weights of an eval graphdef:
+    `run(state)` on a segmentation data set's split (the training run's evaluator), `areas(params,
+    batch_stats, rngs, examples)` on any examples of `data.seg_pipeline.seg_eval_examples`
+    (evaluate_seg). Images go one at a time, replicated over `mesh`."""
 
     def __init__(
-        self, eval_gd, mesh, *, info: SegDatasetInfo, seg_config, split: str, data_dir, max_images=0
+        self,
+        eval_gd,
+        mesh,
+        *,
+        num_classes: int,
+        seg_config,
+        info: SegDatasetInfo | None = None,
+        split="",
+        data_dir=None,
+        max_images=0,
     ):
-        self.mesh, self.info, self.split, self.data_dir = mesh, info, split, data_dir
-        self.max_images, self.seg_config = max_images, seg_config
+        self.mesh, self.num_classes, self.seg_config = mesh, num_classes, seg_config
+        self.info, self.split, self.data_dir, self.max_images = info, split, data_dir, max_images
         self._replicated = shd.replicated(mesh)
         self._forward = jax.jit(make_seg_forward(eval_gd), out_shardings=self._replicated)
         self._post = jax.jit(
-            functools.partial(logits_to_areas, num_classes=info.num_classes), out_shardings=self._replicated
+            functools.partial(logits_to_areas, num_classes=num_classes), out_shardings=self._replicated
         )
         self._aligned = {}
         mean = np.asarray(seg_config.mean, np.float32)
@@ -316,6 +327,7 @@ class SegEvaluator:
     def _call(self, fn, name, *args):
         if jax.process_count() == 1:
             return fn(*args)
+        # Each new shape compiles; processes align after compiling, before the collectives run.
         key = (name, *(getattr(a, "shape", None) for a in args[-2:]))
         if key not in self._aligned:
             self._aligned[key] = CompileThenAlign(fn, f"seg_{name}_{len(self._aligned)}")
@@ -324,8 +336,21 @@ class SegEvaluator:
     def _put(self, x):
         return jax.make_array_from_process_local_data(self._replicated, np.asarray(x))
 
-    def images(self):
-        return make_seg_eval_iterator(
+    def areas(self, params, batch_stats, rngs, examples, progress=None) -> SegMetrics:
+        """Summed per-class areas of `examples` ({"image": resized uint8, "label"}); progress(ex,
+        areas) is called after each image."""
+        sums = SegMetrics(self.num_classes)
+        for ex in examples:
+            image = self._put(self._normalize(ex["image"]))
+            logits = self._call(self._forward, "forward", params, batch_stats, rngs, image)
+            areas = jax.device_get(self._call(self._post, "post", logits, self._put(ex["label"])))
+            sums.add(areas)
+            if progress is not None:
+                progress(ex, areas)
+        return sums
+
+    def run(self, state) -> dict[str, float]:
+        examples = make_seg_eval_iterator(
             self.info.name,
             test_scale=self.seg_config.test_scale,
             reduce_zero_label=self.info.reduce_zero_label,
@@ -333,18 +358,7 @@ class SegEvaluator:
             split=self.split,
             max_examples=self.max_images,
         )
-
-    def areas(self, params, batch_stats, rngs) -> SegMetrics:
-        sums = SegMetrics(self.info.num_classes)
-        for ex in self.images():
-            logits = self._call(
-                self._forward, "forward", params, batch_stats, rngs, self._put(self._normalize(ex["image"]))
-            )
-            sums.add(jax.device_get(self._call(self._post, "post", logits, self._put(ex["label"]))))
-        return sums
-
-    def run(self, state) -> dict[str, float]:
-        sums = self.areas(state.params, state.batch_stats, state.rngs)
+        sums = self.areas(state.params, state.batch_stats, state.rngs, examples)
         if not sums.areas["label"].sum():
             raise ValueError(
                 f"config.data.eval_split={self.split!r}: {self.info.name} gave no labelled eval pixels"
@@ -360,6 +374,7 @@ def evaluator(config, eval_gd, mesh, eval_batch: int) -> SegEvaluator:
     return SegEvaluator(
         eval_gd,
         mesh,
+        num_classes=info.num_classes,
         info=info,
         seg_config=seg,
         split=split,
