@@ -1,8 +1,8 @@
 """The embedded segmentation demo set `mv_seg_digits`: scikit-learn's handwritten digits pasted onto
 coloured backgrounds, with per-pixel labels (0 = background, 1 + d = digit d's strokes).
 
-No network: the digits ship inside scikit-learn. 64x64 RGB images, one or two digits each (26 to
-44 px, random colours and places, the second on top), on a two-colour gradient with noise.
+No network: the digits ship inside scikit-learn. 64x64 RGB images, one or two digits each (32 to
+52 px, random colours and places, the second on top), on a two-colour gradient with noise.
 Training images take their digits from the digits' train split and test images from their test
 split (`digits.digits_split`), so no digit drawing is in both. Stored as a segmentation data set of
 this package (`seg_datasets`): PNG images and label maps, built on first use (~2 s).
@@ -10,14 +10,13 @@ this package (`seg_datasets`): PNG images and label maps, built on first use (~2
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from mambavision_jax.data.digits import digits_split
+from mambavision_jax.data.digits import _build_lock, digits_split
 from mambavision_jax.data.image_io import encode_png
 from mambavision_jax.data.seg_datasets import build_seg_dataset
 
@@ -25,7 +24,7 @@ SEG_DIGITS_NAME = "mv_seg_digits"
 SEG_DIGITS_CLASSES = ["background"] + [str(d) for d in range(10)]
 SEG_DIGITS_SIZE = 64
 SEG_DIGITS_SPLITS = {"train": 1200, "test": 200}
-SEG_DIGITS_VERSION = "1.1.0"  # 1.1.0: larger, thicker digits (26-44 px, strokes at > 0.35), one or two
+SEG_DIGITS_VERSION = "1.2.0"  # 1.2.0: larger, thicker digits (32-52 px, strokes at > 0.3), one or two
 _SEEDS = {"train": 0, "test": 1}
 
 
@@ -39,7 +38,7 @@ def _render(rs: np.random.RandomState, digits: np.ndarray, targets: np.ndarray, 
     label = np.zeros((size, size), np.uint8)
     for _ in range(rs.randint(1, 3)):
         i = rs.randint(len(digits))
-        s = rs.randint(26, 45)
+        s = rs.randint(32, 53)
         grey = Image.fromarray(np.uint8(np.rint(digits[i] * (255.0 / 16.0))), "L")
         m = np.asarray(grey.resize((s, s), Image.Resampling.BILINEAR), np.float64) / 255.0
         y, x = rs.randint(0, size - s + 1), rs.randint(0, size - s + 1)
@@ -49,7 +48,7 @@ def _render(rs: np.random.RandomState, digits: np.ndarray, targets: np.ndarray, 
             colour = rs.uniform(0, 255, 3)
         patch = img[y : y + s, x : x + s]
         img[y : y + s, x : x + s] = patch * (1 - m[..., None]) + colour * m[..., None]
-        label[y : y + s, x : x + s][m > 0.35] = 1 + int(targets[i])
+        label[y : y + s, x : x + s][m > 0.3] = 1 + int(targets[i])
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), label
 
 
@@ -75,28 +74,11 @@ def _examples(split: str):
     return gen
 
 
-@contextlib.contextmanager
-def _build_lock(data_dir: str):
-    """Serialise concurrent first builds (two processes sharing a data dir)."""
-    os.makedirs(data_dir, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    with open(os.path.join(data_dir, f".{SEG_DIGITS_NAME}.lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def build_seg_digits(data_dir: str | None = None) -> str:
     """Prepare `mv_seg_digits` in `data_dir` (TFDS default if None) unless it is there; returns its
     folder."""
     data_dir = os.fspath(data_dir or tfds.core.constants.DATA_DIR)
-    with _build_lock(data_dir):
+    with _build_lock(data_dir, SEG_DIGITS_NAME):
         return build_seg_dataset(
             SEG_DIGITS_NAME,
             {split: _examples(split) for split in SEG_DIGITS_SPLITS},

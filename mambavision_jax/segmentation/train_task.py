@@ -385,16 +385,21 @@ def evaluator(config, eval_gd, mesh, eval_batch: int) -> SegEvaluator:
 
 # ------------------------------------------------------------------ fine-tuning start
 def init_from(config, state, shardings, num_classes, bn_groups, writer):
-    """The backbone's weights from the classification checkpoint `config.init_from` (any format
-    `convert.load_checkpoint` reads, a hub id included), as the official configs' `pretrained=`
-    ImageNet weights; the heads and outnorms keep their initialisation."""
-    from mambavision_jax.convert import load_checkpoint
+    """The backbone's weights from the classification checkpoint `config.init_from` (a training
+    run of this package, or any format `convert.load_checkpoint` reads, a hub id included), as the
+    official configs' `pretrained=` ImageNet weights; the heads and outnorms keep their
+    initialisation. Every backbone weight of the checkpoint must fit (names and shapes)."""
+    from mambavision_jax.inference import is_training_run
 
-    seg = nnx.eval_shape(lambda: make_segmenter(config, num_classes, bn_groups)).config
-    arch = {
-        k: v for k, v in seg.backbone.to_dict().items() if k not in ("name", "num_classes", "window_size")
-    }
-    cls_model = load_checkpoint(config.init_from, seg.backbone.name, use_ema=config.init_from_ema, **arch)
+    del num_classes, bn_groups
+    if is_training_run(config.init_from):
+        from mambavision_jax.inference import load_checkpoint
+
+        cls_model = load_checkpoint(config.init_from, ema=config.init_from_ema)
+    else:
+        from mambavision_jax.convert import load_checkpoint
+
+        cls_model = load_checkpoint(config.init_from, use_ema=config.init_from_ema)
     _, cls_params, cls_stats, _ = split_model(cls_model)
     params = _graft(state.params, cls_params, "params", config.init_from)
     stats = _graft(state.batch_stats, cls_stats, "batch statistics", config.init_from)
