@@ -105,6 +105,7 @@ def seg_run(tmp_path_factory):
         "--workdir",
         str(workdir),
         f"--config.data.dir={data_dir}",
+        "--config.init_from=",  # from scratch: no classification run to start from here
         "--config.total_steps=4",
         "--config.batch_size=4",
         "--config.seg.warmup_steps=2",
