@@ -84,15 +84,16 @@ class MvDigits(LocalBuilder):
 
 
 @contextlib.contextmanager
-def _build_lock(data_dir: str):
-    """Serialise concurrent first builds (e.g. two JAX processes on one machine sharing a data dir)."""
+def _build_lock(data_dir: str, name: str = DIGITS_NAME):
+    """Serialise concurrent first builds of data set `name` (e.g. two JAX processes on one machine
+    sharing a data dir)."""
     os.makedirs(data_dir, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
         yield
         return
-    with open(os.path.join(data_dir, f".{DIGITS_NAME}.lock"), "w") as f:
+    with open(os.path.join(data_dir, f".{name}.lock"), "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

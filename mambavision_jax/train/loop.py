@@ -155,6 +155,12 @@ def build_train_program(
         mean=cfg.mean,
         std=cfg.std,
     )
+    return TrainProgram(jit_train_step(step, shardings, mesh), state, shardings, eval_gd)
+
+
+def jit_train_step(step, shardings, mesh):
+    """`step(state, batch) -> (state, metrics)` jitted over the mesh: the state donated and kept in
+    its `shardings`, the batch split over the data axes, metrics (+ "finite") replicated."""
     step = jax.jit(
         _with_finite_flag(step),
         in_shardings=(shardings, shd.batch_sharding(mesh)),
@@ -163,7 +169,70 @@ def build_train_program(
     )
     if jax.process_count() > 1:
         step = CompileThenAlign(step, "train")
-    return TrainProgram(step, state, shardings, eval_gd)
+    return step
+
+
+class Task(NamedTuple):
+    """What differs between training tasks; `train_and_evaluate` runs the rest (mesh, state,
+    checkpoints, preemption, logging) the same way for each.
+
+    dataset_info(config) -> .splits, .num_classes (prepares the embedded data sets);
+    build_program(config, mesh, num_classes, steps_per_epoch) -> TrainProgram;
+    model_config(config, num_classes, bn_groups) -> the model_config.json dict;
+    init_from(config, state, shardings, num_classes, bn_groups, writer) -> state (config.init_from);
+    evaluator(config, eval_gd, mesh, eval_batch) -> has run(state) -> {metric: value};
+    train_iterator(config, mesh, num_examples) -> DevicePrefetch of global batches;
+    score(eval) -> the number best/ keeps the maximum of."""
+
+    dataset_info: Callable
+    build_program: Callable
+    model_config: Callable
+    init_from: Callable
+    evaluator: Callable
+    train_iterator: Callable
+    score: Callable
+
+
+def classification_dataset_info(config):
+    if config.data.name == mvdata.DIGITS_NAME:
+        mvdata.build_digits(config.data.dir)
+    return mvdata.dataset_info(config.data.name, config.data.dir)
+
+
+def classification_evaluator(config, eval_gd, mesh, eval_batch):
+    cfg = pretrained_cfg(config.model.name)
+    return Evaluator(
+        config,
+        eval_gd,
+        mesh,
+        batch_size=eval_batch,
+        crop_pct=config.data.crop_pct if config.data.crop_pct > 0 else cfg.crop_pct,
+        crop_mode=config.data.crop_mode or cfg.crop_mode,
+        mean=cfg.mean,
+        std=cfg.std,
+    )
+
+
+def task_of(config) -> Task:
+    """config.task: "classification" (the default) or "segmentation" (segmentation.train_task)."""
+    name = config.get("task", "classification")
+    if name == "segmentation":
+        from mambavision_jax.segmentation.train_task import SEGMENTATION
+
+        return SEGMENTATION
+    if name != "classification":
+        raise ValueError(f"config.task: classification or segmentation, got {name!r}")
+    return Task(
+        dataset_info=classification_dataset_info,
+        build_program=build_train_program,
+        model_config=lambda config, n, groups: model_configs(config, n, groups)[0].to_dict(),
+        init_from=init_from_checkpoint,
+        evaluator=classification_evaluator,
+        train_iterator=lambda config, mesh, n: _train_iterator(
+            config, mesh, pretrained_cfg(config.model.name).mean, pretrained_cfg(config.model.name).std, n
+        ),
+        score=lambda last_eval: last_eval.get("ema_top1", last_eval["top1"]),
+    )
 
 
 class ResumePoint(NamedTuple):
@@ -243,9 +312,8 @@ def train_and_evaluate(config, workdir: PathLike) -> dict:
                 f"({jax.process_count()} process(es)); use a multiple of {n_dev}"
             )
 
-    if config.data.name == mvdata.DIGITS_NAME:
-        mvdata.build_digits(config.data.dir)
-    info = mvdata.dataset_info(config.data.name, config.data.dir)
+    task = task_of(config)
+    info = task.dataset_info(config)
     if config.data.train_split not in info.splits:
         raise ValueError(
             f"config.data.train_split={config.data.train_split!r}: {config.data.name} "
@@ -263,9 +331,6 @@ def train_and_evaluate(config, workdir: PathLike) -> dict:
         if config.total_steps > 0
         else steps_per_epoch * num_train_epochs(config.total_epochs, config.schedule.cooldown_epochs)
     )
-    cfg = pretrained_cfg(config.model.name)
-    crop_pct = config.data.crop_pct if config.data.crop_pct > 0 else cfg.crop_pct
-    crop_mode = config.data.crop_mode or cfg.crop_mode
 
     # ------------------------------------------------------------------ the record: checks, no writes
     ckpt_dir = workdir / CHECKPOINTS
@@ -280,33 +345,29 @@ def train_and_evaluate(config, workdir: PathLike) -> dict:
     took_over = on_process_zero("workdir_lock", lock.acquire)  # process 0 holds it for the run
     notes = ([took_over] if took_over else []) + [f"config changed on resume: {c}" for c in config_changes]
     try:
-        eval_cfg = (cfg, crop_pct, crop_mode)
         return _train(
             config,
             workdir,
             mesh,
+            task,
             info,
             num_classes,
             steps_per_epoch,
             total_steps,
             eval_batch,
-            eval_cfg,
             notes,
         )
     finally:
         lock.release()
 
 
-def _train(
-    config, workdir, mesh, info, num_classes, steps_per_epoch, total_steps, eval_batch, eval_cfg, notes
-):
+def _train(config, workdir, mesh, task, info, num_classes, steps_per_epoch, total_steps, eval_batch, notes):
     """`train_and_evaluate` once the workdir is locked and the config accepted."""
-    cfg, crop_pct, crop_mode = eval_cfg
     n_dev = mesh.size
     ckpt_dir = workdir / CHECKPOINTS
     # ------------------------------------------------------------------ model, optimizer, state, step
     bn_groups = _bn_groups(config, mesh)
-    program = build_train_program(config, mesh, num_classes, steps_per_epoch)
+    program = task.build_program(config, mesh, num_classes, steps_per_epoch)
     state, shardings = program.state, program.shardings
     # The restore is the first cross-process collective (30 s rendezvous): start it together.
     wait_for_all_processes("mambavision_jax_restore")
@@ -319,7 +380,7 @@ def _train(
         atomic_write_text(workdir / CONFIG_NAME, config.to_json_best_effort(indent=2) + "\n")
         atomic_write_text(
             workdir / MODEL_CONFIG_NAME,
-            json.dumps(model_configs(config, num_classes, bn_groups)[0].to_dict(), indent=2) + "\n",
+            json.dumps(task.model_config(config, num_classes, bn_groups), indent=2) + "\n",
         )
     wait_for_all_processes("mambavision_jax_setup")
     writer = MetricWriter(workdir, total_steps)
@@ -340,7 +401,7 @@ def _train(
         )
         writer.log(f"resumed from {ckpt.directory} at step {start_step}")
     elif config.init_from:
-        state = init_from_checkpoint(config, state, shardings, num_classes, bn_groups, writer)
+        state = task.init_from(config, state, shardings, num_classes, bn_groups, writer)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     writer.log(
         f"{config.model.name}: {n_params:,} parameters, {n_dev} devices "
@@ -349,19 +410,10 @@ def _train(
     )
 
     # ------------------------------------------------------------------ eval
-    evaluator = Evaluator(
-        config,
-        program.eval_gd,
-        mesh,
-        batch_size=eval_batch,
-        crop_pct=crop_pct,
-        crop_mode=crop_mode,
-        mean=cfg.mean,
-        std=cfg.std,
-    )
+    evaluator = task.evaluator(config, program.eval_gd, mesh, eval_batch)
 
     # ------------------------------------------------------------------ data
-    train_iter = _train_iterator(config, mesh, cfg.mean, cfg.std, info.splits[config.data.train_split])
+    train_iter = task.train_iterator(config, mesh, info.splits[config.data.train_split])
     if data_state is not None:
         train_iter.set_state(data_state)
 
@@ -378,7 +430,7 @@ def _train(
         result = evaluator.run(state)
         writer.write(step, "eval", result)
         writer.log(f"eval  step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in result.items()))
-        ckpt.save_best(step, state, result.get("ema_top1", result["top1"]))
+        ckpt.save_best(step, state, task.score(result))
         meter.restart(step)
         return result
 

@@ -81,9 +81,15 @@ def create_train_state(
     abstract: the state as `jax.ShapeDtypeStruct`s carrying their shardings, nothing allocated
     (compiling for devices this process cannot run on: `mambavision_jax.aot`)."""
     arch, runtime = model_configs(config, num_classes, bn_groups)
+    return init_train_state(lambda rngs: MambaVision(arch, runtime, rngs=rngs), config, tx, mesh)
+
+
+def init_train_state(make_model, config, tx: optax.GradientTransformation, mesh) -> tuple[TrainState, Any]:
+    """The initial state of the model `make_model(rngs)` (any NNX model; rngs seeded from
+    config.seed), created inside jit with the shardings of `config.mesh`. Returns (state, shardings)."""
 
     def init():
-        model = MambaVision(arch, runtime, rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
+        model = make_model(nnx.Rngs(params=config.seed, dropout=config.seed + 1))
         _, params, stats, rngs = split_model(model)
         ema = config.ema.enabled
         return TrainState(
