@@ -81,12 +81,17 @@ def create_train_state(
     abstract: the state as `jax.ShapeDtypeStruct`s carrying their shardings, nothing allocated
     (compiling for devices this process cannot run on: `mambavision_jax.aot`)."""
     arch, runtime = model_configs(config, num_classes, bn_groups)
-    return init_train_state(lambda rngs: MambaVision(arch, runtime, rngs=rngs), config, tx, mesh)
+    return init_train_state(
+        lambda rngs: MambaVision(arch, runtime, rngs=rngs), config, tx, mesh, abstract=abstract
+    )
 
 
-def init_train_state(make_model, config, tx: optax.GradientTransformation, mesh) -> tuple[TrainState, Any]:
+def init_train_state(
+    make_model, config, tx: optax.GradientTransformation, mesh, *, abstract: bool = False
+) -> tuple[TrainState, Any]:
     """The initial state of the model `make_model(rngs)` (any NNX model; rngs seeded from
-    config.seed), created inside jit with the shardings of `config.mesh`. Returns (state, shardings)."""
+    config.seed), created inside jit with the shardings of `config.mesh`. Returns (state, shardings);
+    abstract: as `create_train_state`."""
 
     def init():
         model = make_model(nnx.Rngs(params=config.seed, dropout=config.seed + 1))
