@@ -133,6 +133,7 @@ OWN_NODE = (
     "data.image_folder",
     "data.image_io",
     "data.make_folder_dataset",
+    "data.make_seg_dataset",
     "train",
     "train.checkpoint",
     "train.loop",

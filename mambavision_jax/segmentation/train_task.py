@@ -43,10 +43,10 @@ from mambavision_jax.segmentation.layers import resize_bilinear
 from mambavision_jax.segmentation.metrics import IGNORE_INDEX, SegMetrics, intersect_and_union_jax
 from mambavision_jax.segmentation.model import create_segmenter
 from mambavision_jax.train import sharding as shd
-from mambavision_jax.train.loop import Task, TrainProgram, jit_train_step
 from mambavision_jax.train.multihost import CompileThenAlign
 from mambavision_jax.train.optim import adamw, param_name
 from mambavision_jax.train.state import init_train_state, split_model, with_weights
+from mambavision_jax.train.task import Task, TrainProgram, jit_train_step
 
 __all__ = [
     "SEGMENTATION",

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mambavision_jax import data as mvdata
@@ -30,12 +28,13 @@ from mambavision_jax.train.checkpoint import (
 from mambavision_jax.train.config import validate
 from mambavision_jax.train.evaluator import Evaluator
 from mambavision_jax.train.metrics import MetricWriter, Throughput
-from mambavision_jax.train.multihost import CompileThenAlign, on_process_zero, wait_for_all_processes
+from mambavision_jax.train.multihost import on_process_zero, wait_for_all_processes
 from mambavision_jax.train.optim import make_optimizer
 from mambavision_jax.train.preemption import Preempted, PreemptionWatcher
 from mambavision_jax.train.schedule import make_schedule, num_train_epochs
-from mambavision_jax.train.state import TrainState, create_train_state, graphdefs, model_configs, with_weights
+from mambavision_jax.train.state import create_train_state, graphdefs, model_configs, with_weights
 from mambavision_jax.train.steps import make_train_step
+from mambavision_jax.train.task import Task, TrainProgram, jit_train_step
 from mambavision_jax.train.workdir import (
     CONFIG_NAME,
     MODEL_CONFIG_NAME,
@@ -71,21 +70,6 @@ def _every(value: int, steps_per_epoch: int) -> int:
     return steps_per_epoch if value <= 0 else value
 
 
-def _with_finite_flag(train_step):
-    """Adds `metrics["finite"]`: the loss and every updated parameter and BatchNorm statistic are
-    finite. One reduction fused into the step, read on the host only where a checkpoint is due, so
-    a checkpoint is never written from an exploded state."""
-
-    def step(state, batch):
-        new, metrics = train_step(state, batch)
-        finite = jnp.isfinite(metrics["loss"])
-        for x in jax.tree.leaves((new.params, new.batch_stats)):
-            finite = finite & jnp.all(jnp.isfinite(x))
-        return new, {**metrics, "finite": finite}
-
-    return step
-
-
 def _train_iterator(config, mesh, mean, std, num_examples: int) -> DevicePrefetch:
     """This process's training batches (uint8 images, normalised in the train step), put on the
     devices ahead of the step that takes them; `get_state()` is the position consumed."""
@@ -119,17 +103,6 @@ def _bn_groups(config, mesh) -> int:
     return mesh.size if config.bn_stats == "per_device" else 1
 
 
-class TrainProgram(NamedTuple):
-    """What `build_train_program` returns: `step(state, batch) -> (state, metrics)` jitted over the
-    mesh (uint8 images in, normalised inside; metrics include "finite"), the initial `state` and
-    its `shardings`, and the eval-mode graphdef for the evaluator."""
-
-    step: Callable
-    state: TrainState
-    shardings: Any
-    eval_gd: Any
-
-
 def build_train_program(
     config, mesh, num_classes: int, steps_per_epoch: int, *, abstract: bool = False
 ) -> TrainProgram:
@@ -156,41 +129,6 @@ def build_train_program(
         std=cfg.std,
     )
     return TrainProgram(jit_train_step(step, shardings, mesh), state, shardings, eval_gd)
-
-
-def jit_train_step(step, shardings, mesh):
-    """`step(state, batch) -> (state, metrics)` jitted over the mesh: the state donated and kept in
-    its `shardings`, the batch split over the data axes, metrics (+ "finite") replicated."""
-    step = jax.jit(
-        _with_finite_flag(step),
-        in_shardings=(shardings, shd.batch_sharding(mesh)),
-        out_shardings=(shardings, shd.replicated(mesh)),
-        donate_argnums=(0,),
-    )
-    if jax.process_count() > 1:
-        step = CompileThenAlign(step, "train")
-    return step
-
-
-class Task(NamedTuple):
-    """What differs between training tasks; `train_and_evaluate` runs the rest (mesh, state,
-    checkpoints, preemption, logging) the same way for each.
-
-    dataset_info(config) -> .splits, .num_classes (prepares the embedded data sets);
-    build_program(config, mesh, num_classes, steps_per_epoch) -> TrainProgram;
-    model_config(config, num_classes, bn_groups) -> the model_config.json dict;
-    init_from(config, state, shardings, num_classes, bn_groups, writer) -> state (config.init_from);
-    evaluator(config, eval_gd, mesh, eval_batch) -> has run(state) -> {metric: value};
-    train_iterator(config, mesh, num_examples) -> DevicePrefetch of global batches;
-    score(eval) -> the number best/ keeps the maximum of."""
-
-    dataset_info: Callable
-    build_program: Callable
-    model_config: Callable
-    init_from: Callable
-    evaluator: Callable
-    train_iterator: Callable
-    score: Callable
 
 
 def classification_dataset_info(config):
