@@ -11,47 +11,21 @@ for Hopper ("auto" picks Triton on both until the Mosaic GPU kernel is timed on 
 the stage-3 windows of the official segmentation models at a 512 crop (windows 64 and 160).
 """
 
-import importlib.util
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import pytest
+from compile_targets import gpu_devices
 from jax.sharding import SingleDeviceSharding
 
 from mambavision_jax import ops
 
-pytestmark = pytest.mark.skipif(
-    not any(importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") for v in (12, 13))
-    if importlib.util.find_spec("jax_plugins")
-    else True,
-    reason="needs the jax CUDA plugin (pip install jax-cuda12-plugin jax-cuda12-pjrt nvidia-cuda-nvcc-cu12)",
-)
-
-SPECS = pathlib.Path(ops.__file__).parent / "gpu_specs"
 CUSTOM_CALL = {"pallas_mosaic_gpu": "mosaic_gpu_v2", "pallas_gpu": "__gpu$xla.gpu.triton"}
 
 
 @pytest.fixture(scope="module")
 def gpu():
     """name ("h100" / "a100") -> one compile-only device of that GPU."""
-    from jax.experimental import topologies
-
-    files = {"h100": "h100_sxm.txtpb", "a100": "a100_sxm_80.txtpb"}
-    cache = {}
-
-    def device(name):
-        if name not in cache:
-            topo = topologies.get_topology_desc(
-                platform="cuda",
-                topology_name="",
-                target_config=(SPECS / files[name]).read_text(),
-                topology="1x1x1",
-            )
-            cache[name] = topo.devices[0]
-        return cache[name]
-
-    return device
+    return lambda name: gpu_devices(f"{name}x1")[0]
 
 
 def _args(dev, dtype, seq_len, b=2, d=160, n=8):
@@ -144,17 +118,12 @@ def test_mosaic_kernel_compiles_per_device_on_8_h100s():
     # device's 2 sequences (an opaque custom call would otherwise get the whole batch everywhere).
     import re
 
-    from jax.experimental import topologies
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    topo = topologies.get_topology_desc(
-        platform="cuda",
-        topology_name="",
-        target_config=(SPECS / "h100_sxm.txtpb").read_text(),
-        topology="1x1x8",
-    )
-    mesh = topologies.make_mesh(topo, (4, 2), ("data", "fsdp"))
+    from mambavision_jax.train import sharding as shd
+
+    mesh = shd.make_mesh(4, 2, devices=gpu_devices("h100x8"))
     seq, rep = NamedSharding(mesh, P(("data", "fsdp"))), NamedSharding(mesh, P())
     b, seq_len, d, n = 16, 196, 160, 8
     act = lambda *s: jax.ShapeDtypeStruct(s, jnp.bfloat16, sharding=seq)  # noqa: E731
