@@ -15,6 +15,8 @@ python -m pip install -q --no-deps "mmsegmentation==1.2.2" "mmdet==3.3.0"
 python -m pip install -q --no-deps "jax2onnx==0.17.1"
 # The aot extra installs libtpu and the CUDA plugin: JAX would try both at start-up (and print a
 # CUDA plugin traceback); the tests run on the CPU (the aot tests compile for TPU / GPU without one).
-export JAX_PLATFORMS=cpu TPU_SKIP_MDS_QUERY=1
+# No TPU VM metadata server to ask, and no chip for libtpu's lockfile to guard (it would refuse the
+# second pytest worker that compiles for a TPU).
+export JAX_PLATFORMS=cpu TPU_SKIP_MDS_QUERY=1 ALLOW_MULTIPLE_LIBTPU_LOAD=1
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=8"
 python -m pytest -n 2 -q "$@"
