@@ -1,13 +1,15 @@
 """The embedded segmentation demo: a small UperNet + MambaVision trained on `mv_seg_digits`
 (scikit-learn's digits pasted on coloured backgrounds, a label per pixel: background or the
 digit; built on first use, no network), with the official recipe's pipeline, loss, optimizer and
-schedule at 64x64. The real UperNet (PPM, FPN, FCN auxiliary head) on the reduced MambaVision-T of
-configs/demo.py, whose backbone starts from the classification demo's weights, as the official
-recipe starts from ImageNet-1K weights (from scratch, --config.init_from=, it stays at the
-all-background answer for ~800 steps):
+schedule at 64x64: the real UperNet (PPM, FPN, FCN auxiliary head) on the reduced MambaVision-T of
+configs/demo.py, from scratch.
 
-python train.py --config configs/demo.py --workdir runs/demo          # the classification demo
-python train.py --config configs/seg_demo.py --workdir runs/seg_demo  # init_from runs/demo
+python train.py --config configs/seg_demo.py --workdir runs/seg_demo
+
+Measured (2 shared CPU cores): it runs end to end (train, whole-mode mIoU eval, best/ by mIoU,
+evaluate_seg), but it does NOT yet learn the digits in this budget: mIoU 6.95 (the all-background
+answer) at steps 200-600, 7.13 at 800, 7.38 at 1000; starting the backbone from the classification
+demo's run (--config.init_from=runs/demo) stayed at 6.95 for 500 steps at lr 1e-3.
 """
 
 from mambavision_jax.segmentation.train_config import segmentation_config
@@ -27,16 +29,15 @@ def get_config(arg=None):
         test_scale=(256, 64),  # the 64x64 test images stay as they are
     )
     c.model.drop_path_rate = 0.0
-    c.init_from = "runs/demo"  # the classification demo's run (its best checkpoint)
     c.data.name = "mv_seg_digits"
     c.data.dir = "runs/tfds"
     c.data.eval_split = "test"
     c.data.num_workers = 0
     c.data.num_threads = 2
     c.seg.warmup_steps = 50
-    c.total_steps = 600
+    c.total_steps = 1000
     c.bn_stats = "global"
     c.log_every_steps = 25
-    c.eval_every_steps = 100
+    c.eval_every_steps = 200
     c.checkpoint_every_steps = 200
     return c

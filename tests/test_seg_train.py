@@ -159,14 +159,20 @@ def test_seg_demo_trains_and_evaluate_seg_agrees(seg_run, tmp_path):
     assert "mIoU" in proc.stdout and "background" in proc.stdout
 
 
-def test_evaluate_seg_refuses_bad_input_in_one_line(seg_run):
-    workdir, data_dir, _ = seg_run
+def test_evaluate_seg_refuses_bad_input_in_one_line(tmp_path):
+    """Refused before any weights are read (--weights only has to exist)."""
+    from mambavision_jax.data.seg_demo import build_seg_digits
+
+    data_dir = tmp_path / "tfds"
+    build_seg_digits(str(data_dir))
     cases = [
         (["--tfds", "scene_parse150"], "instance"),  # TFDS's ADE20K holds instance maps
         (["--tfds", "mv_seg_digits", "--data_dir", str(data_dir), "--split", "nope"], "--split nope"),
+        (["--tfds", "mv_seg_digits", "--checkpoint", "newest"], "--checkpoint"),
+        (["--folder", tmp_path / "no_images", tmp_path], "does not exist"),
     ]
     for args, message in cases:
-        proc = run_cli("mambavision_jax.evaluate_seg", "--weights", workdir, *args)
+        proc = run_cli("mambavision_jax.evaluate_seg", "--weights", tmp_path, *args)
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
         last = proc.stderr.strip().splitlines()[-1]  # after the backends' start-up notices
