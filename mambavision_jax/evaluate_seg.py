@@ -35,16 +35,11 @@ def load_segmenter(weights: str, which: str = "best", dtype: str = "float32"):
     load_checkpoint` reads (an official mmseg .pth, an orbax folder, a hub id / short name)."""
     from flax import nnx
 
-    from mambavision_jax.inference import (
-        RUN_MODEL_CONFIG,
-        _restore_run_weights,
-        _run_step_dir,
-        is_training_run,
-    )
     from mambavision_jax.paths import path_of
     from mambavision_jax.segmentation.checkpoint import load_checkpoint
     from mambavision_jax.segmentation.config import SegmentationConfig
     from mambavision_jax.segmentation.model import create_segmenter
+    from mambavision_jax.train.checkpoint import RUN_MODEL_CONFIG, is_training_run, restore_weights, step_dir
 
     if not is_training_run(weights):
         return load_checkpoint(weights, dtype=dtype)
@@ -59,17 +54,18 @@ def load_segmenter(weights: str, which: str = "best", dtype: str = "float32"):
     except (ValueError, TypeError) as e:
         raise ValueError(f"{path}: not a segmentation model config ({e})") from None
     model = create_segmenter(config, dtype=dtype)
-    step_dir = _run_step_dir(workdir, which)
-    params, stats, _ = _restore_run_weights(step_dir, model, ema=False, require_ema=False)
+    folder = step_dir(workdir, which)
+    _, params, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    params, stats, _ = restore_weights(folder, params, stats, ema=False)
     nnx.update(model, params, stats)
     model.eval()
-    model.checkpoint_info = {"workdir": os.fspath(weights), "step_dir": os.fspath(step_dir)}
+    model.checkpoint_info = {"workdir": os.fspath(weights), "step_dir": os.fspath(folder)}
     return model
 
 
 def evaluate_segmenter(model, examples, *, num_classes: int | None = None, mesh=None, progress: bool = False):
     """(SegMetrics of `model` over `examples` (`data.seg_pipeline.seg_eval_examples`), images, seconds)."""
-    from mambavision_jax.inference import local_mesh
+    from mambavision_jax.mesh import local_mesh
     from mambavision_jax.segmentation.train_task import SegEvaluator
     from mambavision_jax.train.state import split_model
 
@@ -187,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     xla_cpu.use_eigen_convolutions()  # XLA-CPU's faster convolutions, before JAX starts its backends
     args = _parser().parse_args(argv)
-    from mambavision_jax.inference import check_output_file
+    from mambavision_jax.paths import check_output
 
     if not (args.checkpoint in ("best", "latest") or args.checkpoint.isdigit()):
         raise cli.UserError(f"--checkpoint must be best, latest or a step number, got {args.checkpoint!r}")
@@ -196,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (is_hub_spec(args.weights) or Path(args.weights).exists() or "://" in args.weights):
         raise FileNotFoundError(f"--weights {args.weights}: no such file or folder (nor a hub id)")
     if args.json and args.json != "-":
-        check_output_file("--json", args.json)
+        check_output(args.json, flag="--json", overwrite=True, parent_must_exist=True)
     if args.tfds and args.reduce_zero_label is not None:
         raise cli.UserError("--reduce_zero_label / --no_reduce_zero_label: a --tfds data set says its own")
 

@@ -386,20 +386,13 @@ def evaluator(config, eval_gd, mesh, eval_batch: int) -> SegEvaluator:
 # ------------------------------------------------------------------ fine-tuning start
 def init_from(config, state, shardings, num_classes, bn_groups, writer):
     """The backbone's weights from the classification checkpoint `config.init_from` (a training
-    run of this package, or any format `convert.load_checkpoint` reads, a hub id included), as the
+    run of this package, or any weights `weights.resolve` takes, a hub id included), as the
     official configs' `pretrained=` ImageNet weights; the heads and outnorms keep their
     initialisation. Every backbone weight of the checkpoint must fit (names and shapes)."""
-    from mambavision_jax.inference import is_training_run
+    from mambavision_jax import weights
 
     del num_classes, bn_groups
-    if is_training_run(config.init_from):
-        from mambavision_jax.inference import load_checkpoint
-
-        cls_model = load_checkpoint(config.init_from, ema=config.init_from_ema)
-    else:
-        from mambavision_jax.convert import load_checkpoint
-
-        cls_model = load_checkpoint(config.init_from, use_ema=config.init_from_ema)
+    cls_model = weights.load_checkpoint(config.init_from, ema=True if config.init_from_ema else None)
     _, cls_params, cls_stats, _ = split_model(cls_model)
     params = _graft(state.params, cls_params, "params", config.init_from)
     stats = _graft(state.batch_stats, cls_stats, "batch statistics", config.init_from)
