@@ -30,7 +30,8 @@ DATA_STATE = "data_state"  # under CHECKPOINTS: <step>.<process>.json, each host
 DAMAGED = "damaged_checkpoints"  # damaged checkpoints newer than the one a run resumed from
 STEP_METADATA = "_CHECKPOINT_METADATA"  # orbax's, per step; our custom metadata lives in it
 STATE_ITEM = "default"  # the state's orbax item inside a step folder
-TMP_MARKER = ".orbax-checkpoint-tmp"  # orbax's name for an unfinished save
+TMP_MARKER = ".orbax-checkpoint-tmp"  # orbax's name for an unfinished save (local disks)
+COMMIT_MARKER = "commit_success.txt"  # written by orbax once a step's save is complete
 
 
 def _is_key(x) -> bool:
@@ -71,8 +72,12 @@ class Checkpointer:
         workdir = as_path(workdir)
         self.directory = workdir / CHECKPOINTS
         self.data_dir = workdir / CHECKPOINTS / DATA_STATE
+        # Local disks: orbax saves into "<step>.orbax-checkpoint-tmp" and renames; those of a killed
+        # save are removed here. Object stores have no rename: an unfinished save is a step folder
+        # without its commit marker, which the resume moves aside as damaged (`damage`).
+        cleanup = not is_remote(workdir)
         opts = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=True, cleanup_tmp_directories=True
+            max_to_keep=keep, create=True, enable_async_checkpointing=True, cleanup_tmp_directories=cleanup
         )
         self.latest = ocp.CheckpointManager(self.directory, options=opts)
         best_opts = ocp.CheckpointManagerOptions(
@@ -81,7 +86,7 @@ class Checkpointer:
             best_fn=lambda m: m["score"],
             best_mode="max",
             enable_async_checkpointing=False,
-            cleanup_tmp_directories=True,
+            cleanup_tmp_directories=cleanup,
         )
         self.best = ocp.CheckpointManager(workdir / BEST, options=best_opts)
 
@@ -169,6 +174,8 @@ def damage(directory: PathLike, step: int, processes: int) -> str | None:
     are present and readable (the arrays themselves are checked by restoring them). `processes`:
     the hosts whose positions must be there when the checkpoint does not say how many wrote it."""
     directory = as_path(directory)
+    if not (directory / str(step) / COMMIT_MARKER).exists():
+        return f"{directory / str(step) / COMMIT_MARKER} is missing (the save did not finish)"
     try:
         meta = step_metadata(directory, step)
     except ValueError as e:

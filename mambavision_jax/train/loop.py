@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, NamedTuple
 
 import jax
@@ -173,6 +174,11 @@ def task_of(config) -> Task:
     )
 
 
+# A restore that failed for these reasons says nothing about the checkpoint (the processes did not
+# meet in time, a store was unreachable): the run stops instead of passing over the checkpoint.
+_TRANSIENT = re.compile(r"DEADLINE_EXCEEDED|UNAVAILABLE|Gloo|barrier|coordination service", re.IGNORECASE)
+
+
 class ResumePoint(NamedTuple):
     """Where a run continues: the restored `state` at `step`, this host's `data_state`, whether
     the eval due at `step` is still owed (`eval_pending`), and the newer checkpoints found damaged
@@ -208,7 +214,7 @@ def find_resume_point(directory, state, shardings) -> ResumePoint | None:
             try:
                 restored = restore_step(directory, step, state, shardings)
             except Exception as e:  # noqa: BLE001 - which checkpoint is whole is the question
-                if environment_message(e):  # the store refused the read: not the checkpoint's fault
+                if environment_message(e) or _TRANSIENT.search(str(e)):  # not the checkpoint's fault
                     raise
                 why = f"{as_path(directory) / str(step)} cannot be read: {unreadable_reason(e)}"
             else:
