@@ -68,10 +68,21 @@ def tree_hashes(root: str | Path) -> dict[str, str]:
     return out
 
 
+def startup_noise(line: str) -> bool:
+    """A line the CUDA plugin (the aot extra) writes to stderr when JAX starts on a machine without
+    a GPU (its driver probe, before any of our code runs): not the command's own output."""
+    return "cudart_stub" in line or line.startswith("WARNING: All log messages before absl")
+
+
+def command_stderr(result: subprocess.CompletedProcess) -> str:
+    """The command's own stderr: `startup_noise` lines left out."""
+    return "".join(ln for ln in result.stderr.splitlines(keepends=True) if not startup_noise(ln))
+
+
 def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> str:
     """Exit code 2, no traceback, and one line naming the problem: `error: ...` from the command,
     or argparse's `usage:` lines followed by one `prog: error: ...` line."""
-    err = result.stderr
+    err = command_stderr(result)
     assert result.returncode == 2, (result.returncode, err[-3000:])
     assert "Traceback" not in err, err[-3000:]
     error_lines = [ln for ln in err.splitlines() if "error:" in ln]

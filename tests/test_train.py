@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cli_run import command_stderr
 from train_runs import run_losses, train_cmd, train_env
 
 from mambavision_jax.train import sharding as shd
@@ -340,8 +341,9 @@ def test_bad_config_override_is_one_line_and_exit_code_2(tmp_path, override, mes
     out = subprocess.run(
         train_cmd(tmp_path / "w", override), env=train_env(1), capture_output=True, text=True, timeout=300
     )
-    assert out.returncode == 2 and out.stderr.startswith(message), out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "w").exists()
+    err = command_stderr(out)
+    assert out.returncode == 2 and err.startswith(message), out.stderr
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "w").exists()
 
 
 def test_batch_not_divisible_by_devices(tmp_path, digits_dir):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from test_gcs import gcs  # noqa: F401 - the GCS emulator fixture
+from cli_run import command_stderr
 from train_runs import read_until, run_losses, train_cmd, train_env
 
 from mambavision_jax.errors import EXIT_ENVIRONMENT, EXIT_PREEMPTED, EXIT_USER_ERROR
@@ -84,15 +85,10 @@ def best_of(workdir) -> tuple[int, float, list]:
 
 
 def _one_error_line(out, code):
-    lines = [l for l in out.stderr.splitlines() if l.strip() and not _startup_noise(l)]
+    lines = [l for l in command_stderr(out).splitlines() if l.strip()]
     assert out.returncode == code, out.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-3000:]
     return lines[0]
-
-
-def _startup_noise(line: str) -> bool:
-    # XLA's CPU client and absl print these at start, before train.py runs
-    return "cudart_stub" in line or line.startswith("WARNING: All log messages before absl")
 
 
 @pytest.fixture(scope="module")
