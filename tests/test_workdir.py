@@ -16,8 +16,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_gcs import gcs  # noqa: F401 - the GCS emulator fixture
 from cli_run import command_stderr
+from test_gcs import gcs  # noqa: F401 - the GCS emulator fixture
 from train_runs import read_until, run_losses, train_cmd, train_env
 
 from mambavision_jax.errors import EXIT_ENVIRONMENT, EXIT_PREEMPTED, EXIT_USER_ERROR
