@@ -23,7 +23,9 @@ import difflib
 import importlib.util
 import logging as py_logging
 import os
+import re
 import sys
+import threading
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -73,22 +75,33 @@ class _WithoutLoopNoise:
     callbacks print once orbax's event loop has stopped after a failed save: the failure itself is
     reported once, by the main thread."""
 
+    # Lines of those tracebacks that can come loose from their block when several threads print
+    # at once (their writes interleave line by line).
+    _LOOSE = re.compile(r"Event loop is closed|self\._check_closed\(\)|, in _check_closed$")
+
     def __init__(self, stream):
-        self.stream, self.partial, self.block = stream, "", None
+        self.stream, self.partial, self.block, self.noise = stream, "", None, False
+        self.lock = threading.Lock()
 
     def write(self, text: str) -> int:
+        with self.lock:
+            return self._write(text)
+
+    def _write(self, text: str) -> int:
         lines = (self.partial + text).split("\n")
         self.partial = lines.pop()
         for line in lines:
             if self.block is not None:
-                self.block.append(line)
                 if line and not line.startswith((" ", "Traceback")):  # the exception line ends it
-                    if "Event loop is closed" not in line:
-                        self.stream.write("\n".join(self.block) + "\n")
+                    if not self.noise and "Event loop is closed" not in line:
+                        self.stream.write("\n".join([*self.block, line]) + "\n")
                     self.block = None
+                else:
+                    self.block.append(line)
+                    self.noise = self.noise or bool(self._LOOSE.search(line))
             elif line.startswith("Traceback (most recent call last):"):
-                self.block = [line]
-            else:
+                self.block, self.noise = [line], False
+            elif not self._LOOSE.search(line):
                 self.stream.write(line + "\n")
         return len(text)
 

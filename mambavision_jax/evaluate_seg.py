@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mambavision_jax import cli
+from mambavision_jax.errors import UserError
 
 __all__ = ["load_segmenter", "evaluate_segmenter", "main"]
 
@@ -52,7 +53,7 @@ def load_segmenter(weights: str, which: str = "best", dtype: str = "float32"):
     try:
         config = SegmentationConfig.from_dict(json.loads(path.read_text()))
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: not a segmentation model config ({e})") from None
+        raise UserError(f"{path}: not a segmentation model config ({e})") from None
     model = create_segmenter(config, dtype=dtype)
     folder = step_dir(workdir, which)
     _, params, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
@@ -158,7 +159,6 @@ def _parser() -> argparse.ArgumentParser:
         "--json", metavar="FILE", default=None, help="also write the results as JSON ('-': stdout)"
     )
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
-    cli.add_debug_flag(p)
     return p
 
 

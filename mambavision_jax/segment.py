@@ -55,7 +55,6 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_PIXELS,
         help=f"refuse images with more pixels (a decompression-bomb guard); 0: no limit (default {DEFAULT_MAX_PIXELS:,})",
     )
-    cli.add_debug_flag(p)
     return p
 
 

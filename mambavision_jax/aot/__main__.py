@@ -59,7 +59,6 @@ def _parser() -> cli.ArgumentParser:
     p.add_argument("--fit", choices=("batch", "fsdp", "remat"), default=None, help="search what fits")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--out", default=None, help="--all-variants: write the markdown table here")
-    cli.add_debug_flag(p)
     return p
 
 

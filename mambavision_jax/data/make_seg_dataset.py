@@ -34,7 +34,6 @@ def _parser():
         "--data_dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)"
     )
     p.add_argument("--overwrite", action="store_true", help="rebuild an existing data set of that name")
-    cli.add_debug_flag(p)
     return p
 
 

@@ -32,6 +32,7 @@ from etils import epath
 
 from mambavision_jax.data.sources import get_builder
 from mambavision_jax.data.tfds_base import LocalBuilder
+from mambavision_jax.errors import UserError
 from mambavision_jax.paths import is_remote, swap_dir_into_place
 
 SEG_META_FILE = "seg_dataset.json"
@@ -93,16 +94,16 @@ def ade_folder_pairs(images_dir: str, annotations_dir: str) -> list[tuple[str, s
         if f.lower().endswith(".png") and not f.startswith(".")
     }
     if not images:
-        raise ValueError(f"{images_dir} holds no .jpg / .png images")
+        raise UserError(f"{images_dir} holds no .jpg / .png images")
     missing = sorted(set(images) - set(labels))
     if missing:
-        raise ValueError(
+        raise UserError(
             f"{len(missing)} image(s) in {images_dir} have no label map in {annotations_dir} "
             f"(e.g. {missing[0]}.png)"
         )
     extra = sorted(set(labels) - set(images))
     if extra:
-        raise ValueError(
+        raise UserError(
             f"{len(extra)} label map(s) in {annotations_dir} have no image in {images_dir} (e.g. {extra[0]}.png)"
         )
     return [(images[k], labels[k]) for k in sorted(images)]
@@ -119,7 +120,7 @@ def _check_label(data: bytes, path: str) -> None:
     try:
         decode_label(data)
     except Exception as e:  # noqa: BLE001 - named in the one-line error
-        raise ValueError(f"{path}: not a one-channel label map ({e})") from None
+        raise UserError(f"{path}: not a one-channel label map ({e})") from None
 
 
 # ------------------------------------------------------------------ builder
@@ -238,11 +239,11 @@ _SCENE_PARSE150 = (
 
 def _meta(name: str, data_dir) -> tuple[object, dict]:
     if name.split(":")[0].split("/")[0] == "scene_parse150":
-        raise ValueError(_SCENE_PARSE150)
+        raise UserError(_SCENE_PARSE150)
     builder = get_builder(name, data_dir)
     path = epath.Path(builder.data_dir) / SEG_META_FILE
     if "segmentation" not in builder.info.features or not path.exists():
-        raise ValueError(
+        raise UserError(
             f"{name} in {builder.data_dir} is not a segmentation data set of this package (no "
             f"'segmentation' feature or {SEG_META_FILE}); build one with "
             f"python -m mambavision_jax.data.make_seg_dataset"

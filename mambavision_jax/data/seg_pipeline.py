@@ -24,6 +24,7 @@ from mambavision_jax.data.seg_transforms import (
     load_label,
     train_augment_seg,
 )
+from mambavision_jax.errors import UserError
 
 
 def _text(x) -> str:
@@ -40,7 +41,7 @@ class _SegTrainExample(grain.transforms.RandomMap):
         image = decode_image(record["image"])
         label = load_label(record["segmentation"], self.reduce_zero_label)
         if image.shape[:2] != label.shape:
-            raise ValueError(
+            raise UserError(
                 f"{_text(record.get('file_name', '')) or 'an example'}: image {image.shape[:2]} and "
                 f"label map {label.shape} differ in size"
             )
@@ -70,7 +71,7 @@ def make_seg_train_iterator(
     source = open_seg_source(name, split, data_dir)
     start, end = shard_bounds(len(source), process_index, process_count, drop_remainder=True)
     if end - start < batch:
-        raise ValueError(
+        raise UserError(
             f"{name}/{split}: a host shard of {end - start} examples is smaller than the per-host batch {batch}"
         )
     host_seed = int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])

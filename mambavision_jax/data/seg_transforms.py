@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from mambavision_jax.errors import UserError
 from mambavision_jax.segmentation.metrics import IGNORE_INDEX, reduce_zero_label
 
 __all__ = [
@@ -67,7 +68,7 @@ def decode_image(data: bytes) -> np.ndarray:
     EXIF orientation applied), converted from BGR."""
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
-        raise ValueError("not an image OpenCV can decode")
+        raise UserError("not an image OpenCV can decode")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -79,7 +80,7 @@ def decode_label(data: bytes) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim != 2:
-        raise ValueError(f"a label map must have one channel (class indices), got shape {arr.shape}")
+        raise UserError(f"a label map must have one channel (class indices), got shape {arr.shape}")
     return arr.astype(np.uint8)
 
 
@@ -182,7 +183,7 @@ def pad_to(img, label, size, ignore_index=IGNORE_INDEX):
     h, w = label.shape
     ph, pw = size[0] - h, size[1] - w
     if ph < 0 or pw < 0:
-        raise ValueError(f"a crop of {h}x{w} is larger than the batch size {size}")
+        raise UserError(f"a crop of {h}x{w} is larger than the batch size {size}")
     img = np.pad(img, ((0, ph), (0, pw), (0, 0)))
     label = np.pad(label, ((0, ph), (0, pw)), constant_values=ignore_index)
     return img, label, np.array([h, w], np.int32)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from mambavision_jax.errors import UserError
 from mambavision_jax.models.config import ConfigError, MambaVisionConfig, _Fields, unknown_names_message
 
 # mmseg's SegDataPreProcessor in upernet_swin.py: pixel values 0-255, RGB.
@@ -175,7 +176,7 @@ def segmentation_config(name: str) -> SegmentationConfig:
     """The config of an official segmenter, by its name or short name (tiny, small, base, l3)."""
     full = SEG_ALIASES.get(name, name)
     if full not in SEG_CONFIGS:
-        raise ValueError(
+        raise UserError(
             unknown_names_message("segmentation_config", [name], [*SEG_ALIASES, *SEG_CONFIGS], "model")
         )
     return SEG_CONFIGS[full]

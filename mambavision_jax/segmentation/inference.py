@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mambavision_jax.errors import UserError
 from mambavision_jax.segmentation.layers import resize_bilinear
 
 MODES = ("whole", "slide")
@@ -92,15 +93,15 @@ def segment_image(model, image: np.ndarray, *, mode: str = "whole") -> np.ndarra
     """Logits (H, W, classes) float32 of one 8-bit RGB image at its own size, as the official test
     mode computes them (see the module docstring). `model`: a UperNet in eval mode."""
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise UserError(f"mode must be one of {MODES}, got {mode!r}")
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected an 8-bit RGB image (H, W, 3) uint8, got {image.shape} {image.dtype}")
+        raise UserError(f"expected an 8-bit RGB image (H, W, 3) uint8, got {image.shape} {image.dtype}")
     cfg = model.config
     h, w = image.shape[:2]
     size = rescale_size(h, w, cfg.test_scale)
     if min(size) < 32:
-        raise ValueError(
+        raise UserError(
             f"image {w}x{h} is too small: at the test scale it is {size[1]}x{size[0]}, under 32 px"
         )
     x = jnp.asarray(normalize(resize_image(image, size), cfg.mean, cfg.std))[None]

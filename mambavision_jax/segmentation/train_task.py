@@ -37,6 +37,7 @@ from mambavision_jax.data.device_ops import DevicePrefetch
 from mambavision_jax.data.seg_datasets import SegDatasetInfo, seg_dataset_info
 from mambavision_jax.data.seg_pipeline import make_seg_eval_iterator, make_seg_train_iterator
 from mambavision_jax.data.seg_transforms import SegAugConfig
+from mambavision_jax.errors import UserError
 from mambavision_jax.models.config import RuntimeConfig
 from mambavision_jax.ops import ScanSharding
 from mambavision_jax.segmentation.layers import resize_bilinear
@@ -135,7 +136,7 @@ def no_decay_mask(params, keys=("norm",)):
 def _optimizer(config, total_steps: int):
     oc, s = config.optimizer, config.seg
     if oc.name.lower() != "adamw":
-        raise ValueError(f"config.optimizer.name: the segmentation recipe uses adamw, got {oc.name!r}")
+        raise UserError(f"config.optimizer.name: the segmentation recipe uses adamw, got {oc.name!r}")
     schedule = seg_schedule(
         float(oc.lr), total_steps, s.warmup_steps, s.warmup_factor, float(s.poly_power), float(s.min_lr)
     )
@@ -222,12 +223,12 @@ def _bn_groups(config, mesh) -> int:
 
 def build_program(config, mesh, num_classes: int, steps_per_epoch: int) -> TrainProgram:
     if config.ema.enabled or config.mesa.weight > 0:
-        raise ValueError(
+        raise UserError(
             "config.ema.enabled / config.mesa.weight: the segmentation recipe keeps no EMA; "
             "set ema.enabled=False and mesa.weight=0"
         )
     if config.total_steps <= 0:
-        raise ValueError("config.total_steps: the segmentation schedule is by iteration; set total_steps > 0")
+        raise UserError("config.total_steps: the segmentation schedule is by iteration; set total_steps > 0")
     del steps_per_epoch
     bn_groups = _bn_groups(config, mesh)
     tx, schedule = _optimizer(config, config.total_steps)
@@ -360,7 +361,7 @@ class SegEvaluator:
         )
         sums = self.areas(state.params, state.batch_stats, state.rngs, examples)
         if not sums.areas["label"].sum():
-            raise ValueError(
+            raise UserError(
                 f"config.data.eval_split={self.split!r}: {self.info.name} gave no labelled eval pixels"
             )
         return sums.summary()
@@ -410,18 +411,18 @@ def _graft(seg_state, cls_state, what, source):
         target = ("backbone", *path)
         if target in flat:
             if tuple(flat[target].value.shape) != tuple(var.value.shape):
-                raise ValueError(
+                raise UserError(
                     f"init_from {source}: {'.'.join(map(str, path))} has shape {var.value.shape}, the "
                     f"segmenter's backbone {flat[target].value.shape}"
                 )
             flat[target] = flat[target].replace(value=jnp.asarray(var.value))
             used.add(path)
         elif path[0] not in ("norm", "head"):
-            raise ValueError(
+            raise UserError(
                 f"init_from {source}: {what} {'.'.join(map(str, path))} has no place in the backbone"
             )
     if not used:
-        raise ValueError(f"init_from {source}: no {what} fit the segmenter's backbone")
+        raise UserError(f"init_from {source}: no {what} fit the segmenter's backbone")
     return nnx.from_flat_state(flat)
 
 

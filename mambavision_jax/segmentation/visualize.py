@@ -6,12 +6,14 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from mambavision_jax.errors import UserError
+
 
 def palette_image(labels: np.ndarray, palette: np.ndarray) -> Image.Image:
     """Mode "P" image: pixel value = class index, the file's palette = the class colours (a
     viewer shows colours, a reader gets the indices back with np.asarray(Image.open(...)))."""
     if labels.max(initial=0) > 255:
-        raise ValueError("a palette PNG holds at most 256 classes")
+        raise UserError("a palette PNG holds at most 256 classes")
     img = Image.fromarray(labels.astype(np.uint8), mode="P")
     flat = np.zeros((256, 3), np.uint8)
     flat[: len(palette)] = palette[:256]

@@ -227,6 +227,11 @@ def move_aside(directory: PathLike, step: int) -> str:
 
         fs, src = fsspec.core.url_to_fs(os.fspath(directory / str(step)))
         fs.mv(src, fsspec.core.url_to_fs(os.fspath(target))[1], recursive=True)
+        # gcsfs caches listings (and orbax reaches the store through the same cached filesystem):
+        # a stale listing still holds the moved step, and orbax's save of that step again would try
+        # to delete objects that are gone.
+        for same_kind in list(getattr(type(fs), "_cache", {}).values()) or [fs]:  # etils' instance too
+            same_kind.invalidate_cache()
     else:
         target_dir.mkdir(parents=True, exist_ok=True)
         os.rename(directory / str(step), target)
