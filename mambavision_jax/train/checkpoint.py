@@ -32,6 +32,8 @@ STEP_METADATA = "_CHECKPOINT_METADATA"  # orbax's, per step; our custom metadata
 STATE_ITEM = "default"  # the state's orbax item inside a step folder
 TMP_MARKER = ".orbax-checkpoint-tmp"  # orbax's name for an unfinished save (local disks)
 COMMIT_MARKER = "commit_success.txt"  # written by orbax once a step's save is complete
+RUN_CONFIG = "config.json"  # beside them: the training config (ConfigDict as JSON)
+RUN_MODEL_CONFIG = "model_config.json"  # and the model's config.to_dict(), for readers of its checkpoints
 
 
 def _is_key(x) -> bool:
@@ -247,15 +249,8 @@ def _json_default(x):
 
 
 # ------------------------------------------------------------------ reading a training run
-# The layout of a workdir, for the Checkpointer above and for readers of a run's weights
-# (`mambavision_jax.weights`): orbax CheckpointManagers in checkpoints/ (the last N) and best/
-# (the best one), one item each, plus the run's config files beside them.
-CHECKPOINTS_DIR = "checkpoints"
-BEST_DIR = "best"
-ITEM_NAME = "default"  # the item name a CheckpointManager gives its only item
-RUN_CONFIG = "config.json"  # the training config (ConfigDict as JSON)
-RUN_MODEL_CONFIG = "model_config.json"  # the model's MambaVisionConfig.to_dict()
-RUN_CHECKPOINTS = {"best": BEST_DIR, "latest": CHECKPOINTS_DIR}
+# For readers of a run's weights (`mambavision_jax.weights`), with the layout names above.
+RUN_CHECKPOINTS = {"best": BEST, "latest": CHECKPOINTS}
 
 
 def is_training_run(path: PathLike) -> bool:
@@ -263,16 +258,6 @@ def is_training_run(path: PathLike) -> bool:
     orbax `checkpoints/` or `best/` folder)."""
     p = as_path(path)
     return p.is_dir() and any((p / d).is_dir() for d in RUN_CHECKPOINTS.values())
-
-
-def finished_steps(directory) -> list[int]:
-    """The steps of the finished checkpoints in one CheckpointManager folder, oldest first. Orbax
-    names a finished step folder by the step alone; one still being written carries a
-    '.orbax-checkpoint-tmp' suffix and is not a checkpoint yet."""
-    directory = as_path(directory)
-    if not directory.is_dir():
-        return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 def step_dir(workdir: PathLike, checkpoint: str | int = "best"):
@@ -283,18 +268,18 @@ def step_dir(workdir: PathLike, checkpoint: str | int = "best"):
     workdir = as_path(workdir)
     if isinstance(checkpoint, int) or (isinstance(checkpoint, str) and checkpoint.isdigit()):
         step = int(checkpoint)
-        for d in (CHECKPOINTS_DIR, BEST_DIR):
+        for d in (CHECKPOINTS, BEST):
             if (workdir / d / str(step)).is_dir():
                 return workdir / d / str(step)
-        steps = finished_steps(workdir / CHECKPOINTS_DIR)
+        steps = checkpoint_steps(workdir / CHECKPOINTS)
         raise FileNotFoundError(f"{workdir} has no checkpoint of step {step} (steps: {steps or 'none'})")
     if checkpoint not in RUN_CHECKPOINTS:
         raise UserError(f"checkpoint must be 'best', 'latest' or a step number, got {checkpoint!r}")
-    steps = finished_steps(workdir / RUN_CHECKPOINTS[checkpoint])
+    steps = checkpoint_steps(workdir / RUN_CHECKPOINTS[checkpoint])
     if not steps:
         hint = (
             " (best/ is written at the first evaluation; pick --checkpoint latest)"
-            if checkpoint == BEST_DIR and finished_steps(workdir / CHECKPOINTS_DIR)
+            if checkpoint == BEST and checkpoint_steps(workdir / CHECKPOINTS)
             else ""
         )
         raise FileNotFoundError(
@@ -314,7 +299,7 @@ def restore_weights(step_folder, params, batch_stats, *, ema: bool | None = None
     from mambavision_jax.errors import CheckpointError, first_line
 
     step_folder = as_path(step_folder)
-    item_dir = step_folder / ITEM_NAME
+    item_dir = step_folder / STATE_ITEM
     # The handler, not a Checkpointer: the step folder is read as it is, without the
     # Checkpointer's look for a step-metadata file that the manager keeps one level up.
     handler = ocp.PyTreeCheckpointHandler()

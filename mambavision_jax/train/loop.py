@@ -17,6 +17,8 @@ from mambavision_jax.paths import PathLike, as_path, atomic_write_text
 from mambavision_jax.train import sharding as shd
 from mambavision_jax.train.checkpoint import (
     CHECKPOINTS,
+    RUN_CONFIG,
+    RUN_MODEL_CONFIG,
     Checkpointer,
     checkpoint_steps,
     damage,
@@ -37,8 +39,6 @@ from mambavision_jax.train.state import create_train_state, graphdefs, model_con
 from mambavision_jax.train.steps import make_train_step
 from mambavision_jax.train.task import Task, TrainProgram, jit_train_step
 from mambavision_jax.train.workdir import (
-    CONFIG_NAME,
-    MODEL_CONFIG_NAME,
     WorkdirLock,
     check_resume_config,
     environment_message,
@@ -321,9 +321,9 @@ def _train(config, workdir, mesh, task, info, num_classes, steps_per_epoch, tota
     if jax.process_index() == 0:
         moved = [(s, why, move_aside(ckpt_dir, s)) for s, why in (resume.damaged if resume else [])]
         # the run's config, and its architecture for readers of its checkpoints
-        atomic_write_text(workdir / CONFIG_NAME, config.to_json_best_effort(indent=2) + "\n")
+        atomic_write_text(workdir / RUN_CONFIG, config.to_json_best_effort(indent=2) + "\n")
         atomic_write_text(
-            workdir / MODEL_CONFIG_NAME,
+            workdir / RUN_MODEL_CONFIG,
             json.dumps(task.model_config(config, num_classes, bn_groups), indent=2) + "\n",
         )
     wait_for_all_processes("mambavision_jax_setup")

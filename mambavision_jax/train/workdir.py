@@ -25,10 +25,9 @@ import socket
 
 from mambavision_jax.errors import ENVIRONMENT_ERRNOS, EnvironmentFailure, UserError, is_environment_failure
 from mambavision_jax.paths import PathLike, as_path, is_remote
+from mambavision_jax.train.checkpoint import RUN_CONFIG
 
 LOCK_NAME = "train.lock"
-CONFIG_NAME = "config.json"  # the training config of the run (what `evaluate` reads its preprocessing from)
-MODEL_CONFIG_NAME = "model_config.json"  # the architecture, for readers of its checkpoints
 
 # Fields a resumed run may change: they say how long, how often and how fast, not what is trained.
 # A dotted name covers its sub-fields. Everything else is guarded (README, "Resuming").
@@ -103,7 +102,7 @@ def check_resume_config(workdir: PathLike, config) -> list[str]:
     change (empty for a fresh workdir or the same config); raises UserError naming every refused
     field, old -> new."""
     allowed = resume_changes(config)
-    path = as_path(workdir) / CONFIG_NAME
+    path = as_path(workdir) / RUN_CONFIG
     if not path.exists():
         return []
     try:
