@@ -266,24 +266,32 @@ def add_max_pixels_argument(p: argparse.ArgumentParser, *, what: str = "") -> No
     )
 
 
-def load_weights(args, **overrides):
-    """(WeightsSource, (model, preprocessing)) of the shared flags: --weights resolved once with
+def load_weights(args, *, command: str, **overrides):
+    """(WeightsSource, (model, preprocessing)) of the shared flags of a classification command
+    (`command`, for the refusal of a segmenter's weights): --weights resolved once with
     --checkpoint / --ema, loaded with --model and, where the command has them, --dtype and the
     preprocessing flags; `overrides` go to `weights.load`."""
     from mambavision_jax import weights
 
-    source = weights.resolve(args.weights, checkpoint=args.checkpoint, ema=args.ema)
+    source = weights.resolve(
+        args.weights, checkpoint=args.checkpoint, ema=args.ema, task="classification", needed_by=command
+    )
     flags = ("dtype", "image_size", "crop_pct", "crop_mode")
     kw = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
     return source, weights.load(source, name=args.model, **kw, **overrides)
 
 
-def check_weights_argument(weights: str) -> None:
+def check_weights_argument(weights: str, *, task: str = "classification") -> None:
     """What can be checked about --weights before anything is loaded: it names a file, a folder
-    or a hub id."""
+    or a hub id (for task="segmentation" also a segmenter's short name)."""
     from mambavision_jax import weights as weights_lib
 
-    if not weights_lib.exists(weights):
+    if not weights_lib.exists(weights, task=task):
+        example = (
+            "nvidia/mamba_vision_160k_ade20k-512x512_tiny, or a short name: tiny, small, base, l3"
+            if task == "segmentation"
+            else "nvidia/MambaVision-T-1K"
+        )
         raise FileNotFoundError(
-            f"--weights {weights}: no such file or folder (nor a hub id such as nvidia/MambaVision-T-1K)"
+            f"--weights {weights}: no such file or folder (nor a hub id such as {example})"
         )

@@ -304,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json and args.json != "-":  # before the evaluation: a refusal costs nothing
         check_output(args.json, flag="--json", overwrite=True, parent_must_exist=True)
     scan = {"scan_impl": args.scan_impl} if args.scan_impl != "auto" else {}
-    _, (model, pre) = cli.load_weights(args, **scan)
+    _, (model, pre) = cli.load_weights(args, command="evaluate", **scan)
     skipped: list = []
     if args.folder:
         paths, labels, classes = folder_examples(

@@ -22,46 +22,19 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from mambavision_jax import cli
-from mambavision_jax.errors import UserError
 
 __all__ = ["load_segmenter", "evaluate_segmenter", "main"]
 
 
 def load_segmenter(weights: str, which: str = "best", dtype: str = "float32"):
-    """A UperNet (eval mode) from a segmentation training run (its workdir: `model_config.json` +
-    `best/` or `checkpoints/`, checkpoint `which`), or anything `segmentation.checkpoint.
-    load_checkpoint` reads (an official mmseg .pth, an orbax folder, a hub id / short name)."""
-    from flax import nnx
+    """A UperNet (eval mode) from any segmenter's weights `weights.resolve` knows: a segmentation
+    training run (its workdir; checkpoint `which`: 'best', 'latest' or a step), an official mmseg
+    .pth, a segmenter's orbax folder, a hub id / short name. Classification weights are refused."""
+    from mambavision_jax import weights as weights_lib
 
-    from mambavision_jax.paths import path_of
-    from mambavision_jax.segmentation.checkpoint import load_checkpoint
-    from mambavision_jax.segmentation.config import SegmentationConfig
-    from mambavision_jax.segmentation.model import create_segmenter
-    from mambavision_jax.train.checkpoint import RUN_MODEL_CONFIG, is_training_run, restore_weights, step_dir
-
-    if not is_training_run(weights):
-        return load_checkpoint(weights, dtype=dtype)
-    workdir = path_of(weights)
-    path = workdir / RUN_MODEL_CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{workdir} has no {RUN_MODEL_CONFIG}: the architecture of its checkpoints is unknown"
-        )
-    try:
-        config = SegmentationConfig.from_dict(json.loads(path.read_text()))
-    except (ValueError, TypeError) as e:
-        raise UserError(f"{path}: not a segmentation model config ({e})") from None
-    model = create_segmenter(config, dtype=dtype)
-    folder = step_dir(workdir, which)
-    _, params, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-    params, stats, _ = restore_weights(folder, params, stats, ema=False)
-    nnx.update(model, params, stats)
-    model.eval()
-    model.checkpoint_info = {"workdir": os.fspath(weights), "step_dir": os.fspath(folder)}
-    return model
+    return weights_lib.load_segmenter(weights, checkpoint=which, dtype=dtype, needed_by="evaluate_seg")
 
 
 def evaluate_segmenter(model, examples, *, num_classes: int | None = None, mesh=None, progress: bool = False):
@@ -187,10 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if not (args.checkpoint in ("best", "latest") or args.checkpoint.isdigit()):
         raise cli.UserError(f"--checkpoint must be best, latest or a step number, got {args.checkpoint!r}")
-    from mambavision_jax.segmentation.checkpoint import is_hub_spec
-
-    if not (is_hub_spec(args.weights) or Path(args.weights).exists() or "://" in args.weights):
-        raise FileNotFoundError(f"--weights {args.weights}: no such file or folder (nor a hub id)")
+    cli.check_weights_argument(args.weights, task="segmentation")
     if args.json and args.json != "-":
         check_output(args.json, flag="--json", overwrite=True, parent_must_exist=True)
     if args.tfds and args.reduce_zero_label is not None:

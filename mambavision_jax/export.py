@@ -336,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if do_onnx:
         _check_onnx_tools(not args.no_check)
 
-    _, (model, pre) = cli.load_weights(args)
+    _, (model, pre) = cli.load_weights(args, command="export")
     batch = None if args.dynamic_batch else args.batch
     config: dict[str, Any] = {
         "model": getattr(model, "name", None),

@@ -37,6 +37,8 @@ __all__ = [
     "HubError",
     "cache_root",
     "create_pretrained",
+    "download_file",
+    "entry_dir",
     "fetch",
     "from_pretrained",
     "is_hub_id",
@@ -128,20 +130,26 @@ def _repo_folder(repo_id: str) -> str:
     return "models--" + repo_id.replace("/", "--")  # huggingface_hub's own layout
 
 
-def _entry_dir(repo_id: str, commit: str) -> Path:
+def entry_dir(repo_id: str, commit: str) -> Path:
+    """The package-cache folder of a hub repo's converted commit (for this package version)."""
     from mambavision_jax.version import __version__
 
     return cache_root() / _repo_folder(repo_id) / commit / f"v{__version__}"
 
 
 # ----------------------------------------------------------------------------- hub access
-def _fetch_command(repo_id: str, revision: str | None) -> str:
+def _fetch_command(repo_id: str, filename: str, revision: str | None) -> str:
     rev = f" --revision {revision}" if revision else ""
-    return f"hf download {repo_id} {HF_CONFIG} {HF_WEIGHTS}{rev}"
+    files = f"{HF_CONFIG} {HF_WEIGHTS}" if filename in (HF_CONFIG, HF_WEIGHTS) else filename
+    return f"hf download {repo_id} {files}{rev}"
 
 
-def _download(repo_id: str, filename: str, *, revision, cache_dir, token, known: bool) -> Path:
-    """hf_hub_download with its errors turned into one HubError line each."""
+def download_file(
+    repo_id: str, filename: str, *, revision=None, cache_dir=None, token=None, known: bool = False
+) -> Path:
+    """One file of a hub repo, through huggingface_hub's cache (`hf_hub_download`: its path under
+    .../snapshots/<commit>/), with its errors turned into one HubError line each. known: the repo is
+    an official one (no "did you mean" hint)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import (
         EntryNotFoundError,
@@ -180,7 +188,7 @@ def _download(repo_id: str, filename: str, *, revision, cache_dir, token, known:
         raise HubError(
             f"{repo_id}{hint}: {filename} is not in the Hugging Face cache "
             f"({_hub_cache(cache_dir)}) and {why}; fetch it once with network access: "
-            f"`{_fetch_command(repo_id, revision)}` (or unset HF_HUB_OFFLINE)"
+            f"`{_fetch_command(repo_id, filename, revision)}` (or unset HF_HUB_OFFLINE)"
         ) from e
     except EntryNotFoundError as e:
         what = "not a MambaVision model repo" if filename == HF_CONFIG else "no converted weights there"
@@ -245,16 +253,16 @@ def _build_entry(repo_id: str, commit: str, official_name: str | None, *, cache_
     from mambavision_jax.convert.api import ORBAX_META, load_torch_checkpoint, write_orbax
     from mambavision_jax.convert.checkpoint_io import read_hf_config
 
-    final = _entry_dir(repo_id, commit)
+    final = entry_dir(repo_id, commit)
     if (final / ORBAX_META).is_file():
         return final
     known = official_name is not None
-    config_path = _download(
+    config_path = download_file(
         repo_id, HF_CONFIG, revision=commit, cache_dir=cache_dir, token=token, known=known
     )
     config = read_hf_config(config_path)
     check_mambavision_config(config, repo_id)
-    _download(repo_id, HF_WEIGHTS, revision=commit, cache_dir=cache_dir, token=token, known=known)
+    download_file(repo_id, HF_WEIGHTS, revision=commit, cache_dir=cache_dir, token=token, known=known)
     # config.json + model.safetensors, side by side in huggingface_hub's snapshot folder
     model = load_torch_checkpoint(config_path.parent, **_name_override(config, official_name, repo_id))
     with atomic_dir(final, keep_existing=ORBAX_META) as tmp:  # a concurrent builder's entry is kept
@@ -272,7 +280,7 @@ def _ensure_entry(spec: str, *, revision=None, cache_dir=None, token=None) -> tu
     if commit is None:
         # Online (or offline with no ref): resolve the revision through huggingface_hub, which
         # checks the hub for a moved branch and otherwise fails with its own offline error.
-        path = _download(
+        path = download_file(
             repo_id,
             HF_CONFIG,
             revision=revision,

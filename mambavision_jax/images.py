@@ -32,11 +32,15 @@ from pathlib import Path
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from mambavision_jax.errors import UserError
+from mambavision_jax.paths import is_remote
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ImageReadError",
     "ImageTooLargeError",
     "IMAGE_EXTENSIONS",
+    "check_image_paths",
     "load_image",
     "to_rgb",
     "is_image_file",
@@ -75,6 +79,18 @@ class ImageReadError(OSError):
 
 class ImageTooLargeError(ImageReadError):
     """The image has more pixels than the allowed limit."""
+
+
+def check_image_paths(paths, *, folder_hint: str = "") -> None:
+    """Refuse, before any work, image arguments of a command that cannot be read: a URL (images
+    are read from a local disk), a folder (`folder_hint` says what reads folders), a missing file."""
+    for img in paths:
+        if is_remote(img):
+            raise UserError(f"{img}: images are read from a local disk; copy them there first")
+        if Path(img).is_dir():
+            raise IsADirectoryError(f"{img} is a folder, not an image file{folder_hint}")
+        if not Path(img).is_file():
+            raise FileNotFoundError(f"{img}: no such image file")
 
 
 def is_image_file(path: str | os.PathLike) -> bool:

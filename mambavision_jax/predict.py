@@ -27,7 +27,7 @@ import numpy as np
 
 from mambavision_jax import cli
 from mambavision_jax.errors import UserError
-from mambavision_jax.images import DEFAULT_MAX_PIXELS
+from mambavision_jax.images import DEFAULT_MAX_PIXELS, check_image_paths
 
 # Re-exported: the class-name helpers lived here before mambavision_jax.labels.
 from mambavision_jax.labels import (
@@ -36,7 +36,6 @@ from mambavision_jax.labels import (
     imagenet_synsets,
     read_labels_file,
 )
-from mambavision_jax.paths import is_remote
 
 __all__ = [
     "class_names_for",
@@ -165,18 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     cli.check_weights_argument(args.weights)
-    for img in args.images:
-        if is_remote(img):
-            raise cli.UserError(f"{img}: images are read from a local disk; copy them there first")
-        if Path(img).is_dir():
-            raise IsADirectoryError(f"{img} is a folder, not an image file (evaluate --folder reads folders)")
-        if not Path(img).is_file():
-            raise FileNotFoundError(f"{img}: no such image file")
+    check_image_paths(args.images, folder_hint=" (evaluate --folder reads folders)")
     if args.labels is not None and not Path(args.labels).is_file():
         raise FileNotFoundError(f"--labels {args.labels}: no such file")
     labels = read_labels_file(args.labels) if args.labels is not None else None
 
-    source, (model, pre) = cli.load_weights(args)  # a hub id: resolved once
+    source, (model, pre) = cli.load_weights(args, command="predict")  # a hub id: resolved once
     if args.topk > model.num_classes:
         raise cli.UserError(f"--topk {args.topk} is more than the model's {model.num_classes} classes")
     hf = source.hf_config()

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mambavision_jax import cli
-from mambavision_jax.images import DEFAULT_MAX_PIXELS
+from mambavision_jax.images import DEFAULT_MAX_PIXELS, check_image_paths
 from mambavision_jax.paths import is_remote
 
 
@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="an official mmseg checkpoint (.pth), a hub id (nvidia/mamba_vision_160k_ade20k-512x512_tiny, "
         "..._small, ..._base, nvidia/mamba_vision_160k_ade20k-640x640_l3_21k) or short name (tiny, small, "
-        "base, l3), or an orbax folder written by mambavision_jax.segmentation.save_checkpoint",
+        "base, l3), an orbax folder written by mambavision_jax.segmentation.checkpoint.save_checkpoint, "
+        "or a segmentation training run's workdir (its best checkpoint)",
     )
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -60,13 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _outputs(images: Sequence[str], out: Path, overwrite: bool) -> list[tuple[Path, Path]]:
     """(<name>.png, <name>_overlay.jpg) per image, after refusing what cannot be written."""
-    for img in images:
-        if is_remote(img):
-            raise cli.UserError(f"{img}: images are read from a local disk; copy them there first")
-        if Path(img).is_dir():
-            raise IsADirectoryError(f"{img} is a folder, not an image file")
-        if not Path(img).is_file():
-            raise FileNotFoundError(f"{img}: no such image file")
+    check_image_paths(images)
     if is_remote(out):
         raise cli.UserError(f"--out {out}: write to a local folder")
     if out.exists() and not out.is_dir():
@@ -104,13 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import numpy as np
 
+    from mambavision_jax import weights
     from mambavision_jax.images import load_image
     from mambavision_jax.paths import atomic_write_bytes
-    from mambavision_jax.segmentation import checkpoint
     from mambavision_jax.segmentation.inference import ade20k_metainfo, segment_labels
     from mambavision_jax.segmentation.visualize import overlay_image, palette_image
 
-    model = checkpoint.load_checkpoint(args.weights, dtype=args.dtype)
+    model = weights.load_segmenter(args.weights, dtype=args.dtype, needed_by="segment")
     if model.num_classes > 256:
         raise cli.UserError(
             f"--weights {args.weights}: {model.num_classes} classes do not fit a palette PNG (256)"

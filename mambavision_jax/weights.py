@@ -7,13 +7,28 @@
 becomes the local folder of its converted copy (`hub.fetch`: downloaded and converted on first use,
 cached); a local path or URL is checked to exist and its kind is found (`KINDS`, in order):
 
+- `seg-run`: a segmentation training workdir (as below, its model_config.json a
+  `SegmentationConfig`);
 - `training-run`: a training workdir (`train.checkpoint`'s layout: checkpoints/, best/,
   model_config.json); `checkpoint` ('best', 'latest' or a step) picks the step folder, `ema`
   (None: the EMA weights when the run kept them; True: required; False: the raw weights);
+- `seg-orbax`: a segmenter's orbax folder (`segmentation.checkpoint.save_checkpoint`; also what
+  the segmentation hub cache holds);
 - `orbax`: a folder written by `convert.save_checkpoint` (also what the hub cache holds);
 - `hf-folder`: a Hugging Face model folder (config.json + model.safetensors);
 - `safetensors`: a `.safetensors` file (config.json beside it is read when present);
+- `mmseg-pth`: an mmseg UperNet checkpoint (the official ADE20K files; told by its key names);
 - `pth`: a PyTorch file (an official `.pth.tar`; `ema=True` takes its state_dict_ema).
+
+The `seg-*` and `mmseg-pth` kinds hold a segmenter (`SourceKind.task == "segmentation"`): `load`
+gives a `segmentation.UperNet` and `None` as its preprocessing (a segmenter's is its config's
+mean / std / test_scale, which `segmentation.inference` applies); `load_segmenter(spec)` is the
+short way. A segmentation hub id (an official repo, `nvidia/mamba_vision_160k_ade20k-512x512_tiny`
+...) is fetched and converted by `segmentation.checkpoint_io.fetch_hub`, before the classification
+hub; its short names (tiny, small, base, l3, or the full segmenter names) only where
+`task="segmentation"` (elsewhere "tiny" is a path). `task=` ("classification" / "segmentation")
+refuses the other task's weights with one line naming both, before anything is downloaded where
+the hub id tells.
 
 A gs:// file is copied locally only by the readers of formats that need a local file (torch.load,
 safetensors); orbax folders and training runs are read in place. Every command (`--weights`), the
@@ -23,7 +38,8 @@ command line go through here.
 Adding a source kind (e.g. a segmentation checkpoint) is one `register_kind(SourceKind(...))`:
 `detect(path) -> bool` on a path that exists, `load(source, **kw) -> model`, and optionally
 `preprocessing(source) -> dict` of hints and `one_set=True` when the format holds one set of
-weights (`ema=True` is then refused).
+weights (`ema=True` is then refused), `task="segmentation"` for a segmenter and `run=True` for a
+training workdir (`checkpoint` picks its step).
 """
 
 from __future__ import annotations
@@ -41,10 +57,12 @@ __all__ = [
     "KINDS",
     "Loaded",
     "SourceKind",
+    "TASKS",
     "WeightsSource",
     "exists",
     "load",
     "load_checkpoint",
+    "load_segmenter",
     "register_kind",
     "resolve",
 ]
@@ -69,7 +87,7 @@ class WeightsSource:
     def hf_config(self) -> dict[str, Any] | None:
         """The Hugging Face config.json that goes with the weights (a model folder's, or the one
         beside a .safetensors file), or None."""
-        if self.kind == "training-run":  # a run's config.json is its training config
+        if _kind(self.kind).run:  # a run's config.json is its training config
             return None
         p = path_of(self.path)
         cfg = (
@@ -101,7 +119,9 @@ class SourceKind:
     or a URL); load(source, *, name, num_classes, dtype, allow_nonfinite, **overrides) builds the
     model; preprocessing(source) gives the eval-preprocessing hints the weights carry
     ({"image_size", "crop_pct", "crop_mode", "mean", "std"}, each optional); one_set: the format
-    holds one set of weights (`ema=True` is refused)."""
+    holds one set of weights (`ema=True` is refused); task: what the model does ("classification",
+    "segmentation": `load` gives a UperNet, no preprocessing); run: a training workdir (its
+    `checkpoint` picks a step folder)."""
 
     name: str
     detect: Callable[[str], bool]
@@ -109,11 +129,16 @@ class SourceKind:
     preprocessing: Callable[[WeightsSource], dict[str, Any]] = lambda source: {}
     one_set: bool = True
     description: str = ""
+    task: str = "classification"
+    run: bool = False
 
 
 class Loaded(NamedTuple):
     model: Any
-    preprocessing: Any  # preprocessing.Preprocessing
+    preprocessing: Any  # preprocessing.Preprocessing; None for a segmenter (its config's mean / std)
+
+
+TASKS = ("classification", "segmentation")
 
 
 # ----------------------------------------------------------------------------- the kinds
@@ -146,35 +171,49 @@ def _load_run(
 ):
     """A freshly initialised model of the architecture the run trained (its model_config.json),
     with the weights of the step folder."""
-    from flax import nnx
-
     from mambavision_jax.models.config import MambaVisionConfig
     from mambavision_jax.models.registry import create_model
-    from mambavision_jax.train.checkpoint import RUN_MODEL_CONFIG, restore_weights
 
     workdir = as_path(source.path)
-    config_path = workdir / RUN_MODEL_CONFIG
+    config = _run_config(workdir, MambaVisionConfig)
+    # overrides apply on top, as for a file (e.g. another drop_path_rate for fine-tuning); ones that
+    # change the parameters' shapes make the restore below fail with one line
+    model = create_model(config, dtype=dtype, **overrides)
+    if name is not None and name != model.name:
+        raise CheckpointError(f"{workdir} trained {model.name}, not {name}")
+    _restore_run(model, source)
+    if num_classes is not None and num_classes != model.num_classes:
+        model = _new_head(model, num_classes, dtype=dtype, **overrides)
+    return model
+
+
+def _restore_run(model, source: WeightsSource) -> None:
+    """The weights of the run's step folder into `model` (`train.checkpoint.restore_weights`),
+    and `model.checkpoint_info` = {"path", "step", "ema"}."""
+    from flax import nnx
+
+    from mambavision_jax.train.checkpoint import restore_weights
+
+    _, params, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    params, stats, used_ema = restore_weights(source.step_dir, params, stats, ema=source.ema)
+    nnx.update(model, params, stats)
+    model.checkpoint_info = {"path": source.step_dir, "step": source.step, "ema": used_ema}
+
+
+def _run_config(workdir, config_class):
+    """The `config_class` (MambaVisionConfig, SegmentationConfig) in a run's model_config.json."""
+    from mambavision_jax.train.checkpoint import RUN_MODEL_CONFIG
+
+    config_path = as_path(workdir) / RUN_MODEL_CONFIG
     if not config_path.is_file():
         raise CheckpointError(
             f"{workdir} is a training run without {RUN_MODEL_CONFIG} (written by the training loop): "
             f"the architecture of its checkpoints is unknown"
         )
     try:
-        config = MambaVisionConfig.from_dict(json.loads(config_path.read_text()))
+        return config_class.from_dict(json.loads(config_path.read_text()))
     except ValueError as e:  # not JSON (JSONDecodeError), or a field missing / out of range (ConfigError)
         raise CheckpointError(f"{config_path}: {e}") from None
-    # overrides apply on top, as for a file (e.g. another drop_path_rate for fine-tuning); ones that
-    # change the parameters' shapes make the restore below fail with one line
-    model = create_model(config, dtype=dtype, **overrides)
-    if name is not None and name != model.name:
-        raise CheckpointError(f"{workdir} trained {model.name}, not {name}")
-    _, params, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-    params, stats, used_ema = restore_weights(source.step_dir, params, stats, ema=source.ema)
-    nnx.update(model, params, stats)
-    model.checkpoint_info = {"path": source.step_dir, "step": source.step, "ema": used_ema}
-    if num_classes is not None and num_classes != model.num_classes:
-        model = _new_head(model, num_classes, dtype=dtype, **overrides)
-    return model
 
 
 def _new_head(model, num_classes: int, **kwargs):
@@ -240,6 +279,7 @@ KINDS: list[SourceKind] = [
         _run_preprocessing,
         one_set=False,
         description="a training workdir",
+        run=True,
     ),
     SourceKind("orbax", _is_orbax, _load_file, _hf_preprocessing, description="an orbax model folder"),
     SourceKind(
@@ -267,12 +307,137 @@ def _kind(name: str) -> SourceKind:
     return next(k for k in KINDS if k.name == name)
 
 
+# ----------------------------------------------------------------------------- segmentation kinds
+# A UperNet's weights; the readers live in segmentation.checkpoint_io, imported when asked (that
+# module never imports this one: segmentation.checkpoint, which does, sits above both).
+def _run_model_dict(path: str) -> dict[str, Any]:
+    from mambavision_jax.train.checkpoint import RUN_MODEL_CONFIG
+
+    try:
+        data = json.loads((path_of(path) / RUN_MODEL_CONFIG).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _is_seg_run(path: str) -> bool:
+    """A training run whose model_config.json is a SegmentationConfig (it has a backbone)."""
+    return _is_run(path) and isinstance(_run_model_dict(path).get("backbone"), dict)
+
+
+def _is_seg_orbax(path: str) -> bool:
+    from mambavision_jax.segmentation.checkpoint_io import is_segmentation_folder
+
+    return is_segmentation_folder(path)
+
+
+def _is_mmseg_pth(path: str) -> bool:
+    from mambavision_jax.segmentation.checkpoint_io import is_mmseg_file
+
+    return is_mmseg_file(path)
+
+
+def _load_seg_run(source: WeightsSource, **overrides):
+    from mambavision_jax.segmentation.config import SegmentationConfig
+    from mambavision_jax.segmentation.model import create_segmenter
+
+    model = create_segmenter(_run_config(source.path, SegmentationConfig), **overrides)
+    _restore_run(model, source)
+    return model
+
+
+def _load_seg_orbax(source: WeightsSource, **overrides):
+    from mambavision_jax.segmentation.checkpoint_io import load_orbax_checkpoint
+
+    return load_orbax_checkpoint(source.path, **overrides)
+
+
+def _load_mmseg(source: WeightsSource, **overrides):
+    from mambavision_jax.segmentation.checkpoint_io import load_mmseg_checkpoint
+
+    return load_mmseg_checkpoint(source.path, **overrides)
+
+
+_SEG = dict(task="segmentation")
+register_kind(
+    SourceKind(
+        "seg-run",
+        _is_seg_run,
+        _load_seg_run,
+        one_set=False,
+        run=True,
+        description="a segmentation training workdir",
+        **_SEG,
+    ),
+    before="training-run",  # which would claim it
+)
+register_kind(
+    SourceKind("seg-orbax", _is_seg_orbax, _load_seg_orbax, description="a segmenter's orbax folder", **_SEG),
+    before="orbax",
+)
+register_kind(
+    SourceKind("mmseg-pth", _is_mmseg_pth, _load_mmseg, description="an mmseg UperNet checkpoint", **_SEG),
+    before="pth",  # the catch-all file kind
+)
+
+_NEEDS = {
+    "classification": "a classifier: an official .pth.tar, .safetensors, a Hugging Face folder or hub id "
+    "such as nvidia/MambaVision-T-1K, an orbax folder of mambavision_jax.convert or a classification "
+    "training run (segmentation checkpoints: python -m mambavision_jax.segment / evaluate_seg, "
+    "mambavision_jax.segmentation.checkpoint.load_checkpoint)",
+    "segmentation": "a segmenter: an mmseg .pth, an orbax folder of segmentation.checkpoint."
+    "save_checkpoint, a segmentation training run, or a hub id such as "
+    "nvidia/mamba_vision_160k_ade20k-512x512_tiny (short names: tiny, small, base, l3)",
+}
+
+
+def _arch_name(kind: SourceKind, path: str) -> str | None:
+    """The model name the source records, where a small json says it (for messages)."""
+    from mambavision_jax.convert.api import ORBAX_META
+
+    if kind.run:
+        return _run_model_dict(path).get("name")
+    try:
+        meta = json.loads((path_of(path) / ORBAX_META).read_text())
+        return (meta.get("config") or {}).get("name") or meta.get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _wrong_task(text: str, found: str, what: str, task: str, needed_by: str | None) -> CheckpointError:
+    article = "an" if found[0] in "aeiou" else "a"
+    tail = ", not a MambaVision UperNet checkpoint" if task == "segmentation" else ""
+    return CheckpointError(
+        f"{text} is {article} {found} checkpoint ({what}){tail}; {needed_by or 'this'} needs {_NEEDS[task]}"
+    )
+
+
 # ----------------------------------------------------------------------------- resolve / load
-def exists(spec) -> bool:
-    """Whether `spec` names a hub id or a file / folder that exists (checked before any work)."""
+def exists(spec, *, task: str | None = None) -> bool:
+    """Whether `spec` names a hub id or a file / folder that exists (checked before any work);
+    with task="segmentation" also a segmenter's short name (tiny, small, base, l3)."""
     from mambavision_jax import hub
 
+    if task == "segmentation" and _seg_hub_repo(spec, short_names=True):
+        return True
     return hub.is_hub_id(spec) or as_path(spec).exists()  # a misspelt URL (gs:/b) is refused
+
+
+def _seg_hub_repo(spec, *, short_names: bool) -> str | None:
+    """The official segmentation repo `spec` names (not an existing path), else None."""
+    if not isinstance(spec, str) or os.path.exists(spec):
+        return None
+    from mambavision_jax.segmentation.checkpoint_io import hub_repo
+
+    return hub_repo(spec, short_names=short_names)
+
+
+def _is_classification_repo(repo_id: str) -> bool:
+    from mambavision_jax.hub import HUB_PREFIX
+    from mambavision_jax.models.registry import VARIANTS
+
+    name = repo_id.removeprefix(HUB_PREFIX).lower()
+    return name in {cfg.hf_hub_id.lower() for _, cfg in VARIANTS.values()}
 
 
 def resolve(
@@ -283,12 +448,20 @@ def resolve(
     revision: str | None = None,
     cache_dir=None,
     token=None,
+    task: str | None = None,
+    needed_by: str | None = None,
 ) -> WeightsSource:
     """What `spec` is, resolved once (see the module docstring). A missing file is a
-    FileNotFoundError; a checkpoint or EMA choice the source cannot give, a UserError."""
+    FileNotFoundError; a checkpoint or EMA choice the source cannot give, a UserError. task:
+    "classification" / "segmentation" refuses the other task's weights (a CheckpointError that
+    says `needed_by`, e.g. "segment", needs which); None takes either."""
     from mambavision_jax import hub
 
+    if task not in (None, *TASKS):
+        raise UserError(f"weights: task must be one of {TASKS} or None, got {task!r}")
     if isinstance(spec, WeightsSource):
+        if task is not None and _kind(spec.kind).task != task:
+            raise _wrong_task(spec.spec, _kind(spec.kind).task, spec.kind, task, needed_by)
         return spec
     if not isinstance(spec, (str, os.PathLike)):
         raise UserError(f"weights: expected a path, URL or hub id, got {type(spec).__name__}")
@@ -296,7 +469,20 @@ def resolve(
     if not text:
         raise UserError("weights: the path is empty; name a checkpoint file or folder, or a hub id")
     hub_info = None
-    if hub.is_hub_id(text):
+    seg_repo = _seg_hub_repo(text, short_names=task == "segmentation")
+    if seg_repo or (task == "segmentation" and hub.is_hub_id(text)):
+        # a segmentation hub id: told before anything is downloaded
+        if task == "classification":
+            raise _wrong_task(text, "segmentation", f"the hub repo {seg_repo}", task, needed_by)
+        if _is_classification_repo(text):
+            raise _wrong_task(text, "classification", "an official hub repo", "segmentation", needed_by)
+        if ema:
+            raise HubError(f"{text}: the hub weights hold one set of weights (no EMA); drop --ema")
+        from mambavision_jax.segmentation.checkpoint_io import fetch_hub
+
+        entry, hub_info = fetch_hub(text, revision=revision, cache_dir=cache_dir, token=token)
+        path = os.fspath(entry)
+    elif hub.is_hub_id(text):
         if ema:
             raise HubError(f"{text}: the hub weights hold one set of weights (no EMA); drop use_ema / --ema")
         entry, hub_info = hub.fetch(text, revision=revision, cache_dir=cache_dir, token=token)
@@ -309,8 +495,11 @@ def resolve(
         if not path_of(path).exists():
             raise FileNotFoundError(f"no such checkpoint: {text}")
     kind = next(k for k in KINDS if k.detect(path))
+    if task is not None and kind.task != task:
+        what = ", ".join(x for x in (kind.description, _arch_name(kind, path)) if x)
+        raise _wrong_task(text, kind.task, what, task, needed_by)
     checkpoint = str(checkpoint)
-    if kind.name != "training-run" and checkpoint != "best":
+    if not kind.run and checkpoint != "best":
         raise UserError(
             f"--checkpoint {checkpoint} (checkpoint={checkpoint!r}) applies to training runs (a "
             f"training workdir); {text} is {kind.description}"
@@ -322,7 +511,7 @@ def resolve(
             f"state_dict_ema"
         )
     step = step_dir = None
-    if kind.name == "training-run":
+    if kind.run:
         from mambavision_jax.train.checkpoint import step_dir as run_step_dir
 
         folder = run_step_dir(path, checkpoint)
@@ -356,13 +545,27 @@ def load(
     num_classes: another head size gives a freshly initialised head; dtype: the compute dtype;
     overrides: `create_model` arguments (runtime options such as scan_impl; architecture fields
     must agree with the weights). image_size / crop_pct / crop_mode override the preprocessing
-    that the variant and the weights give (`preprocessing.preprocessing_for`)."""
+    that the variant and the weights give (`preprocessing.preprocessing_for`).
+
+    A segmenter's source (`task == "segmentation"`) gives (UperNet in eval mode, None): its
+    preprocessing is its config's (mean / std / test_scale); overrides are `create_segmenter`'s
+    (runtime=, dtype, attn_impl, ...); the classification-only arguments are refused."""
     import jax.numpy as jnp
 
     from mambavision_jax.preprocessing import resolve_preprocessing
 
     source = resolve(source)
     kind = _kind(source.kind)
+    if kind.task == "segmentation":
+        classifier_only = {
+            "name": name,
+            "num_classes": num_classes,
+            "image_size": image_size,
+            "crop_pct": crop_pct,
+            "crop_mode": crop_mode,
+            "allow_nonfinite": allow_nonfinite or None,
+        }
+        return Loaded(_load_segmenter(source, kind, dtype, classifier_only, overrides), None)
     dtype = jnp.dtype(dtype if dtype is not None else jnp.float32)
     if source.hub is not None:
         model = _load_hub(source, kind, name=name, num_classes=num_classes, dtype=dtype, **overrides)
@@ -382,6 +585,24 @@ def load(
     return Loaded(model, pre)
 
 
+def _load_segmenter(source: WeightsSource, kind: SourceKind, dtype, classifier_only, overrides):
+    """`load` of a segmenter: the classification-only arguments must be left unset."""
+    import jax.numpy as jnp
+
+    given = [k for k, v in classifier_only.items() if v is not None]
+    if given:
+        raise UserError(
+            f"{source.spec} is {kind.description}: {', '.join(given)} apply to classifiers (a "
+            f"segmenter's architecture, classes and preprocessing are its config's)"
+        )
+    overrides = dict(overrides)
+    if dtype is not None:  # else the runtime's (a runtime= override's, or float32)
+        overrides["dtype"] = jnp.dtype(dtype).name
+    model = kind.load(source, **overrides)
+    model.eval()
+    return model
+
+
 def _load_hub(source: WeightsSource, kind: SourceKind, *, name, **kw):
     """A hub entry: loaded without the name (an official repo's model keeps its registry name),
     then the name checked by architecture (B and B_21k share one)."""
@@ -392,6 +613,34 @@ def _load_hub(source: WeightsSource, kind: SourceKind, *, name, **kw):
     if name is not None and name != model.name and not same_architecture(model_config(name), model.config):
         raise HubError(f"{source.spec} holds {model.name}, not {name}; drop the model name or pick its repo")
     return model
+
+
+def load_segmenter(
+    spec,
+    *,
+    checkpoint: str | int = "best",
+    revision: str | None = None,
+    cache_dir=None,
+    token=None,
+    dtype=None,
+    needed_by: str | None = None,
+    **overrides,
+):
+    """A `segmentation.UperNet` (eval mode) from any segmenter's weights: an mmseg .pth, a
+    segmenter's orbax folder, a segmentation training run (`checkpoint`: 'best', 'latest' or a
+    step), a segmentation hub id or short name (tiny, small, base, l3; downloaded and converted
+    once). Classification weights are refused in one line. overrides: `create_segmenter`'s
+    (runtime=, attn_impl, ...). A run's model carries `checkpoint_info` = {"path", "step", "ema"}."""
+    source = resolve(
+        spec,
+        checkpoint=checkpoint,
+        revision=revision,
+        cache_dir=cache_dir,
+        token=token,
+        task="segmentation",
+        needed_by=needed_by or "load_segmenter",
+    )
+    return load(source, dtype=dtype, **overrides).model
 
 
 def load_checkpoint(
@@ -424,7 +673,14 @@ def load_checkpoint(
         if ema is False:
             raise UserError("use_ema=True and ema=False disagree; pass one")
         ema = True
-    source = resolve(spec, checkpoint=chosen, ema=ema, revision=revision)
+    source = resolve(
+        spec,
+        checkpoint=chosen,
+        ema=ema,
+        revision=revision,
+        task="classification",
+        needed_by="load_checkpoint",
+    )
     return load(
         source, name=name, num_classes=num_classes, dtype=dtype, allow_nonfinite=allow_nonfinite, **overrides
     ).model

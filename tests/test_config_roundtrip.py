@@ -151,8 +151,7 @@ def _training_run(model, workdir):
     training Checkpointer, and model_config.json from the training config's model section."""
     import ml_collections
 
-    from mambavision_jax.train.checkpoint import Checkpointer
-    from mambavision_jax.train.state import TrainState, model_configs, split_model
+    from mambavision_jax.train.state import model_configs
 
     config = ml_collections.ConfigDict(
         {
@@ -168,9 +167,18 @@ def _training_run(model, workdir):
     )
     arch, _ = model_configs(config, CUSTOM["num_classes"], 1)
     assert arch == model.config  # the training config describes this very model
+    return save_run(model, workdir)
+
+
+def save_run(model, workdir, step: int = 7):
+    """The files of a training workdir holding `model` (a classifier or a segmenter) at `step`:
+    its TrainState through the training Checkpointer, and model_config.json (model.config)."""
+    from mambavision_jax.train.checkpoint import Checkpointer
+    from mambavision_jax.train.state import TrainState, split_model
+
     _, params, stats, rngs = split_model(model)
     state = TrainState(
-        step=jnp.int32(7),
+        step=jnp.int32(step),
         params=params,
         batch_stats=stats,
         rngs=rngs,
@@ -179,10 +187,12 @@ def _training_run(model, workdir):
         ema_batch_stats=None,
     )
     ckpt = Checkpointer(workdir)
-    ckpt.save(7, state)
+    ckpt.save(step, state)
     ckpt.wait()
     ckpt.close()
-    (workdir / "model_config.json").write_text(json.dumps(arch.to_dict()))  # as train/loop.py writes it
+    (workdir / "model_config.json").write_text(
+        json.dumps(model.config.to_dict())
+    )  # as train/loop.py writes it
     return workdir
 
 

@@ -6,6 +6,7 @@ segmentor: tests/test_segmentation_parity.py."""
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -20,11 +21,13 @@ from test_hub import add_repo, hf_home  # noqa: F401 - the fixture
 
 from mambavision_jax import ops
 from mambavision_jax.convert import CheckpointError
+from mambavision_jax.errors import UserError
 from mambavision_jax.ops.attention import _attention_bhnd, attention_blockwise
 from mambavision_jax.segmentation import (
     SEG_CONFIGS,
     SegmentationConfig,
     checkpoint,
+    checkpoint_io,
     create_segmenter,
     inference,
 )
@@ -220,7 +223,7 @@ def test_hub_id_is_fetched_from_the_hub_cache_and_converted_once(small_model, tm
     )
     a = checkpoint.load_checkpoint(repo)
     calls = []
-    monkeypatch.setattr(checkpoint, "load_mmseg_checkpoint", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(checkpoint_io, "load_mmseg_checkpoint", lambda *a, **k: calls.append(1))
     b = checkpoint.load_checkpoint("tiny")  # the short name: the same repo, now from the cache
     assert not calls and a.config == b.config == small_model.config
     with pytest.raises(CheckpointError, match="not in the Hugging Face cache"):
@@ -246,3 +249,129 @@ def test_segment_command(small_model, tmp_path):
     r = run_cli("mambavision_jax.segment", img, "--weights", tmp_path / "none.pth", "--out", tmp_path / "o2")
     assert_user_error(r, "no such checkpoint")
     assert not (tmp_path / "o2").exists()
+
+
+# ------------------------------------------------------------------ one way in: weights.resolve
+@pytest.fixture(scope="module")
+def seg_sources(small_model, tmp_path_factory):
+    """The small segmenter as an mmseg .pth, an orbax folder and a training run (step 3), and a
+    classifier's orbax folder."""
+    from test_config_roundtrip import _custom_model, save_run
+
+    from mambavision_jax.convert import save_checkpoint as save_classifier
+
+    root = tmp_path_factory.mktemp("seg_sources")
+    checkpoint.save_mmseg_checkpoint(small_model, root / "m.pth")
+    checkpoint.save_checkpoint(small_model, root / "orbax")
+    (root / "run").mkdir()
+    save_run(small_model, root / "run", step=3)
+    save_classifier(_custom_model(), root / "cls")
+    return root
+
+
+def test_resolve_says_each_segmentation_kind_and_load_builds_the_upernet(small_model, seg_sources):
+    from mambavision_jax import weights
+
+    x = jnp.asarray(np.random.RandomState(0).randn(1, 64, 96, 3).astype(np.float32))
+    want = np.asarray(_forward(small_model, x))
+    for name, kind in (("m.pth", "mmseg-pth"), ("orbax", "seg-orbax"), ("run", "seg-run")):
+        source = weights.resolve(seg_sources / name, checkpoint="latest" if name == "run" else "best")
+        assert source.kind == kind, name
+        model, pre = weights.load(source)
+        assert pre is None and model.config == small_model.config, name  # a segmenter's own mean / std
+        np.testing.assert_array_equal(np.asarray(_forward(model, x)), want)
+    run = weights.resolve(seg_sources / "run", checkpoint="latest")  # the run's step, by train.checkpoint
+    with pytest.raises(FileNotFoundError, match="no best checkpoint"):  # no evaluation yet: no best/
+        weights.resolve(seg_sources / "run")
+    assert (run.step, run.step_dir) == (3, str(seg_sources / "run" / "checkpoints" / "3"))
+    assert weights.resolve(seg_sources / "run", checkpoint=3).step_dir == run.step_dir
+    with pytest.raises(FileNotFoundError, match="no checkpoint of step 4"):
+        weights.resolve(seg_sources / "run", checkpoint=4)
+    with pytest.raises(UserError, match="applies to training runs"):
+        weights.resolve(seg_sources / "m.pth", checkpoint="latest")
+    assert weights.resolve(seg_sources / "cls").kind == "orbax"  # the classifier's kinds are unchanged
+    # the segmentation commands' loader reads the run too, its checkpoint chosen
+    from mambavision_jax.evaluate_seg import load_segmenter
+
+    model = load_segmenter(str(seg_sources / "run"), "3")
+    assert model.checkpoint_info["step"] == 3 and model.config == small_model.config
+    with pytest.raises(UserError, match="num_classes apply to classifiers"):
+        weights.load(weights.resolve(seg_sources / "orbax"), num_classes=5)
+
+
+def test_wrong_task_weights_are_refused_in_one_line(seg_sources, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    import mambavision_jax as mvj
+    from mambavision_jax import predict, segment, weights
+    from mambavision_jax.convert.__main__ import main as convert_main
+
+    def no_download(*a, **k):
+        raise AssertionError("the task of a known hub id is told before any download")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
+    img = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+    cls = str(seg_sources / "cls")
+    with pytest.raises(CheckpointError, match=r"classification checkpoint \(an orbax model folder"):
+        segment.main([str(img), "--weights", cls, "--out", str(tmp_path / "seg")])
+    assert not (tmp_path / "seg").exists()
+    with pytest.raises(
+        CheckpointError, match="not a MambaVision UperNet checkpoint; evaluate_seg needs a segm"
+    ):
+        from mambavision_jax.evaluate_seg import load_segmenter
+
+        load_segmenter(cls)
+    with pytest.raises(CheckpointError, match="segmentation checkpoint .*predict needs a classifier"):
+        predict.main([str(img), "--weights", str(seg_sources / "m.pth")])
+    with pytest.raises(CheckpointError, match="segmentation checkpoint .*convert needs a classifier"):
+        convert_main(["to-torch", str(seg_sources / "run"), str(tmp_path / "x.pth.tar")])
+    with pytest.raises(CheckpointError, match="segmentation checkpoint .*load_checkpoint needs a classifier"):
+        mvj.load_checkpoint(seg_sources / "orbax")
+    # hub ids: the other task's official repo is refused before anything is fetched
+    with pytest.raises(CheckpointError, match="segmentation checkpoint"):
+        weights.resolve("nvidia/mamba_vision_160k_ade20k-512x512_tiny", task="classification")
+    with pytest.raises(CheckpointError, match="classification checkpoint"):
+        weights.load_segmenter("nvidia/MambaVision-T-1K")
+    # short names are a segmentation command's: elsewhere "tiny" is a (missing) path
+    assert weights.exists("tiny", task="segmentation") and not weights.exists("tiny")
+    with pytest.raises(FileNotFoundError, match="no such checkpoint: tiny"):
+        weights.resolve("tiny")
+
+
+def test_segmentation_hub_id_resolves_to_its_converted_entry_once(
+    small_model,
+    tmp_path,
+    hf_home,  # noqa: F811 - the fixture
+    monkeypatch,
+):
+    """weights.resolve of an official segmentation repo: the .pth read through the (fake, offline)
+    hub cache, converted once into the package cache whole (no temporary folder left), then reused."""
+    import huggingface_hub
+
+    from mambavision_jax import weights
+
+    repo = "nvidia/mamba_vision_160k_ade20k-512x512_tiny"
+    path = checkpoint.save_mmseg_checkpoint(small_model, tmp_path / "m.pth")
+    add_repo(hf_home / "hub", repo, "d" * 40, {f"{repo.split('/')[1]}.pth": path.read_bytes()})
+    downloads, conversions = [], []
+    real_download, real_convert = huggingface_hub.hf_hub_download, checkpoint_io.load_mmseg_checkpoint
+    monkeypatch.setattr(
+        huggingface_hub, "hf_hub_download", lambda *a, **k: downloads.append(a[1]) or real_download(*a, **k)
+    )
+    monkeypatch.setattr(
+        checkpoint_io,
+        "load_mmseg_checkpoint",
+        lambda *a, **k: conversions.append(a[0]) or real_convert(*a, **k),
+    )
+    first = weights.resolve(repo)
+    assert first.kind == "seg-orbax" and first.hub == {"repo_id": repo, "commit": "d" * 40, "name": repo[7:]}
+    assert downloads == [f"{repo[7:]}.pth"] and len(conversions) == 1
+    entry = hf_home / "mambavision_jax" / f"models--nvidia--{repo[7:]}" / ("d" * 40)
+    assert [p.name for p in entry.iterdir()] == [Path(first.path).name]  # no temporary folder left behind
+    again = weights.resolve(
+        "tiny", task="segmentation"
+    )  # the short name: the same entry, not converted again
+    assert again.path == first.path and len(conversions) == 1
+    model, pre = weights.load(again)
+    assert pre is None and model.config == small_model.config

@@ -114,7 +114,9 @@ def _validate(args):
         check_output(args.out, kind="dir")
     elif args.command == "to-torch":
         check_output(args.out, overwrite=args.overwrite)
-    return weights.resolve(args.src, checkpoint=args.checkpoint, ema=args.ema)
+    return weights.resolve(
+        args.src, checkpoint=args.checkpoint, ema=args.ema, task="classification", needed_by="convert"
+    )
 
 
 def main(argv=None) -> int:

@@ -225,13 +225,14 @@ def save_checkpoint(model, directory: str | Path) -> Path:
     return directory
 
 
-def write_orbax(model, folder: str | Path) -> None:
+def write_orbax(model, folder: str | Path, *, task: str | None = None) -> None:
     """`save_checkpoint`'s files, written into the existing local `folder` (its `state/` and, last,
-    `mambavision_jax.json`, which marks the checkpoint complete)."""
+    `mambavision_jax.json`, which marks the checkpoint complete). task: recorded in the json for
+    models other than classifiers ("segmentation": `segmentation.checkpoint.save_checkpoint`)."""
     import orbax.checkpoint as ocp
 
     folder = Path(folder)
-    meta = {"format": ORBAX_FORMAT, "config": model.config.to_dict()}
+    meta = {"format": ORBAX_FORMAT, **({"task": task} if task else {}), "config": model.config.to_dict()}
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(os.path.abspath(folder / "state"), nnx.state(model, _STATE))
     (folder / ORBAX_META).write_text(json.dumps(meta, indent=2) + "\n")

@@ -17,10 +17,12 @@ Public API (names kept stable):
   auxiliary_head (convs, conv_seg).
 - `SegmentationConfig` (frozen; to_dict / from_dict / replace), `SEG_CONFIGS`,
   `segmentation_config(name)`.
-- `checkpoint`: `load_checkpoint(path_or_hub_id)` (mmseg .pth, orbax folder, hub id or short
-  name), `save_mmseg_checkpoint(model, path)`, `to_mmseg_state_dict(model)`,
-  `save_checkpoint(model, dir)` (orbax), `is_mmseg_checkpoint(obj)`, `variant_of(state_dict)`,
-  `is_segmentation_folder(path)`, `resolve_hub_id(spec)`.
+- `checkpoint`: `load_checkpoint(path_or_hub_id, checkpoint="best")` (mmseg .pth, orbax folder,
+  segmentation training run, hub id or short name; through `weights.resolve`, the package's one
+  way in for weights), `save_mmseg_checkpoint(model, path)`, `to_mmseg_state_dict(model)`,
+  `save_checkpoint(model, dir)` (orbax), `is_mmseg_checkpoint(obj)`, `is_mmseg_file(path)`,
+  `variant_of(state_dict)`, `is_segmentation_folder(path)`, `resolve_hub_id(spec)` /
+  `fetch_hub(spec)` (the readers and writers live in `checkpoint_io`).
 - `inference`: `segment_image(model, rgb_uint8, mode="whole"|"slide")` -> logits at the image's
   size, `segment_labels(...)`, `slide_logits(model, x)`, `rescale_size`, `ade20k_metainfo()`.
 - `SegmentationBackbone`: `MM_mamba_vision` (the four outnorm'd stage maps).

@@ -393,7 +393,13 @@ def init_from(config, state, shardings, num_classes, bn_groups, writer):
     from mambavision_jax import weights
 
     del num_classes, bn_groups
-    cls_model = weights.load_checkpoint(config.init_from, ema=True if config.init_from_ema else None)
+    source = weights.resolve(
+        config.init_from,
+        ema=True if config.init_from_ema else None,
+        task="classification",
+        needed_by="init_from (the backbone's classification weights)",
+    )
+    cls_model = weights.load(source).model
     _, cls_params, cls_stats, _ = split_model(cls_model)
     params = _graft(state.params, cls_params, "params", config.init_from)
     stats = _graft(state.batch_stats, cls_stats, "batch statistics", config.init_from)

@@ -474,7 +474,12 @@ def init_from_checkpoint(config, state, shardings, num_classes, bn_groups, write
 
     arch, runtime = model_configs(config, num_classes, bn_groups)
     arch_fields = {k: v for k, v in arch.to_dict().items() if k not in ("name", "num_classes")}
-    source = weights.resolve(config.init_from, ema=True if config.init_from_ema else None)
+    source = weights.resolve(
+        config.init_from,
+        ema=True if config.init_from_ema else None,
+        task="classification",
+        needed_by="init_from (a classifier's training)",
+    )
     model = weights.load(
         source, name=config.model.name, num_classes=num_classes, **arch_fields, **runtime.to_dict()
     ).model
