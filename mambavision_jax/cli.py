@@ -192,16 +192,20 @@ def add_model_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
-    """--checkpoint and --ema / --no_ema: which weights of a training run (or of a .pth.tar)."""
+def add_checkpoint_argument(p: argparse.ArgumentParser, *, best: str = "best validation top-1") -> None:
+    """--checkpoint: which checkpoint of a training run (`best`: what best/ keeps)."""
     p.add_argument(
         "--checkpoint",
         type=checkpoint_choice,
         default="best",
         metavar=CHECKPOINT_CHOICES,
-        help="a training workdir's checkpoint: best (best validation top-1), latest, or a "
-        "step number (default best)",
+        help=f"a training workdir's checkpoint: best ({best}), latest, or a step number (default best)",
     )
+
+
+def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    """--checkpoint and --ema / --no_ema: which weights of a training run (or of a .pth.tar)."""
+    add_checkpoint_argument(p)
     ema = p.add_mutually_exclusive_group()
     ema.add_argument(
         "--ema",

@@ -88,12 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a segmentation training run's workdir, an official mmseg .pth, an orbax folder of "
         "segmentation.checkpoint.save_checkpoint, or a hub id / short name (tiny, small, base, l3)",
     )
-    p.add_argument(
-        "--checkpoint",
-        default="best",
-        metavar="{best,latest,STEP}",
-        help="which checkpoint of the run: best (best validation mIoU), latest, or a step (default best)",
-    )
+    cli.add_checkpoint_argument(p, best="best validation mIoU")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
         "--tfds", metavar="NAME", help="a segmentation data set of this package (make_seg_dataset)"
@@ -158,8 +153,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from mambavision_jax.paths import check_output
 
-    if not (args.checkpoint in ("best", "latest") or args.checkpoint.isdigit()):
-        raise cli.UserError(f"--checkpoint must be best, latest or a step number, got {args.checkpoint!r}")
     cli.check_weights_argument(args.weights, task="segmentation")
     if args.json and args.json != "-":
         check_output(args.json, flag="--json", overwrite=True, parent_must_exist=True)

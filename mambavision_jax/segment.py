@@ -36,8 +36,9 @@ def _parser() -> argparse.ArgumentParser:
         help="an official mmseg checkpoint (.pth), a hub id (nvidia/mamba_vision_160k_ade20k-512x512_tiny, "
         "..._small, ..._base, nvidia/mamba_vision_160k_ade20k-640x640_l3_21k) or short name (tiny, small, "
         "base, l3), an orbax folder written by mambavision_jax.segmentation.checkpoint.save_checkpoint, "
-        "or a segmentation training run's workdir (its best checkpoint)",
+        "or a segmentation training run's workdir (--checkpoint)",
     )
+    cli.add_checkpoint_argument(p, best="best validation mIoU")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument(
@@ -105,7 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mambavision_jax.segmentation.inference import ade20k_metainfo, segment_labels
     from mambavision_jax.segmentation.visualize import overlay_image, palette_image
 
-    model = weights.load_segmenter(args.weights, dtype=args.dtype, needed_by="segment")
+    model = weights.load_segmenter(
+        args.weights, checkpoint=args.checkpoint, dtype=args.dtype, needed_by="segment"
+    )
     if model.num_classes > 256:
         raise cli.UserError(
             f"--weights {args.weights}: {model.num_classes} classes do not fit a palette PNG (256)"

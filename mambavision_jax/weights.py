@@ -31,11 +31,12 @@ refuses the other task's weights with one line naming both, before anything is d
 the hub id tells.
 
 A gs:// file is copied locally only by the readers of formats that need a local file (torch.load,
-safetensors); orbax folders and training runs are read in place. Every command (`--weights`), the
-training config's `init_from`, `mvj.load_checkpoint`, `convert.load_checkpoint` and the `convert`
-command line go through here.
+safetensors); orbax folders and training runs are read in place. Every command (`--weights`,
+`segment` and `evaluate_seg` too), both trainings' `init_from`, `mvj.load_checkpoint`,
+`convert.load_checkpoint`, `segmentation.checkpoint.load_checkpoint` and the `convert` command
+line go through here.
 
-Adding a source kind (e.g. a segmentation checkpoint) is one `register_kind(SourceKind(...))`:
+Adding a source kind (e.g. a detection checkpoint) is one `register_kind(SourceKind(...))`:
 `detect(path) -> bool` on a path that exists, `load(source, **kw) -> model`, and optionally
 `preprocessing(source) -> dict` of hints and `one_set=True` when the format holds one set of
 weights (`ema=True` is then refused), `task="segmentation"` for a segmenter and `run=True` for a
@@ -120,8 +121,8 @@ class SourceKind:
     model; preprocessing(source) gives the eval-preprocessing hints the weights carry
     ({"image_size", "crop_pct", "crop_mode", "mean", "std"}, each optional); one_set: the format
     holds one set of weights (`ema=True` is refused); task: what the model does ("classification",
-    "segmentation": `load` gives a UperNet, no preprocessing); run: a training workdir (its
-    `checkpoint` picks a step folder)."""
+    "segmentation": `load(source, **create_segmenter overrides)` gives a UperNet, and there is no
+    preprocessing); run: a training workdir (its `checkpoint` picks a step folder)."""
 
     name: str
     detect: Callable[[str], bool]

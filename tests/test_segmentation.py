@@ -295,6 +295,13 @@ def test_resolve_says_each_segmentation_kind_and_load_builds_the_upernet(small_m
 
     model = load_segmenter(str(seg_sources / "run"), "3")
     assert model.checkpoint_info["step"] == 3 and model.config == small_model.config
+    from mambavision_jax import segment
+
+    img = seg_sources / "photo.png"
+    Image.fromarray(np.random.RandomState(0).randint(0, 255, (30, 40, 3), np.uint8)).save(img)
+    run_args = ["--weights", str(seg_sources / "run"), "--checkpoint", "latest", "--out"]
+    assert segment.main([str(img), *run_args, str(seg_sources / "seg")]) == 0
+    assert np.asarray(Image.open(seg_sources / "seg" / "photo.png")).shape == (30, 40)
     with pytest.raises(UserError, match="num_classes apply to classifiers"):
         weights.load(weights.resolve(seg_sources / "orbax"), num_classes=5)
 
