@@ -6,17 +6,18 @@ configs/demo.py, from scratch.
 
 python train.py --config configs/seg_demo.py --workdir runs/seg_demo
 
-Measured (2 shared CPU cores): it runs end to end (train, whole-mode mIoU eval, best/ by mIoU,
-evaluate_seg), but it does NOT yet learn the digits in this budget: mIoU 6.95 (the all-background
-answer) at steps 200-600, 7.13 at 800, 7.38 at 1000; starting the backbone from the classification
-demo's run (--config.init_from=runs/demo) stayed at 6.95 for 500 steps at lr 1e-3.
+The official pipeline with three demo choices: no flips (a mirrored 2 is not a 2), no photometric
+distortion and a milder rescale (0.75-1.33 instead of 0.5-2.0), so the digits stay legible in the
+64x64 crops; batch 32 at lr 2e-3 (a from-scratch model; the official 5e-5 fine-tunes ImageNet weights).
+The model learns where the digits are in the first few hundred steps and which digit they are only
+after that: see benchmarks/RESULTS.md (the demo's mIoU curve) for what it reaches and how fast.
 """
 
 from mambavision_jax.segmentation.train_config import segmentation_config
 
 
 def get_config(arg=None):
-    c = segmentation_config("tiny", lr=1e-3, weight_decay=0.01, batch_size=16, crop=64, dtype="float32")
+    c = segmentation_config("tiny", lr=2e-3, weight_decay=0.01, batch_size=32, crop=64, dtype="float32")
     c.seed = 0
     c.model.overrides = dict(
         dim=32,
@@ -34,8 +35,11 @@ def get_config(arg=None):
     c.data.eval_split = "test"
     c.data.num_workers = 0
     c.data.num_threads = 2
+    c.seg.flip_prob = 0.0
+    c.seg.photometric = False
+    c.seg.ratio_range = (0.75, 1.33)
     c.seg.warmup_steps = 50
-    c.total_steps = 1000
+    c.total_steps = 1200
     c.bn_stats = "global"
     c.log_every_steps = 25
     c.eval_every_steps = 200
