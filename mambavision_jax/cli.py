@@ -203,6 +203,18 @@ def add_checkpoint_argument(p: argparse.ArgumentParser, *, best: str = "best val
     )
 
 
+def add_seg_mode_argument(p: argparse.ArgumentParser) -> None:
+    """--mode: a segmenter's test mode (`segmentation.inference.MODES`)."""
+    p.add_argument(
+        "--mode",
+        choices=("whole", "slide"),
+        default="whole",
+        help="whole: the image resized to the test scale at once (the official test mode); slide: "
+        "crops of the model's crop_size every stride (512 / 341 for the ADE20K models), averaged "
+        "where they overlap (default whole)",
+    )
+
+
 def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     """--checkpoint and --ema / --no_ema: which weights of a training run (or of a .pth.tar)."""
     add_checkpoint_argument(p)

@@ -37,8 +37,11 @@ def load_segmenter(weights: str, which: str = "best", dtype: str = "float32"):
     return weights_lib.load_segmenter(weights, checkpoint=which, dtype=dtype, needed_by="evaluate_seg")
 
 
-def evaluate_segmenter(model, examples, *, num_classes: int | None = None, mesh=None, progress: bool = False):
-    """(SegMetrics of `model` over `examples` (`data.seg_pipeline.seg_eval_examples`), images, seconds)."""
+def evaluate_segmenter(
+    model, examples, *, num_classes: int | None = None, mesh=None, progress: bool = False, mode: str = "whole"
+):
+    """(SegMetrics of `model` over `examples` (`data.seg_pipeline.seg_eval_examples`), images,
+    seconds); mode: "whole" (the official test mode) or "slide" (`segmentation.inference`)."""
     from mambavision_jax.mesh import local_mesh
     from mambavision_jax.segmentation.train_task import SegEvaluator
     from mambavision_jax.train.state import split_model
@@ -46,7 +49,9 @@ def evaluate_segmenter(model, examples, *, num_classes: int | None = None, mesh=
     mesh = mesh if mesh is not None else local_mesh()
     model.eval()
     gd, params, stats, rest = split_model(model)
-    evaluator = SegEvaluator(gd, mesh, num_classes=num_classes or model.num_classes, seg_config=model.config)
+    evaluator = SegEvaluator(
+        gd, mesh, num_classes=num_classes or model.num_classes, seg_config=model.config, mode=mode
+    )
     count = [0]
     bar = None
     if progress:
@@ -71,7 +76,7 @@ def evaluate_segmenter(model, examples, *, num_classes: int | None = None, mesh=
 def _parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(
         prog="python -m mambavision_jax.evaluate_seg",
-        description="mIoU / mAcc / aAcc (mmseg's IoUMetric, whole-mode inference) of a segmentation "
+        description="mIoU / mAcc / aAcc (mmseg's IoUMetric; whole-mode inference, or --mode slide) of a segmentation "
         "checkpoint on a TFDS segmentation data set or a folder of images and label maps.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
@@ -120,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max_images", type=cli.non_negative_int, default=0, help="evaluate the first N images only (0: all)"
     )
+    cli.add_seg_mode_argument(p)
     p.add_argument(
         "--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (default float32)"
     )
@@ -195,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reduce_zero_label=reduce_zero,
         max_examples=args.max_images,
     )
-    sums, n, seconds = evaluate_segmenter(model, examples, progress=not args.no_progress)
+    sums, n, seconds = evaluate_segmenter(model, examples, progress=not args.no_progress, mode=args.mode)
     if not sums.areas["label"].sum():
         raise cli.UserError("no labelled pixel in the evaluated images (all 255 / ignored)")
     summary = sums.summary()
@@ -217,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             **({"checkpoint": model.checkpoint_info} if hasattr(model, "checkpoint_info") else {}),
             **where,
             "test_scale": list(model.config.test_scale),
+            "mode": args.mode,
             "dtype": args.dtype,
             "per_class": rows,
         }

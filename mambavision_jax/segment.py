@@ -41,13 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     cli.add_checkpoint_argument(p, best="best validation mIoU")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument(
-        "--mode",
-        choices=("whole", "slide"),
-        default="whole",
-        help="whole: the image resized to the test scale at once (the official test mode); slide: "
-        "crops of the training size every 2/3 crop, averaged (default whole)",
-    )
+    cli.add_seg_mode_argument(p)
     p.add_argument(
         "--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="compute dtype"
     )

@@ -382,3 +382,29 @@ def test_segmentation_hub_id_resolves_to_its_converted_entry_once(
     assert again.path == first.path and len(conversions) == 1
     model, pre = weights.load(again)
     assert pre is None and model.config == small_model.config
+
+
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_evaluator_modes_equal_segment_labels(small_model, mode):
+    """evaluate_seg's jitted evaluator (whole, or slide over several crops inside one program)
+    gives the areas of `segment_labels(mode=...)` image by image, through the numpy metric."""
+    from mambavision_jax.evaluate_seg import evaluate_segmenter
+    from mambavision_jax.segmentation.metrics import SegMetrics, intersect_and_union
+
+    rs = np.random.RandomState(0)
+    examples, want = [], SegMetrics(small_model.num_classes)
+    for h, w in [(70, 90), (64, 64)]:  # 96x64 test scale: slide takes 2 and 1 crops of 64
+        image = rs.randint(0, 256, (h, w, 3), np.uint8)
+        label = rs.randint(0, small_model.num_classes, (h, w)).astype(np.uint8)
+        size = inference.rescale_size(h, w, small_model.config.test_scale)
+        examples.append({"image": inference.resize_image(image, size), "label": label})
+        # segment_labels resizes the original itself; give it the resized image at its own size
+        # so both see the same pixels, and compare at the label's size
+        logits = inference.segment_image(small_model, examples[-1]["image"], mode=mode)
+        pred = np.asarray(resize_bilinear(jnp.asarray(logits)[None], (h, w))[0]).argmax(-1)
+        want.add(intersect_and_union(pred, label, small_model.num_classes))
+    assert len(inference.slide_windows(*examples[0]["image"].shape[:2], (64, 64), (40, 40))) == 2
+    got, n, _ = evaluate_segmenter(small_model, examples, mode=mode)
+    assert n == 2
+    for key in want.areas:
+        np.testing.assert_array_equal(got.areas[key], want.areas[key], err_msg=key)

@@ -28,6 +28,7 @@ def seg_fields() -> ml_collections.ConfigDict:
     s.min_lr = 0.0
     s.no_decay_keys = ("norm",)  # paramwise_cfg custom_keys with decay_mult 0
     s.eval_max_images = 0  # > 0: evaluate on the first N images only (a quick look at a big set)
+    s.test_mode = "whole"  # the official test_cfg; "slide": crops of the model's crop_size every stride
     return s
 
 

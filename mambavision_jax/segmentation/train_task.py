@@ -40,6 +40,7 @@ from mambavision_jax.data.seg_transforms import SegAugConfig
 from mambavision_jax.errors import UserError
 from mambavision_jax.models.config import RuntimeConfig
 from mambavision_jax.ops import ScanSharding
+from mambavision_jax.segmentation.inference import MODES, slide_logits
 from mambavision_jax.segmentation.layers import resize_bilinear
 from mambavision_jax.segmentation.metrics import IGNORE_INDEX, SegMetrics, intersect_and_union_jax
 from mambavision_jax.segmentation.model import create_segmenter
@@ -279,11 +280,17 @@ def train_iterator(config, mesh, num_examples: int) -> DevicePrefetch:
 
 
 # ------------------------------------------------------------------ evaluation
-def make_seg_forward(eval_gd):
-    """(params, batch_stats, rngs, images normalised (B, h, w, 3)) -> logits (B, h, w, C) float32."""
+def make_seg_forward(eval_gd, mode: str = "whole"):
+    """(params, batch_stats, rngs, images normalised (B, h, w, 3)) -> logits (B, h, w, C) float32;
+    mode "slide": mmseg's sliding-window inference (`segmentation.inference.slide_logits`: the
+    config's crop_size / stride, crops averaged where they overlap), traced with the image's shape."""
+    if mode not in MODES:
+        raise UserError(f"test mode must be one of {MODES}, got {mode!r}")
 
     def forward(params, batch_stats, rngs, images):
-        return nnx.merge(eval_gd, params, batch_stats, rngs)(images).astype(jnp.float32)
+        model = nnx.merge(eval_gd, params, batch_stats, rngs)
+        logits = model(images) if mode == "whole" else slide_logits(model, images)
+        return logits.astype(jnp.float32)
 
     return forward
 
@@ -296,7 +303,7 @@ def logits_to_areas(logits, label, num_classes: int):
 
 
 class SegEvaluator:
-    """Whole-mode mIoU / mAcc / aAcc (see the module doc) of the weights of an eval graphdef:
+    """mIoU / mAcc / aAcc (see the module doc; `mode` "whole" or "slide") of the weights of an eval graphdef:
     `run(state)` on a segmentation data set's split (the training run's evaluator), `areas(params,
     batch_stats, rngs, examples)` on any examples of `data.seg_pipeline.seg_eval_examples`
     (evaluate_seg). Images go one at a time, replicated over `mesh`."""
@@ -312,11 +319,12 @@ class SegEvaluator:
         split="",
         data_dir=None,
         max_images=0,
+        mode="whole",
     ):
         self.mesh, self.num_classes, self.seg_config = mesh, num_classes, seg_config
         self.info, self.split, self.data_dir, self.max_images = info, split, data_dir, max_images
         self._replicated = shd.replicated(mesh)
-        self._forward = jax.jit(make_seg_forward(eval_gd), out_shardings=self._replicated)
+        self._forward = jax.jit(make_seg_forward(eval_gd, mode), out_shardings=self._replicated)
         self._post = jax.jit(
             functools.partial(logits_to_areas, num_classes=num_classes), out_shardings=self._replicated
         )
@@ -381,6 +389,7 @@ def evaluator(config, eval_gd, mesh, eval_batch: int) -> SegEvaluator:
         split=split,
         data_dir=config.data.dir,
         max_images=config.seg.eval_max_images,
+        mode=config.seg.test_mode,
     )
 
 
