@@ -176,6 +176,7 @@ def test_seg_demo_learns_the_digits(tmp_path):
     assert miou[-1] >= DEMO_MIN_MIOU, miou
     assert max(miou[:2]) < 10.0, miou  # the first evaluations are (close to) all background
 
+
 def test_evaluate_seg_refuses_bad_input_in_one_line(tmp_path):
     """Refused before any weights are read (--weights only has to exist)."""
     from mambavision_jax.data.seg_demo import build_seg_digits
