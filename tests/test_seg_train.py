@@ -92,12 +92,9 @@ def test_weight_decay_groups_match_mmengine_paramwise_custom_keys():
     assert {False} in ours.values() and {True} in ours.values()
 
 
-@pytest.fixture(scope="module")
-def seg_run(tmp_path_factory):
-    """A few steps of the segmentation demo through train.py (a smaller model, 2 devices)."""
-    root = tmp_path_factory.mktemp("seg")
-    workdir, data_dir = root / "run", root / "tfds"
-    cmd = [
+def _seg_demo_cmd(workdir, data_dir, *extra) -> list[str]:
+    """A few steps of the segmentation demo through train.py (a smaller model)."""
+    return [
         sys.executable,
         str(ROOT / "train.py"),
         "--config",
@@ -117,46 +114,81 @@ def seg_run(tmp_path_factory):
         "--config.model.overrides.in_dim=8",
         "--config.model.overrides.channels=16",
         "--config.model.overrides.aux_channels=8",
+        *extra,
     ]
-    proc = subprocess.run(cmd, env=train_env(2), capture_output=True, text=True, timeout=900)
+
+
+def _evaluate_seg(workdir, data_dir, out):
+    """evaluate_seg (one process, one device) on the run's best checkpoint, first 6 test images."""
+    cmd = [sys.executable, "-m", "mambavision_jax.evaluate_seg", "--weights", str(workdir)]
+    cmd += ["--tfds", "mv_seg_digits", "--data_dir", str(data_dir), "--max_images", "6"]
+    cmd += ["--json", str(out), "--no_progress"]
+    proc = subprocess.run(cmd, env=train_env(1), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def _run_rows(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory):
+    """The demo's few steps on 2 devices."""
+    root = tmp_path_factory.mktemp("seg")
+    workdir, data_dir = root / "run", root / "tfds"
+    proc = subprocess.run(
+        _seg_demo_cmd(workdir, data_dir), env=train_env(2), capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir, data_dir, proc.stdout
 
 
 def test_seg_demo_trains_and_evaluate_seg_agrees(seg_run, tmp_path):
     workdir, data_dir, stdout = seg_run
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = _run_rows(workdir)
     train = [r for r in rows if r["kind"] == "train"]
     evals = [r for r in rows if r["kind"] == "eval"]
     assert [r["step"] for r in train] == [2, 4] and all(np.isfinite(r["loss"]) for r in train)
     assert evals and {"mIoU", "mAcc", "aAcc"} <= set(evals[-1])
     assert (workdir / "best").is_dir()
     assert json.loads((workdir / "model_config.json").read_text())["num_classes"] == 11
-    out = tmp_path / "eval.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "mambavision_jax.evaluate_seg",
-        "--weights",
-        str(workdir),
-        "--tfds",
-        "mv_seg_digits",
-        "--data_dir",
-        str(data_dir),
-        "--max_images",
-        "6",
-        "--json",
-        str(out),
-        "--no_progress",
-    ]
-    proc = subprocess.run(cmd, env=train_env(1), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result, out = _evaluate_seg(workdir, data_dir, tmp_path / "eval.json")
     # the same weights, images and metric code as the run's own evaluation
     for key in ("mIoU", "mAcc", "aAcc"):
         assert result[key] == pytest.approx(evals[-1][key], abs=1e-9), key
     assert result["n"] == 6 and len(result["per_class"]) == 11
-    assert "mIoU" in proc.stdout and "background" in proc.stdout
+    assert "mIoU" in out and "background" in out
+
+
+def test_two_processes_train_and_evaluate_the_seg_demo(seg_run, tmp_path):
+    """Two processes of 2 devices each (jax.distributed on this host): the evaluation during
+    training runs on the 4-device mesh (each image replicated, compiled then aligned across
+    processes), process 0 alone writes, and evaluate_seg on one device agrees with it."""
+    import portpicker
+
+    port = portpicker.pick_unused_port()
+    workdir, data_dir = tmp_path / "mp", seg_run[1]
+    procs = [
+        subprocess.Popen(
+            _seg_demo_cmd(
+                workdir, data_dir, f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"
+            ),
+            env=train_env(2),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    assert "4 devices" in outs[0]
+    evals = [r for r in _run_rows(workdir) if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [4]  # process 0 alone writes
+    result, _ = _evaluate_seg(workdir, data_dir, tmp_path / "eval.json")
+    for key in ("mIoU", "mAcc", "aAcc"):
+        assert result[key] == pytest.approx(evals[0][key], abs=1e-9), key
 
 
 # configs/seg_demo.py as README runs it (one device, 1,200 steps): the all-background answer scores
