@@ -8,16 +8,26 @@ import jax
 __all__ = ["CompileThenAlign", "on_process_zero", "wait_for_all_processes"]
 
 
+def coordination_client():
+    """The coordination-service client of `jax.distributed.initialize`, or None. No public API
+    gives it (jax.distributed has initialize / is_initialized / shutdown only;
+    jax.experimental.multihost_utils uses this same private global)."""
+    try:
+        from jax._src import distributed
+    except ImportError:  # pragma: no cover - private module moved
+        return None
+    return getattr(distributed.global_state, "client", None)
+
+
 def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
     """A coordination-service barrier with a long timeout. The first cross-process collective (orbax's
     barrier) sets up the CPU collectives with a 30 s rendezvous: a host still compiling or reading
     the data set info that much later would fail the run."""
     if jax.process_count() == 1:
         return
-    from jax._src import distributed
-
-    if distributed.global_state.client is not None:
-        distributed.global_state.client.wait_at_barrier(name, timeout_s * 1000)
+    client = coordination_client()
+    if client is not None:
+        client.wait_at_barrier(name, timeout_s * 1000)
 
 
 def on_process_zero(name: str, fn, timeout_s: int = 1800):
@@ -28,9 +38,7 @@ def on_process_zero(name: str, fn, timeout_s: int = 1800):
 
     if jax.process_count() == 1:
         return fn()
-    from jax._src import distributed
-
-    client = distributed.global_state.client
+    client = coordination_client()
     key = f"mambavision_jax_outcome/{name}"
     if jax.process_index() == 0:
         try:

@@ -28,6 +28,7 @@ from jax.experimental import multihost_utils
 # 143 = 128 + SIGTERM: what schedulers read as "terminated, may be retried"; the message on stderr
 # tells a clean preemption checkpoint apart from a process killed by the signal.
 from mambavision_jax.errors import EXIT_PREEMPTED  # noqa: F401  (re-exported: train.py, tests)
+from mambavision_jax.train.multihost import coordination_client
 
 SYNC_EVERY_ENV = "MAMBAVISION_JAX_PREEMPTION_SYNC_EVERY"
 _EXCHANGE_TIMEOUT_MS = 30 * 60 * 1000  # a peer may be that far behind (evaluating, checkpointing)
@@ -43,16 +44,6 @@ class Preempted(Exception):
             f"preempted (SIGTERM): stopped after step {step} and wrote its checkpoint to "
             f"{checkpoint_dir}; run the same command to resume from it"
         )
-
-
-def _coordination_client():
-    # No public API gives the coordination-service client (jax.distributed has initialize /
-    # is_initialized / shutdown only; multihost_utils uses this same private global).
-    try:
-        from jax._src import distributed
-    except ImportError:  # pragma: no cover - private module moved
-        return None
-    return getattr(distributed.global_state, "client", None)
 
 
 def _sync_every_from_env() -> int:
@@ -99,7 +90,7 @@ class PreemptionWatcher:
             "SIGTERM flag"
             if jax.process_count() == 1
             else f"SIGTERM flag, all-gathered every {self.sync_every} steps"
-            + (" through the coordination service" if _coordination_client() is not None else "")
+            + (" through the coordination service" if coordination_client() is not None else "")
         )
 
     def _on_sigterm(self, signum, frame) -> None:
@@ -117,7 +108,7 @@ class PreemptionWatcher:
     def _any_flag(self, step: int) -> bool:
         """Every process's flag at `step` (each sends the flag it had when it reached the step, so
         all decide on the same values)."""
-        client = _coordination_client()
+        client = coordination_client()
         if client is None:  # several processes without jax.distributed: a device all-gather
             return bool(np.any(multihost_utils.process_allgather(np.int32(self._flag))))
         me, key = jax.process_index(), f"{self._prefix}/{step}"
