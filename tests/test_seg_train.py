@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from cli_run import run_cli
 from official_seg import _install_seg_shims, build_official_segmentor
-from train_runs import ROOT, train_env
+from train_runs import ROOT, run_processes, train_env
 
 from mambavision_jax.segmentation import train_task
 
@@ -165,24 +165,8 @@ def test_two_processes_train_and_evaluate_the_seg_demo(seg_run, tmp_path):
     """Two processes of 2 devices each (jax.distributed on this host): the evaluation during
     training runs on the 4-device mesh (each image replicated, compiled then aligned across
     processes), process 0 alone writes, and evaluate_seg on one device agrees with it."""
-    import portpicker
-
-    port = portpicker.pick_unused_port()
     workdir, data_dir = tmp_path / "mp", seg_run[1]
-    procs = [
-        subprocess.Popen(
-            _seg_demo_cmd(
-                workdir, data_dir, f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"
-            ),
-            env=train_env(2),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=900)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    outs = run_processes(lambda flags: _seg_demo_cmd(workdir, data_dir, *flags), timeout=900)
     assert "4 devices" in outs[0]
     evals = [r for r in _run_rows(workdir) if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [4]  # process 0 alone writes

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from cli_run import command_stderr
-from train_runs import run_losses, train_cmd, train_env
+from train_runs import run_losses, run_processes, train_cmd, train_env
 
 from mambavision_jax.train import sharding as shd
 from mambavision_jax.train.loop import NonFiniteLossError, check_finite, report_train_metrics
@@ -258,32 +258,18 @@ def test_kill_and_resume_gives_the_same_losses(tmp_path, digits_dir):
 
 
 def test_two_processes_train_evaluate_and_checkpoint(tmp_path, digits_dir):
-    import portpicker
-
-    port = portpicker.pick_unused_port()
     workdir = tmp_path / "mp"
-    procs = [
-        subprocess.Popen(
-            train_cmd(
-                workdir,
-                f"--config.data.dir={digits_dir}",
-                "--config.total_steps=4",
-                "--config.checkpoint_every_steps=2",
-                "--config.eval_every_steps=4",
-                "--config.log_every_steps=2",
-                f"--coordinator=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ),
-            env=train_env(2),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+    outs = run_processes(
+        lambda flags: train_cmd(
+            workdir,
+            f"--config.data.dir={digits_dir}",
+            "--config.total_steps=4",
+            "--config.checkpoint_every_steps=2",
+            "--config.eval_every_steps=4",
+            "--config.log_every_steps=2",
+            *flags,
         )
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    )
     shards = [
         json.loads(next(l for l in o.splitlines() if l.startswith("data shard "))[len("data shard ") :])
         for o in outs

@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -60,3 +61,25 @@ def read_until(proc, prefix: str, seen: list[str]) -> str | None:
         if line.startswith(prefix):
             return line
     return None
+
+
+def run_processes(cmd, n: int = 2, devices: int = 2, timeout: int = 600) -> list[str]:
+    """`cmd(flags)` run as `n` local processes of one jax.distributed job (`flags`: each one's
+    --coordinator / --num_processes / --process_id), `devices` host devices each; their outputs
+    (stdout and stderr) once every process exited 0."""
+    import portpicker
+
+    port = portpicker.pick_unused_port()
+    procs = [
+        subprocess.Popen(
+            cmd([f"--coordinator=127.0.0.1:{port}", f"--num_processes={n}", f"--process_id={i}"]),
+            env=train_env(devices),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(n)
+    ]
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, "".join(o[-3000:] for o in outs)
+    return outs
