@@ -10,7 +10,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from cli_run import run_cli
+from cli_run import command_stderr, run_cli
 from official_seg import _install_seg_shims, build_official_segmentor
 from train_runs import ROOT, run_processes, train_env
 
@@ -211,3 +211,16 @@ def test_evaluate_seg_refuses_bad_input_in_one_line(tmp_path):
         assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
         last = proc.stderr.strip().splitlines()[-1]  # after the backends' start-up notices
         assert last.startswith("error: ") and message in last, last
+
+
+def test_bad_seg_test_mode_is_refused_before_the_workdir(tmp_path):
+    out = subprocess.run(
+        _seg_demo_cmd(tmp_path / "w", tmp_path / "tfds", "--config.seg.test_mode=slid"),
+        env=train_env(1),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    err = command_stderr(out).strip()
+    assert out.returncode == 2 and err == "error: config.seg.test_mode: whole or slide, got 'slid'", out.stderr
+    assert not (tmp_path / "w").exists()

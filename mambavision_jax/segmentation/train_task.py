@@ -376,7 +376,7 @@ class SegEvaluator:
 
 
 def evaluator(config, eval_gd, mesh, eval_batch: int) -> SegEvaluator:
-    del eval_batch  # whole mode: one image at a time, at its own size
+    del eval_batch  # one image at a time, at its own size
     info = seg_dataset_info(config.data.name, config.data.dir)
     split = config.data.eval_split or ("validation" if "validation" in info.splits else "test")
     seg = nnx.eval_shape(lambda: make_segmenter(config, info.num_classes, 1)).config

@@ -192,3 +192,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
         f"must be >= 0, got {c.schedule.warmup_epochs}",
     )
     need(c.mesh.fsdp >= 1, "mesh.fsdp", f"must be >= 1, got {c.mesh.fsdp}")
+    if "seg" in c:  # a segmentation config (segmentation.train_config)
+        need(
+            c.seg.test_mode in ("whole", "slide"), "seg.test_mode", f"whole or slide, got {c.seg.test_mode!r}"
+        )
