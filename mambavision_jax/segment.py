@@ -84,6 +84,24 @@ def _encode(img, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
+def _run_class_names(spec, num_classes: int) -> tuple[str, ...] | None:
+    """The class names of the data set a segmentation training run trained on (its config.json's
+    data.name / data.dir), when that data set is still there and has `num_classes` classes."""
+    import json
+
+    from mambavision_jax.data.seg_datasets import seg_dataset_info
+    from mambavision_jax.train.checkpoint import RUN_CONFIG, is_training_run
+
+    try:
+        if not is_training_run(spec):
+            return None
+        data = json.loads((Path(spec) / RUN_CONFIG).read_text())["data"]
+        classes = seg_dataset_info(data["name"], data["dir"]).classes
+    except Exception:  # noqa: BLE001 - no names is a fine answer: the legend shows indices
+        return None
+    return tuple(classes) if len(classes) == num_classes else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from mambavision_jax import xla_cpu
 
@@ -108,8 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--weights {args.weights}: {model.num_classes} classes do not fit a palette PNG (256)"
         )
     names, palette = ade20k_metainfo()
-    if model.num_classes != len(names):  # another data set: indices as names, colours repeat
-        names = tuple(str(i) for i in range(model.num_classes))
+    if model.num_classes != len(names):  # another data set: its class names where the run says them
+        names = _run_class_names(args.weights, model.num_classes) or tuple(map(str, range(model.num_classes)))
     out.mkdir(exist_ok=True)
     for img_path, (png, jpg) in zip(args.images, pairs):
         image = np.asarray(load_image(img_path, max_pixels=args.max_pixels or None))

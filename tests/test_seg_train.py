@@ -226,3 +226,22 @@ def test_bad_seg_test_mode_is_refused_before_the_workdir(tmp_path):
         out.stderr
     )
     assert not (tmp_path / "w").exists()
+
+
+def test_segment_names_the_classes_of_a_runs_data_set(seg_run, tmp_path):
+    """`segment --weights RUN` of a run on mv_seg_digits labels its legend with that data set's class
+    names (background, 0 ... 9), not with indices."""
+    from PIL import Image
+
+    workdir, data_dir, _ = seg_run
+    img = tmp_path / "digits.png"
+    Image.fromarray(np.random.RandomState(0).randint(0, 256, (64, 96, 3), np.uint8)).save(img)
+    proc = run_cli("mambavision_jax.segment", img, "--weights", workdir, "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from mambavision_jax.data.seg_demo import SEG_DIGITS_CLASSES
+
+    labels = np.asarray(Image.open(tmp_path / "out" / "digits.png"))  # palette PNG: class indices
+    counts = np.bincount(labels.ravel(), minlength=len(SEG_DIGITS_CLASSES))
+    line = proc.stdout.strip().splitlines()[-1]
+    names = [part.rsplit(" ", 1)[0] for part in line.split("(", 1)[1].rstrip(")").split(", ")]
+    assert names == [SEG_DIGITS_CLASSES[i] for i in np.argsort(-counts)[:3]], line
