@@ -90,12 +90,13 @@ def _run_class_names(spec, num_classes: int) -> tuple[str, ...] | None:
     import json
 
     from mambavision_jax.data.seg_datasets import seg_dataset_info
+    from mambavision_jax.paths import as_path
     from mambavision_jax.train.checkpoint import RUN_CONFIG, is_training_run
 
     try:
         if not is_training_run(spec):
             return None
-        data = json.loads((Path(spec) / RUN_CONFIG).read_text())["data"]
+        data = json.loads((as_path(spec) / RUN_CONFIG).read_text())["data"]
         classes = seg_dataset_info(data["name"], data["dir"]).classes
     except Exception:  # noqa: BLE001 - no names is a fine answer: the legend shows indices
         return None

@@ -17,8 +17,9 @@ official mmseg recipe of semantic_segmentation/configs/mamba_vision/*.py in NVla
 - BatchNorm: the heads' ConvModules are SyncBN (global statistics under jit); the backbone's BN
   follows `config.bn_stats` ("per_device": one group per device, the official per-GPU
   nn.BatchNorm2d; its batch per GPU was 1 for tiny/base/L3 and 2 for small).
-- Evaluation: mmseg's whole mode on `config.data.eval_split`: each image resized to fit
-  SegmentationConfig.test_scale, logits at that size resized back to the label's, argmax,
+- Evaluation: mmseg's whole mode (`config.seg.test_mode="slide"`: its sliding windows) on
+  `config.data.eval_split`: each image resized to fit SegmentationConfig.test_scale, logits at
+  that size resized back to the label's, argmax,
   `segmentation.metrics` (mIoU, mAcc, aAcc); best/ keeps the highest mIoU. Each distinct image
   size is one compile (cached); the demo's images share one size.
 """
