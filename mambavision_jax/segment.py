@@ -87,16 +87,13 @@ def _encode(img, fmt: str, **kw) -> bytes:
 def _run_class_names(spec, num_classes: int) -> tuple[str, ...] | None:
     """The class names of the data set a segmentation training run trained on (its config.json's
     data.name / data.dir), when that data set is still there and has `num_classes` classes."""
-    import json
-
     from mambavision_jax.data.seg_datasets import seg_dataset_info
-    from mambavision_jax.paths import as_path
-    from mambavision_jax.train.checkpoint import RUN_CONFIG, is_training_run
+    from mambavision_jax.train.checkpoint import is_training_run, run_data_config
 
     try:
         if not is_training_run(spec):
             return None
-        data = json.loads((as_path(spec) / RUN_CONFIG).read_text())["data"]
+        data = run_data_config(spec)
         classes = seg_dataset_info(data["name"], data["dir"]).classes
     except Exception:  # noqa: BLE001 - no names is a fine answer: the legend shows indices
         return None

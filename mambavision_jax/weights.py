@@ -246,13 +246,9 @@ def _load_file(
 def _run_preprocessing(source: WeightsSource) -> dict[str, Any]:
     """The eval preprocessing the run used (its config.json's data.image_size, crop_pct, crop_mode,
     where set)."""
-    from mambavision_jax.train.checkpoint import RUN_CONFIG
+    from mambavision_jax.train.checkpoint import run_data_config
 
-    path = path_of(source.path) / RUN_CONFIG
-    try:
-        data = json.loads(path.read_text()).get("data", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
+    data = run_data_config(source.path)
     out: dict[str, Any] = {}
     if isinstance(data.get("image_size"), int) and data["image_size"] > 0:
         out["image_size"] = data["image_size"]

@@ -253,6 +253,16 @@ def _json_default(x):
 RUN_CHECKPOINTS = {"best": BEST, "latest": CHECKPOINTS}
 
 
+def run_data_config(workdir: PathLike) -> dict:
+    """The `data` section of a training run's stored config (config.json), or {} where it cannot
+    be read (missing, not JSON, another layout): what readers of a run take as hints."""
+    try:
+        data = json.loads((as_path(workdir) / RUN_CONFIG).read_text()).get("data", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def is_training_run(path: PathLike) -> bool:
     """Whether `path` (local or a URL such as gs://bucket/run) is a training workdir (it has the
     orbax `checkpoints/` or `best/` folder)."""
