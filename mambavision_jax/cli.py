@@ -204,10 +204,12 @@ def add_checkpoint_argument(p: argparse.ArgumentParser, *, best: str = "best val
 
 
 def add_seg_mode_argument(p: argparse.ArgumentParser) -> None:
-    """--mode: a segmenter's test mode (`segmentation.inference.MODES`)."""
+    """--mode: a segmenter's test mode (`train.config.SEG_TEST_MODES`)."""
+    from mambavision_jax.train.config import SEG_TEST_MODES  # ml_collections only: no JAX at parse time
+
     p.add_argument(
         "--mode",
-        choices=("whole", "slide"),
+        choices=SEG_TEST_MODES,
         default="whole",
         help="whole: the image resized to the test scale at once (the official test mode); slide: "
         "crops of the model's crop_size every stride (512 / 341 for the ADE20K models), averaged "

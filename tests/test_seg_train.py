@@ -222,7 +222,7 @@ def test_bad_seg_test_mode_is_refused_before_the_workdir(tmp_path):
         timeout=300,
     )
     err = command_stderr(out).strip()
-    assert out.returncode == 2 and err == "error: config.seg.test_mode: whole or slide, got 'slid'", (
+    assert out.returncode == 2 and err == "error: config.seg.test_mode: one of whole, slide, got 'slid'", (
         out.stderr
     )
     assert not (tmp_path / "w").exists()

@@ -20,8 +20,7 @@ from flax import nnx
 
 from mambavision_jax.errors import UserError
 from mambavision_jax.segmentation.layers import resize_bilinear
-
-MODES = ("whole", "slide")
+from mambavision_jax.train.config import SEG_TEST_MODES as MODES
 
 
 @cache

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import ml_collections
 
+# A segmenter's test modes (`segmentation.inference`): here, in the leaf every config file and CLI
+# reads before JAX starts, so `seg.test_mode`, `--mode` and the inference code share one list.
+SEG_TEST_MODES = ("whole", "slide")
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -194,5 +198,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.mesh.fsdp >= 1, "mesh.fsdp", f"must be >= 1, got {c.mesh.fsdp}")
     if "seg" in c:  # a segmentation config (segmentation.train_config)
         need(
-            c.seg.test_mode in ("whole", "slide"), "seg.test_mode", f"whole or slide, got {c.seg.test_mode!r}"
+            c.seg.test_mode in SEG_TEST_MODES,
+            "seg.test_mode",
+            f"one of {', '.join(SEG_TEST_MODES)}, got {c.seg.test_mode!r}",
         )
