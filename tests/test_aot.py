@@ -156,10 +156,77 @@ def test_collectives_parser():
     }
 
 
+def _hbm_hog(mesh, rows_per_device, copies=80):
+    """A jitted program whose temporaries grow with its input: `copies` float32 copies of a
+    (rows_per_device, 8192) shard (20 GiB per device at 8192 rows; 16 GiB of HBM on a v5e)."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    n = mesh.devices.size
+    x = jax.ShapeDtypeStruct(
+        (n * rows_per_device, 8192), jnp.float32, sharding=NamedSharding(mesh, P(mesh.axis_names))
+    )
+
+    def f(x):
+        ys = [jnp.sin(jnp.exp(x) * i) for i in range(copies)]
+        tiny_matmul = (x[:8, :8] @ x[:8, :8]).sum()  # FLOPs for the roofline (the jaxpr count)
+        return sum(y.sum() for y in ys) + jnp.stack(ys).std() + tiny_matmul
+
+    return jax.jit(f), (x,)
+
+
+def test_a_program_too_big_for_tpu_hbm_is_reported_short(monkeypatch):
+    """libtpu refuses to compile a program over the chip's HBM (the CUDA compiler builds it and says
+    by how much): the planner reads the program's need from that refusal and reports it as not
+    fitting, short by (need - HBM), so the table gets a row and --fit goes on. The real compiler on a
+    stand-in program whose buffers are known: a 256 MiB argument shard and 80 x 256 MiB stacked
+    temporaries (20.25 GiB per device)."""
+    from mambavision_jax.aot import table
+
+    config = planner.recipe_config(T, "tests/small_train_config.py")
+
+    copies = [80]
+
+    def fake_build(req, target, mesh):  # the batch sets the rows
+        fn, args = _hbm_hog(mesh, req.batch // mesh.devices.size, copies[0])
+        return fn, args, config, {"scan_impl": "pallas_tpu", "attn_impl": "auto", "conv_impl": "xla"}
+
+    monkeypatch.setattr(planner, "build", fake_build)
+    r = planner.plan(planner.Request(target="tpu:v5e:2x2", model=T, batch=4 * 8192))
+    mem = r["memory_per_device"]
+    assert r["memory_source"] == "hbm_oom_error" and not r["fits"], r
+    assert mem["argument"] == 2**28 and mem["temp"] == 80 * 2**28 and mem["total"] == 81 * 2**28, mem
+    assert r["headroom_bytes"] == 16 * 2**30 - mem["total"] and r["collectives"] is None
+    assert "| no, short 4.25 GiB (refused) |" in table.row(r) and "| - | - | - |" in table.row(r)
+    assert "short by 4.25 GiB (the compiler refused" in planner.format_table(r)
+    # A smaller one fits (the compiler builds it in seconds with 2 copies, minutes with 80): the
+    # compiler's own memory analysis, whose argument bytes are the shards counted in a refusal.
+    copies[0] = 2
+    r = planner.plan(planner.Request(target="tpu:v5e:2x2", model=T, batch=4 * 2048))
+    assert r["memory_source"] == "memory_analysis" and r["fits"], r
+    fn, args = _hbm_hog(tg.mesh(tg.parse_target("tpu:v5e:2x2")), 2048, copies=2)
+    assert r["memory_per_device"]["argument"] == planner.argument_bytes_per_device(args) == 2**26
+    # The train state holds typed PRNG keys (dropout, mixup): 8 bytes each, their key data.
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), 3))
+    assert planner.argument_bytes_per_device({"x": args, "rngs": keys}) == 2**26 + 3 * 8
+
+
+def test_other_compile_errors_are_not_read_as_out_of_memory():
+    assert planner.hbm_oom_need_bytes(RuntimeError("INTERNAL: Mosaic failed to compile")) is None
+    oom = "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries"
+    assert planner.hbm_oom_need_bytes(
+        RuntimeError(oom + " (17.07G) exceeds available HBM (15.75G).")
+    ) == round(17.07 * 2**30)
+    assert (
+        planner.hbm_oom_need_bytes(RuntimeError(oom + " (512.00M) exceeds available HBM (15.75G).")) == 2**29
+    )
+
+
 @pytest.mark.slow
 def test_all_variants_compile_for_v5e_4x4():
     """The v5e column of benchmarks/RESULTS.md: every variant's bf16 train step compiles for a
-    4x4 slice (whether it fits is the table's answer, not a requirement)."""
+    4x4 slice, or is refused by libtpu for want of HBM (the two 512-pixel variants at 32 per chip),
+    which the row says with the shortfall."""
     from mambavision_jax.aot import table
 
     base = planner.Request(target="tpu:v5e:4x4", dtype="bfloat16", program="train")
@@ -167,6 +234,8 @@ def test_all_variants_compile_for_v5e_4x4():
     rows = [ln for ln in text.splitlines() if ln.startswith("| mamba_vision")]
     assert len(rows) == 11 and not any("failed" in ln for ln in rows), text
     assert "| mamba_vision_T | 224 | 512 |" in text and "| yes |" in rows[0], text
+    short = [ln.split(" | ")[0][2:] for ln in rows if "(refused) |" in ln]
+    assert short == ["mamba_vision_L2_512_21k", "mamba_vision_L3_512_21k"], text
 
 
 @pytest.mark.parametrize(("start", "limit"), [(64, 300), (64, 64), (512, 37), (8, 1)])

@@ -6,6 +6,9 @@ collectives; then a roofline step time from the chip table.
 `train.loop.build_train_program`'s step (LAMB, EMA, mixup / cutmix, mesa, FSDP, the Pallas scans
 per device through the model's `scan_sharding`) over sharded `jax.ShapeDtypeStruct`s: nothing is
 allocated. The eval program is the training run's eval step (`train.evaluator.make_eval_step`).
+A program over the chip's HBM is refused by libtpu (not by the CUDA compiler): its report says so
+(`memory_source` "hbm_oom_error", not fitting, no collectives) instead of raising, so `--fit` and
+`--all-variants` go on.
 """
 
 from __future__ import annotations
@@ -220,6 +223,37 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     return found
 
 
+# libtpu refuses to build a program whose buffers exceed the chip's HBM (the CUDA compiler builds it
+# and its memory analysis says by how much); its error states the program's need, e.g. "Ran out of
+# memory on HBM, the total memory required for HLO temporaries (17.07G) exceeds available HBM
+# (15.75G)", in tsl's 1024-based units. Despite the wording, the figure includes the arguments: a
+# program with 20 GiB of temporaries asks for 20.25G with a 256 MiB argument shard, 22.00G with a
+# 2 GiB one (v5e; "available" is the 16 GiB less a fixed 256 MiB).
+_TPU_HBM_OOM = re.compile(
+    r"Ran out of memory on HBM, the total memory required for HLO temporaries \(([\d.]+)([KMGTP]?)\)"
+)
+
+
+def hbm_oom_need_bytes(error: BaseException) -> int | None:
+    """The bytes per device (arguments and temporaries) that libtpu's out-of-HBM compile error asks
+    for (None: the error is another one)."""
+    m = _TPU_HBM_OOM.search(str(error))
+    if not m:
+        return None
+    return round(float(m.group(1)) * 1024 ** " KMGTP".index(m.group(2) or " "))
+
+
+def argument_bytes_per_device(args) -> int:
+    """The bytes one device holds of the (sharded) abstract arguments: each leaf's shard (a typed
+    PRNG key's dtype has an itemsize too, its key data's)."""
+    total = 0
+    for leaf in jax.tree.leaves(args):
+        sharding = getattr(leaf, "sharding", None)
+        shape = sharding.shard_shape(leaf.shape) if sharding is not None else leaf.shape
+        total += math.prod(shape) * leaf.dtype.itemsize
+    return total
+
+
 def _memory(compiled) -> dict[str, int]:
     ma = compiled.memory_analysis()
     if isinstance(ma, (list, tuple)):
@@ -273,13 +307,25 @@ def plan(req: Request, *, compile_only_devices=None) -> dict[str, Any]:
         fn, args, config, impls = build(req, target, mesh)
         lowered = fn.lower(*args)
     t1 = time.perf_counter()
-    compiled = lowered.compile(compiler_options=COMPILER_OPTIONS.get(target.platform))
+    try:
+        compiled = lowered.compile(compiler_options=COMPILER_OPTIONS.get(target.platform))
+    except jax.errors.JaxRuntimeError as e:
+        need = hbm_oom_need_bytes(e)
+        if need is None:
+            raise
+        compiled = None  # too big for the chip: the report says by how much, from the error
     t2 = time.perf_counter()
-    hlo = compiled.as_text()
     n = len(devices)
     chip = target.chip
-    memory = _memory(compiled)
-    flops_device = _xla_flops(compiled)
+    if compiled is not None:
+        hlo, memory, memory_source = compiled.as_text(), _memory(compiled), "memory_analysis"
+        flops_device = _xla_flops(compiled)
+    else:
+        # No program, so no outputs, code or HLO: the compiler's stated need, of which the
+        # arguments' shards are known here and the rest is temporaries.
+        arg = argument_bytes_per_device(args)
+        memory = {"argument": arg, "output": 0, "alias": 0, "temp": need - arg, "code": 0, "total": need}
+        hlo, memory_source, flops_device = None, "hbm_oom_error", None
     if flops_device is not None:
         flops_source, flops_total = "xla_cost_analysis", flops_device * n
     else:
@@ -308,8 +354,9 @@ def plan(req: Request, *, compile_only_devices=None) -> dict[str, Any]:
         "ema": req.program == "train" and bool(config.ema.enabled),
         **impls,
         "memory_per_device": memory,
+        "memory_source": memory_source,
         "hbm_bytes": chip.hbm_bytes,
-        "fits": memory["total"] <= chip.hbm_bytes,
+        "fits": compiled is not None and memory["total"] <= chip.hbm_bytes,
         "headroom_bytes": chip.hbm_bytes - memory["total"],
         "flops_per_step": flops_total,
         "flops_per_device": flops_device,
@@ -321,28 +368,33 @@ def plan(req: Request, *, compile_only_devices=None) -> dict[str, Any]:
             "step_s_at_40pct": step_s / REALISTIC_FRACTION,
             "images_per_s_at_40pct": REALISTIC_FRACTION * req.batch / step_s if step_s else None,
         },
-        "attention_calls": attention_calls(hlo),
-        "collectives": collectives(hlo),
+        "attention_calls": attention_calls(hlo) if hlo is not None else None,
+        "collectives": collectives(hlo) if hlo is not None else None,
         "lower_s": round(t1 - t0, 1),
         "compile_s": round(t2 - t1, 1),
     }
 
 
 def _attention(r) -> str:
-    n = r["attention_calls"]["cudnn"]
     if r["attn_impl"] != "auto":
         return r["attn_impl"]
+    if r["attention_calls"] is None:
+        return "auto (no program built)"
+    n = r["attention_calls"]["cudnn"]
     return f"auto: cuDNN fused ({n} calls)" if n else "auto: XLA"
 
 
 def format_table(r: dict[str, Any]) -> str:
     """The report as an aligned text table."""
     m = r["memory_per_device"]
+    refused = r["memory_source"] == "hbm_oom_error"
     fit = (
         f"fits ({_fmt_bytes(r['headroom_bytes'])} free)"
         if r["fits"]
         else f"does NOT fit: short by {_fmt_bytes(-r['headroom_bytes'])}"
     )
+    if refused:
+        fit += " (the compiler refused to build it; the need its error states)"
     rf = r["roofline"]
     rows = [
         ("target", f"{r['target']}: {r['devices']} x {r['device_kind']}, {r['hosts']} host(s)"),
@@ -374,10 +426,13 @@ def format_table(r: dict[str, Any]) -> str:
         ),
     ]
     coll = r["collectives"]
-    for op in COLLECTIVES:
-        if op in coll or op in ("all-gather", "reduce-scatter", "all-reduce"):
-            c = coll.get(op, {"count": 0, "bytes": 0})
-            rows.append((f"{op} / step", f"{c['count']} ops, {_fmt_bytes(c['bytes'])} per device"))
+    if coll is None:
+        rows.append(("collectives", "unknown: no program was built"))
+    else:
+        for op in COLLECTIVES:
+            if op in coll or op in ("all-gather", "reduce-scatter", "all-reduce"):
+                c = coll.get(op, {"count": 0, "bytes": 0})
+                rows.append((f"{op} / step", f"{c['count']} ops, {_fmt_bytes(c['bytes'])} per device"))
     rows.append(("compile", f"lowered in {r['lower_s']} s, compiled in {r['compile_s']} s"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

@@ -22,6 +22,8 @@ def _gib(n: float) -> str:
 
 
 def _coll(r, op) -> str:
+    if r["collectives"] is None:
+        return "-"  # the compiler refused the program: none to read
     c = r["collectives"].get(op)
     return f"{c['count']} / {c['bytes'] / 2**20:.0f} MiB" if c else "0"
 
@@ -29,6 +31,8 @@ def _coll(r, op) -> str:
 def row(r) -> str:
     m, rf = r["memory_per_device"], r["roofline"]
     fits = "yes" if r["fits"] else f"no, short {_gib(-r['headroom_bytes'])}"
+    if r["memory_source"] == "hbm_oom_error":
+        fits += " (refused)"  # libtpu does not build it; the need is its error's
     return (
         f"| {r['model']} | {r['image_size']} | {r['batch']} | {_gib(m['argument'])} | {_gib(m['temp'])} "
         f"| {_gib(m['total'])} | {fits} | {r['flops_per_step'] / 1e9:,.0f} "
