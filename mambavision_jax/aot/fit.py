@@ -29,8 +29,10 @@ class _Prober:
             r = planner.plan(req, compile_only_devices=self.devices)
             self.compiles += 1
             verdict = "fits" if r["fits"] else "too big"
-            total = r["memory_per_device"]["total"] / 2**30
-            self.log(f"probe {self.compiles}: {dict(changes)} -> {total:.2f} GiB per device, {verdict}")
+            peak = r["memory_per_device"]["peak"] / 2**30
+            self.log(
+                f"probe {self.compiles}: {dict(changes)} -> {peak:.2f} GiB per device at peak, {verdict}"
+            )
             self.reports[key] = r
         return self.reports[key]
 

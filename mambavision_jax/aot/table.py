@@ -33,6 +33,8 @@ def row(r) -> str:
     fits = "yes" if r["fits"] else f"no, short {_gib(-r['headroom_bytes'])}"
     if r["memory_source"] == "hbm_oom_error":
         fits += " (refused)"  # libtpu does not build it; the need is its error's
+    elif m["total"] > r["hbm_bytes"]:
+        fits += f" (peak {_gib(m['peak'])})"  # the verdict is the compiler's peak, not the total
     return (
         f"| {r['model']} | {r['image_size']} | {r['batch']} | {_gib(m['argument'])} | {_gib(m['temp'])} "
         f"| {_gib(m['total'])} | {fits} | {r['flops_per_step'] / 1e9:,.0f} "
