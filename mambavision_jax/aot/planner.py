@@ -330,10 +330,7 @@ def plan(req: Request, *, compile_only_devices=None) -> dict[str, Any]:
         # No program, so no outputs, code or HLO: the compiler's stated need, of which the
         # arguments' shards are known here and the rest is temporaries.
         arg = argument_bytes_per_device(args)
-        memory = {
-            **{"argument": arg, "output": 0, "alias": 0, "temp": need - arg, "code": 0},
-            **{"total": need, "peak": need},
-        }
+        memory = dict(argument=arg, output=0, alias=0, temp=need - arg, code=0, total=need, peak=need)
         hlo, memory_source, flops_device = None, "hbm_oom_error", None
     if flops_device is not None:
         flops_source, flops_total = "xla_cost_analysis", flops_device * n
