@@ -55,7 +55,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _fail(message: str, code: int = EXIT_USER_ERROR):
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    # Past the _WithoutLoopNoise filter: a thread's traceback it is still holding (orbax's loop
+    # dying beside a failed save) would take this line for its exception line and print with it.
+    stream = sys.stderr.stream if isinstance(sys.stderr, _WithoutLoopNoise) else sys.stderr
+    print(f"error: {' '.join(str(message).split())}", file=stream, flush=True)
     _silence_stderr()
     sys.exit(code)
 
